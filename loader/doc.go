@@ -1,0 +1,17 @@
+// Package loader is handoffd's only way into the kernel's eBPF machinery.
+// It loads the programs of package bpf, pins their maps in bpffs, attaches
+// them to sockets, probes whether the host allows all that, and hands out
+// small typed handles over the result.
+//
+// Steering is the handle of one listener: an SK_REUSEPORT program, attached
+// with BPF_SK_REUSEPORT_SELECT_OR_MIGRATE to the SO_REUSEPORT group of the
+// listener, that sends every new connection to the listening socket in the
+// active slot and moves the queued requests of a closing listener there
+// too. Generation g owns slot uint32(g % Slots); a swap is Activate, one
+// map update.
+//
+// The package does not create the listening sockets, decide which
+// generation is active, or export metrics: the supervisor and package
+// observe do that over these handles. It never changes sysctls; migration
+// works with net.ipv4.tcp_migrate_req at 0 because of the attach type.
+package loader
