@@ -1,0 +1,29 @@
+package supervisor
+
+import "testing"
+
+func TestStateTransitions(t *testing.T) {
+	allowed := map[[2]State]bool{
+		{StateStarting, StateReady}: true, {StateStarting, StateFailed}: true,
+		{StateReady, StateActive}: true, {StateReady, StateFailed}: true,
+		{StateActive, StateDraining}: true, {StateActive, StateExited}: true,
+		{StateDraining, StateExited}: true,
+	}
+	for from := StateStarting; from <= StateFailed; from++ {
+		for to := StateStarting; to <= StateFailed; to++ {
+			if got := from.CanMove(to); got != allowed[[2]State{from, to}] {
+				t.Errorf("%s -> %s allowed = %v", from, to, got)
+			}
+		}
+	}
+}
+
+func TestStateText(t *testing.T) {
+	for s := StateStarting; s <= StateFailed; s++ {
+		b, _ := s.MarshalText()
+		var back State
+		if err := back.UnmarshalText(b); err != nil || back != s {
+			t.Errorf("%s round-trips to %s, %v", s, back, err)
+		}
+	}
+}
