@@ -68,7 +68,7 @@ func TestSwapDrainsPrevious(t *testing.T) {
 
 func TestSwapFailureKeepsActive(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
+		name    string
 		arrange func(l *fakeLauncher, r *fakeRouter)
 		act     func(l *fakeLauncher)
 		want    string

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+)
+
+var testApp = appInfo{Service: "demo", Generation: 7, PID: 1234, Version: "test"}
+
+func serve(t *testing.T, method, target, body string) *httptest.ResponseRecorder {
+	t.Helper()
+	gin.SetMode(gin.TestMode)
+	w := httptest.NewRecorder()
+	newEngine(testApp, false).ServeHTTP(w, httptest.NewRequest(method, target, strings.NewReader(body)))
+	return w
+}
+
+func TestRoot(t *testing.T) {
+	w := serve(t, "GET", "/", "")
+	var got appInfo
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || w.Code != 200 {
+		t.Fatalf("GET /: %d %s %v", w.Code, w.Body, err)
+	}
+	if got != testApp {
+		t.Errorf("GET / = %+v, want %+v", got, testApp)
+	}
+}
+
+func TestHealthz(t *testing.T) {
+	if w := serve(t, "GET", "/healthz", ""); w.Code != 200 || w.Body.String() != "ok" {
+		t.Errorf("GET /healthz: %d %q, want 200 ok", w.Code, w.Body)
+	}
+}
+
+func TestSlow(t *testing.T) {
+	type reply struct {
+		Generation int   `json:"generation"`
+		PID        int   `json:"pid"`
+		SleptMS    int64 `json:"slept_ms"`
+		Bytes      int64 `json:"bytes"`
+	}
+	for _, tc := range []struct {
+		method, target, body string
+		code                 int
+		want                 reply
+	}{
+		{"GET", "/slow?ms=20", "", 200, reply{7, 1234, 20, 0}},
+		{"GET", "/slow", "", 200, reply{7, 1234, 0, 0}},
+		{"POST", "/slow?ms=5", "hello world", 200, reply{7, 1234, 5, 11}},
+		{"GET", "/slow?ms=abc", "", 400, reply{}},
+		{"POST", "/slow?ms=-1", "x", 400, reply{}},
+	} {
+		w := serve(t, tc.method, tc.target, tc.body)
+		if w.Code != tc.code {
+			t.Errorf("%s %s: %d %s, want %d", tc.method, tc.target, w.Code, w.Body, tc.code)
+			continue
+		}
+		if tc.code != 200 {
+			continue
+		}
+		var got reply
+		if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || got != tc.want {
+			t.Errorf("%s %s = %s (%v), want %+v", tc.method, tc.target, w.Body, err, tc.want)
+		}
+	}
+}
+
+func TestParseSlow(t *testing.T) {
+	for in, want := range map[string]time.Duration{"0": 0, "250": 250 * time.Millisecond, "60000": time.Minute, "9999999": time.Minute} {
+		if got, err := parseSlow(in); err != nil || got != want {
+			t.Errorf("parseSlow(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-5", "1.5", "1e3"} {
+		if _, err := parseSlow(in); err == nil {
+			t.Errorf("parseSlow(%q): want an error", in)
+		}
+	}
+}

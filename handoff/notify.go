@@ -1,0 +1,41 @@
+package handoff
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strings"
+)
+
+// Ready tells handoffd (or systemd) that the app serves: it sends READY=1
+// to NOTIFY_SOCKET. Call it once the listeners are open and the app can
+// answer requests; connections that arrive before it is accepted wait in
+// the listen queue. Without NOTIFY_SOCKET it does nothing.
+func Ready() error {
+	return Notify("READY=1")
+}
+
+// Notify sends state, newline-separated VAR=value assignments of the
+// sd_notify protocol such as "READY=1" or "STOPPING=1", as one datagram to
+// the unixgram socket named by NOTIFY_SOCKET: a path, or an abstract name
+// written with a leading '@'. Without NOTIFY_SOCKET it does nothing and
+// returns nil.
+func Notify(state string) error {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return nil
+	}
+	if !strings.HasPrefix(addr, "/") && !strings.HasPrefix(addr, "@") {
+		return fmt.Errorf("handoff: NOTIFY_SOCKET=%q is neither a path nor an abstract name (@name)", addr)
+	}
+	// net turns a leading '@' into the abstract namespace's NUL byte.
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("handoff: notify %s: %w", addr, err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(state)); err != nil {
+		return fmt.Errorf("handoff: notify %s: %w", addr, err)
+	}
+	return nil
+}
