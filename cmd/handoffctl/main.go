@@ -1,0 +1,169 @@
+// Command handoffctl drives handoffd over its control socket: status,
+// swap, stop.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/handoffd/handoffd/handoff/supervisor"
+)
+
+func main() {
+	app := &cli.App{
+		Name:  "handoffctl",
+		Usage: "control handoffd",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "control", Value: "/run/handoff/handoffd.sock", EnvVars: []string{"HANDOFF_CONTROL"}, Usage: "handoffd's control socket"},
+		},
+		Commands: []*cli.Command{
+			{
+				Name: "status", Usage: "show services and their generations", ArgsUsage: "[SERVICE]",
+				Flags:  []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Action: status,
+			},
+			{
+				Name: "swap", Usage: "start the next generation and make it active", ArgsUsage: "SERVICE",
+				Flags: []cli.Flag{
+					&cli.BoolFlag{Name: "wait", Usage: "follow the drain of the old generation to its end"},
+					&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "give up after this long"},
+				},
+				Action: swap,
+			},
+			{
+				Name: "stop", Usage: "stop a service, or every service and handoffd", ArgsUsage: "[SERVICE]",
+				Action: stop,
+			},
+		},
+		HideHelpCommand: true,
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "handoffctl:", err)
+		os.Exit(1)
+	}
+}
+
+func client(c *cli.Context) *supervisor.Client { return supervisor.NewClient(c.String("control")) }
+
+func oneService(c *cli.Context) (string, error) {
+	if c.NArg() != 1 {
+		return "", fmt.Errorf("%s: name one service, e.g. handoffctl %s demo", c.Command.Name, c.Command.Name)
+	}
+	return c.Args().First(), nil
+}
+
+func status(c *cli.Context) error {
+	st, err := client(c).Status(c.Context, c.Args().First())
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "SERVICE\tMODE\tGEN\tPID\tSTATE\tAGE\tCONNECTIONS\tEXIT")
+	for _, s := range st.Services {
+		for _, g := range s.Generations {
+			conns := "-"
+			if g.Connections != nil {
+				conns = fmt.Sprint(*g.Connections)
+			}
+			age := (time.Duration(g.AgeSeconds*1e3) * time.Millisecond).String()
+			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", s.Name, s.Mode, g.ID, g.PID, g.State, age, conns, g.Exit)
+		}
+	}
+	return w.Flush()
+}
+
+func swap(c *cli.Context) error {
+	name, err := oneService(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+	defer cancel()
+	cl := client(c)
+	res, err := cl.Swap(ctx, name)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: generation %d active (pid %d), ready in %s, activated in %s\n", res.Service, res.Generation, res.PID,
+		seconds(res.StartToReady), seconds(res.ReadyToActive))
+	if res.Previous == 0 || !c.Bool("wait") {
+		return nil
+	}
+	return followDrain(ctx, cl, name, res.Previous)
+}
+
+// followDrain prints the old generation's drain until it has exited.
+func followDrain(ctx context.Context, cl *supervisor.Client, service string, gen int) error {
+	start := time.Now()
+	last := ""
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st, err := cl.Status(ctx, service)
+		if err != nil {
+			return err
+		}
+		g, ok := findGeneration(st, gen)
+		if !ok || !g.State.Live() {
+			exit := "gone"
+			if ok {
+				exit = g.Exit
+			}
+			fmt.Printf("%s: generation %d drained in %s (%s)\n", service, gen, time.Since(start).Round(time.Millisecond), exit)
+			return nil
+		}
+		line := fmt.Sprintf("%s: generation %d %s", service, gen, g.State)
+		if g.Connections != nil {
+			line += fmt.Sprintf(", %d connections left", *g.Connections)
+		}
+		if line != last {
+			fmt.Printf("%s (%s)\n", line, time.Since(start).Round(time.Millisecond))
+			last = line
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("generation %d still draining: %w", gen, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+func findGeneration(st supervisor.Status, id int) (supervisor.GenerationStatus, bool) {
+	for _, s := range st.Services {
+		for _, g := range s.Generations {
+			if g.ID == id {
+				return g, true
+			}
+		}
+	}
+	return supervisor.GenerationStatus{}, false
+}
+
+func stop(c *cli.Context) error {
+	name := c.Args().First()
+	if err := client(c).Stop(c.Context, name); err != nil {
+		return err
+	}
+	what := "every service and handoffd"
+	if name != "" {
+		what = name
+	}
+	fmt.Println("stopped", strings.TrimSpace(what))
+	return nil
+}
+
+func seconds(s float64) time.Duration {
+	return time.Duration(s * float64(time.Second)).Round(time.Millisecond)
+}

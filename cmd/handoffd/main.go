@@ -1,0 +1,159 @@
+// Command handoffd supervises services as numbered generations and swaps
+// them without losing a connection. See the README for a tour.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/loader"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == supervisor.ExecArg {
+		err := supervisor.ExecGeneration(os.Args[2:])
+		fmt.Fprintf(os.Stderr, "handoffd: start generation: %v\n", err)
+		os.Exit(127)
+	}
+	app := &cli.App{
+		Name:  "handoffd",
+		Usage: "zero-downtime generation swaps for TCP services",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Value: supervisor.DefaultConfigPath, Usage: "config file"},
+			&cli.StringFlag{Name: "control", Usage: "control socket (overrides the config)"},
+			&cli.StringFlag{Name: "metrics", Usage: "Prometheus listen address (overrides the config)"},
+			&cli.StringFlag{Name: "mode", Usage: "auto, ebpf or fdpass (overrides the config)"},
+			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
+		},
+		Action:          run,
+		HideHelpCommand: true,
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "handoffd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(c *cli.Context) error {
+	log, err := newLogger(c.String("log-format"))
+	if err != nil {
+		return err
+	}
+	slog.SetDefault(log)
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return err
+	}
+	mode, err := resolveMode(cfg.Mode, log)
+	if err != nil {
+		return err
+	}
+	sup, err := supervisor.New(cfg, supervisor.Options{
+		Mode: mode,
+		NewSteering: func(service, listener string) (supervisor.Steering, error) {
+			return loader.LoadSteering(filepath.Join(cfg.BPFDir, service, listener))
+		},
+		Launcher: &supervisor.ExecLauncher{Self: "/proc/self/exe", Stdout: os.Stdout, Stderr: os.Stderr},
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := supervisor.ListenControl(cfg.Control)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(cfg.Control)
+	stopped := make(chan struct{})
+	api := &http.Server{Handler: supervisor.NewAPI(sup, func() { close(stopped) }).Handler()}
+	go api.Serve(ln)
+	defer api.Close()
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	if err := sup.Start(context.Background()); err != nil {
+		stopAll(sup)
+		return err
+	}
+	log.Info("handoffd running", "control", cfg.Control, "mode", mode, "services", len(cfg.Services))
+	for {
+		select {
+		case <-stopped:
+			log.Info("handoffd stopped by request")
+			return nil
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGINT:
+				log.Info("SIGINT: stopping every service, then handoffd")
+				return stopAll(sup)
+			case syscall.SIGTERM:
+				log.Info("SIGTERM: handoffd exits; the services keep running")
+				return nil
+			case syscall.SIGHUP:
+				log.Warn("SIGHUP: config reload is not supported yet; restart handoffd to apply a new config")
+			}
+		}
+	}
+}
+
+func stopAll(sup *supervisor.Supervisor) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return sup.Stop(ctx)
+}
+
+func newLogger(format string) (*slog.Logger, error) {
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, nil)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+func loadConfig(c *cli.Context) (*supervisor.Config, error) {
+	cfg, err := supervisor.LoadConfig(c.String("config"))
+	if err != nil {
+		return nil, err
+	}
+	if v := c.String("control"); v != "" {
+		cfg.Control = v
+	}
+	if v := c.String("metrics"); v != "" {
+		cfg.Metrics = v
+	}
+	if v := c.String("mode"); v != "" {
+		cfg.Mode = supervisor.Mode(v)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", c.String("config"), err)
+	}
+	return cfg, nil
+}
+
+// resolveMode probes the kernel for what ebpf mode needs.
+func resolveMode(mode supervisor.Mode, log *slog.Logger) (supervisor.Mode, error) {
+	if mode == supervisor.ModeFDPass {
+		return mode, nil
+	}
+	err := loader.Probe()
+	if err == nil {
+		return supervisor.ModeEBPF, nil
+	}
+	if mode == supervisor.ModeEBPF {
+		return "", fmt.Errorf("mode ebpf: %w", err)
+	}
+	log.Warn("eBPF steering unavailable; using fdpass", "reason", err)
+	return supervisor.ModeFDPass, nil
+}
