@@ -1,0 +1,278 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/loader"
+)
+
+// bin holds the binaries built once by TestMain.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "handoffd-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = dir
+	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/handoffd", "../cmd/handoffctl", "../demo")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build binaries:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// requireEBPF skips a test that needs root and eBPF, or fails it when
+// CI=true: in CI a missing privilege is a failure, never a silent skip.
+func requireEBPF(t *testing.T) {
+	t.Helper()
+	why := ""
+	if os.Geteuid() != 0 {
+		why = "needs root"
+	} else if err := loader.Probe(); err != nil {
+		why = err.Error()
+	}
+	if why == "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("end-to-end test %s (CI=true: not skipping)", why)
+	}
+	t.Skipf("end-to-end test %s", why)
+}
+
+// freePort returns a loopback TCP port that nothing listens on now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// daemon is a running handoffd with the demo service.
+type daemon struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	control string
+	addr    string
+	client  *supervisor.Client
+	log     *bytes.Buffer
+	exited  chan struct{}
+}
+
+type daemonOptions struct {
+	drainTimeout string
+}
+
+// startDaemon runs handoffd with one demo service on a fresh port, and
+// waits until generation 1 is active.
+func startDaemon(t *testing.T, opts daemonOptions) *daemon {
+	t.Helper()
+	requireEBPF(t)
+	if opts.drainTimeout == "" {
+		opts.drainTimeout = "30s"
+	}
+	dir := t.TempDir()
+	port := freePort(t)
+	d := &daemon{t: t, control: filepath.Join(dir, "handoffd.sock"), addr: fmt.Sprintf("127.0.0.1:%d", port),
+		log: new(bytes.Buffer), exited: make(chan struct{})}
+	bpfDir := fmt.Sprintf("/sys/fs/bpf/handoff-e2e-%d-%d", os.Getpid(), port)
+	cfg := fmt.Sprintf(`control: %s
+mode: ebpf
+state_dir: %s
+bpf_dir: %s
+services:
+  - name: demo
+    command: [%q, "--version", "e2e"]
+    env: ["GIN_MODE=release"]
+    listeners:
+      - name: http
+        address: tcp://%s
+        backlog: 4096
+    ready_timeout: 10s
+    drain_timeout: %s
+`, d.control, dir, bpfDir, filepath.Join(bin, "demo"), d.addr, opts.drainTimeout)
+	cfgPath := filepath.Join(dir, "handoff.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = exec.Command(filepath.Join(bin, "handoffd"), "--config", cfgPath)
+	d.cmd.Stdout, d.cmd.Stderr = &lockedWriter{w: d.log}, &lockedWriter{w: d.log}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.cmd.Wait(); close(d.exited) }()
+	d.client = supervisor.NewClient(d.control)
+	t.Cleanup(func() { d.shutdown(); os.RemoveAll(bpfDir) })
+	d.waitFor("generation 1 active", 15*time.Second, func(st supervisor.ServiceStatus) bool {
+		return len(st.Generations) == 1 && st.Generations[0].State == supervisor.StateActive
+	})
+	return d
+}
+
+// shutdown stops every service and handoffd, killing (by pid) whatever
+// this test started and is still running.
+func (d *daemon) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	var pids []int
+	if st, err := d.client.Status(ctx, "demo"); err == nil {
+		for _, g := range st.Services[0].Generations {
+			if g.State.Live() {
+				pids = append(pids, g.PID)
+			}
+		}
+	}
+	d.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-d.exited:
+	case <-ctx.Done():
+		d.t.Errorf("handoffd did not stop on SIGINT within 40s")
+		d.cmd.Process.Kill()
+		<-d.exited
+	}
+	for _, pid := range pids {
+		if syscall.Kill(pid, 0) == nil {
+			d.t.Errorf("generation pid %d still runs after handoffd stopped", pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if d.t.Failed() {
+		d.t.Logf("handoffd log:\n%s", d.logText())
+	}
+}
+
+func (d *daemon) logText() string {
+	return d.cmd.Stdout.(*lockedWriter).String()
+}
+
+func (d *daemon) status() supervisor.ServiceStatus {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := d.client.Status(ctx, "demo")
+	if err != nil {
+		d.t.Fatalf("status: %v", err)
+	}
+	return st.Services[0]
+}
+
+func (d *daemon) waitFor(what string, limit time.Duration, cond func(supervisor.ServiceStatus) bool) supervisor.ServiceStatus {
+	d.t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := d.client.Status(ctx, "demo")
+		cancel()
+		if err == nil && cond(st.Services[0]) {
+			return st.Services[0]
+		}
+		select {
+		case <-d.exited:
+			d.t.Fatalf("handoffd exited while waiting for %s:\n%s", what, d.logText())
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("timed out after %s waiting for %s (last status %+v, err %v)\n%s", limit, what, st, err, d.logText())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// ctl runs handoffctl against the daemon and returns its output.
+func (d *daemon) ctl(args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(bin, "handoffctl"), append([]string{"--control", d.control}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// listeningInodes returns the inodes of the sockets listening on port.
+func listeningInodes(t *testing.T, port int) map[string]bool {
+	t.Helper()
+	f, err := os.Open("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	inodes := map[string]bool{}
+	want := fmt.Sprintf(":%04X", port)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		// sl local rem st ... inode at 9; st 0A is LISTEN.
+		if len(fields) > 9 && strings.HasSuffix(fields[1], want) && fields[3] == "0A" {
+			inodes[fields[9]] = true
+		}
+	}
+	return inodes
+}
+
+// listenersHeld counts the fds of pid that are sockets in inodes.
+func listenersHeld(t *testing.T, pid int, inodes map[string]bool) int {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		link, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err == nil && strings.HasPrefix(link, "socket:[") && inodes[strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")] {
+			n++
+		}
+	}
+	return n
+}
+
+// zombieChildren lists the children of pid that are zombies.
+func zombieChildren(t *testing.T, pid int) []int {
+	t.Helper()
+	ents, _ := os.ReadDir("/proc")
+	var z []int
+	for _, e := range ents {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so cut at the last ')'.
+		rest := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(rest) > 1 && rest[0] == "Z" && rest[1] == strconv.Itoa(pid) {
+			z = append(z, child)
+		}
+	}
+	return z
+}
+
+func decodeJSON(t *testing.T, s string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		t.Fatalf("decode %q: %v", s, err)
+	}
+}

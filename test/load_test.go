@@ -1,0 +1,195 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+)
+
+// load runs HTTP clients that send POSTs and never retry one: a request
+// that does not get a 200 answer is a failure, whatever the cause (refused,
+// reset, closed without an answer, timeout).
+type load struct {
+	addr      string
+	path      string
+	keepAlive bool
+	stopCh    chan struct{}
+	wg        sync.WaitGroup
+
+	mu        sync.Mutex
+	ok        int
+	failed    int
+	failures  []string
+	byGen     map[int]int
+	firstSent map[int][]time.Time // send times of requests each generation answered, first few
+}
+
+// loadLimit bounds every client: it stops after this many requests or
+// when stop is called, whichever comes first.
+const loadLimit = 200000
+
+func startLoad(addr, path string, clients int, keepAlive bool) *load {
+	l := &load{addr: addr, path: path, keepAlive: keepAlive, stopCh: make(chan struct{}),
+		byGen: map[int]int{}, firstSent: map[int][]time.Time{}}
+	for i := range clients {
+		l.wg.Add(1)
+		go l.client(i)
+	}
+	return l
+}
+
+// loadResult is what the clients saw.
+type loadResult struct {
+	OK, Failed int
+	Failures   []string
+	ByGen      map[int]int
+	firstSent  map[int][]time.Time
+}
+
+func (l *load) stop() loadResult {
+	close(l.stopCh)
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return loadResult{OK: l.ok, Failed: l.failed, Failures: l.failures, ByGen: l.byGen, firstSent: l.firstSent}
+}
+
+// firstAfter returns when the first request sent at or after t was
+// answered by generation gen, as a delay after t.
+func (r loadResult) firstAfter(gen int, t time.Time) (time.Duration, bool) {
+	for _, s := range r.firstSent[gen] {
+		if !s.Before(t) {
+			return s.Sub(t), true
+		}
+	}
+	return 0, false
+}
+
+func (l *load) client(id int) {
+	defer l.wg.Done()
+	var conn net.Conn
+	var br *bufio.Reader
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	body := []byte(fmt.Sprintf(`{"client":%d}`, id))
+	for range loadLimit {
+		select {
+		case <-l.stopCh:
+			return
+		default:
+		}
+		if conn == nil {
+			c, err := net.DialTimeout("tcp", l.addr, 5*time.Second)
+			if err != nil {
+				l.fail(fmt.Sprintf("dial: %v", err))
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			conn, br = c, bufio.NewReader(c)
+		}
+		sent := time.Now()
+		gen, closeConn, err := l.roundTrip(conn, br, body)
+		if err != nil {
+			l.fail(err.Error())
+			conn.Close()
+			conn = nil
+			continue
+		}
+		l.record(gen, sent)
+		if closeConn {
+			conn.Close()
+			conn = nil
+		}
+	}
+}
+
+func (l *load) roundTrip(conn net.Conn, br *bufio.Reader, body []byte) (gen int, closeConn bool, err error) {
+	conn.SetDeadline(time.Now().Add(15 * time.Second))
+	var req bytes.Buffer
+	fmt.Fprintf(&req, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n", l.path, l.addr, len(body))
+	if !l.keepAlive {
+		req.WriteString("Connection: close\r\n")
+	}
+	req.WriteString("\r\n")
+	req.Write(body)
+	if _, err := conn.Write(req.Bytes()); err != nil {
+		return 0, false, fmt.Errorf("write request: %w", err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return 0, false, fmt.Errorf("read response: %w", err)
+	}
+	data, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return 0, false, fmt.Errorf("read body: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, false, fmt.Errorf("status %s: %s", resp.Status, data)
+	}
+	var answer struct {
+		Generation int `json:"generation"`
+	}
+	if err := json.Unmarshal(data, &answer); err != nil {
+		return 0, false, fmt.Errorf("decode %q: %w", data, err)
+	}
+	return answer.Generation, resp.Close || !l.keepAlive, nil
+}
+
+func (l *load) fail(what string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.failed++
+	if len(l.failures) < 20 {
+		l.failures = append(l.failures, what)
+	}
+}
+
+func (l *load) record(gen int, sent time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ok++
+	l.byGen[gen]++
+	// Keep the 64 earliest send times, sorted; requests are recorded
+	// nearly in order, so this rarely moves anything.
+	s := l.firstSent[gen]
+	if len(s) == 64 && !sent.Before(s[63]) {
+		return
+	}
+	i, _ := slices.BinarySearchFunc(s, sent, time.Time.Compare)
+	s = slices.Insert(s, i, sent)
+	if len(s) > 64 {
+		s = s[:64]
+	}
+	l.firstSent[gen] = s
+}
+
+// lockedWriter is an io.Writer that several processes' output may share.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(p)
+}
+
+func (w *lockedWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.String()
+}
+
+func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
