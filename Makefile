@@ -1,0 +1,46 @@
+# handoffd — see README.md. Run `make test` and `make demo` as root: they
+# load eBPF programs and attach them to sockets.
+
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+BINS    := bin/handoffd bin/handoffctl bin/demo
+
+.PHONY: all build demo test unit e2e generate check-generated lint clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/handoffd ./cmd/handoffctl ./demo
+
+# handoffd with the Gin demo on 127.0.0.1:8080; Ctrl-C stops both.
+demo: build
+	./bin/handoffd --config demo/handoff.yaml
+
+# Unit tests (no root needed), then the end-to-end tests (root, real kernel).
+test: lint unit e2e
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test$$)
+
+e2e: build
+	$(GO) test -count=1 -v -timeout 20m ./test/
+
+# Regenerate the eBPF objects and their Go bindings from bpf/*.c.
+generate:
+	@command -v clang >/dev/null && command -v llvm-strip >/dev/null && test -f /usr/include/bpf/bpf_helpers.h || { \
+		echo "installing clang, llvm and libbpf-dev from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang llvm libbpf-dev; }
+	$(GO) generate ./bpf/
+
+# Fails when the committed objects differ from what their sources compile to.
+check-generated: generate
+	@git diff --exit-code --stat -- bpf/ || { echo "bpf/: committed objects differ from their sources: run make generate and commit"; exit 1; }
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel\.go$$')); \
+		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin
