@@ -117,11 +117,7 @@ func followDrain(ctx context.Context, cl *supervisor.Client, service string, gen
 		}
 		g, ok := findGeneration(st, gen)
 		if !ok || !g.State.Live() {
-			exit := "gone"
-			if ok {
-				exit = g.Exit
-			}
-			fmt.Printf("%s: generation %d drained in %s (%s)\n", service, gen, time.Since(start).Round(time.Millisecond), exit)
+			fmt.Println(drainSummary(service, gen, g, ok, time.Since(start)))
 			return nil
 		}
 		line := fmt.Sprintf("%s: generation %d %s", service, gen, g.State)
@@ -138,6 +134,19 @@ func followDrain(ctx context.Context, cl *supervisor.Client, service string, gen
 		case <-tick.C:
 		}
 	}
+}
+
+// drainSummary says how the drain of gen ended, timed by handoffd's own
+// stamps rather than by this command's polling.
+func drainSummary(service string, gen int, g supervisor.GenerationStatus, found bool, waited time.Duration) string {
+	if !found {
+		return fmt.Sprintf("%s: generation %d is gone (waited %s)", service, gen, waited.Round(time.Millisecond))
+	}
+	took := waited
+	if g.DrainingAt != nil && g.ExitedAt != nil {
+		took = g.ExitedAt.Sub(*g.DrainingAt)
+	}
+	return fmt.Sprintf("%s: generation %d drained in %s (%s)", service, gen, took.Round(time.Millisecond), g.Exit)
 }
 
 func findGeneration(st supervisor.Status, id int) (supervisor.GenerationStatus, bool) {
@@ -165,5 +174,9 @@ func stop(c *cli.Context) error {
 }
 
 func seconds(s float64) time.Duration {
-	return time.Duration(s * float64(time.Second)).Round(time.Millisecond)
+	d := time.Duration(s * float64(time.Second))
+	if d < time.Millisecond {
+		return d.Round(time.Microsecond)
+	}
+	return d.Round(time.Millisecond)
 }
