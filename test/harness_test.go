@@ -75,6 +75,7 @@ func freePort(t *testing.T) int {
 type daemon struct {
 	t       *testing.T
 	cmd     *exec.Cmd
+	mode    string
 	control string
 	addr    string
 	client  *supervisor.Client
@@ -83,6 +84,7 @@ type daemon struct {
 }
 
 type daemonOptions struct {
+	mode         string // ebpf (the default) or fdpass
 	drainTimeout string
 }
 
@@ -90,17 +92,22 @@ type daemonOptions struct {
 // waits until generation 1 is active.
 func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 	t.Helper()
-	requireEBPF(t)
+	if opts.mode == "" {
+		opts.mode = "ebpf"
+	}
+	if opts.mode == "ebpf" {
+		requireEBPF(t)
+	}
 	if opts.drainTimeout == "" {
 		opts.drainTimeout = "30s"
 	}
 	dir := t.TempDir()
 	port := freePort(t)
-	d := &daemon{t: t, control: filepath.Join(dir, "handoffd.sock"), addr: fmt.Sprintf("127.0.0.1:%d", port),
+	d := &daemon{t: t, mode: opts.mode, control: filepath.Join(dir, "handoffd.sock"), addr: fmt.Sprintf("127.0.0.1:%d", port),
 		log: new(bytes.Buffer), exited: make(chan struct{})}
 	bpfDir := fmt.Sprintf("/sys/fs/bpf/handoff-e2e-%d-%d", os.Getpid(), port)
 	cfg := fmt.Sprintf(`control: %s
-mode: ebpf
+mode: %s
 state_dir: %s
 bpf_dir: %s
 services:
@@ -113,7 +120,7 @@ services:
         backlog: 4096
     ready_timeout: 10s
     drain_timeout: %s
-`, d.control, dir, bpfDir, filepath.Join(bin, "demo"), d.addr, opts.drainTimeout)
+`, d.control, opts.mode, dir, bpfDir, filepath.Join(bin, "demo"), d.addr, opts.drainTimeout)
 	cfgPath := filepath.Join(dir, "handoff.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -23,16 +23,21 @@ const (
 // POSTs that are never retried, with a new connection per request and
 // with keep-alive: not one request may fail.
 func TestSwapUnderLoad(t *testing.T) {
-	for _, tc := range []struct {
-		name      string
-		keepAlive bool
-	}{{"new-connection", false}, {"keep-alive", true}} {
-		t.Run(tc.name, func(t *testing.T) { swapUnderLoad(t, tc.keepAlive) })
+	for _, mode := range modes {
+		for _, tc := range []struct {
+			name      string
+			keepAlive bool
+		}{{"new-connection", false}, {"keep-alive", true}} {
+			t.Run(mode+"/"+tc.name, func(t *testing.T) { swapUnderLoad(t, mode, tc.keepAlive) })
+		}
 	}
 }
 
-func swapUnderLoad(t *testing.T, keepAlive bool) {
-	d := startDaemon(t, daemonOptions{})
+// modes are the modes every swap test runs in.
+var modes = []string{"ebpf", "fdpass"}
+
+func swapUnderLoad(t *testing.T, mode string, keepAlive bool) {
+	d := startDaemon(t, daemonOptions{mode: mode})
 	l := startLoad(d.addr, "/slow?ms=2", loadClients, keepAlive)
 	seen := map[int]supervisor.GenerationStatus{}
 	remember := func(st supervisor.ServiceStatus) {
@@ -127,8 +132,11 @@ func checkNoLeaks(t *testing.T, d *daemon, st supervisor.ServiceStatus) {
 	if n := listenersHeld(t, active.PID, inodes); n != 1 {
 		t.Errorf("active generation holds %d listening fds, want 1", n)
 	}
-	if n := listenersHeld(t, d.cmd.Process.Pid, inodes); n != 1 {
-		t.Errorf("handoffd holds %d listening fds, want 1 (its copy of the active socket)", n)
+	// In fdpass mode handoffd holds the shared socket and the copy it
+	// handed to the active generation.
+	want := map[string]int{"ebpf": 1, "fdpass": 2}[d.mode]
+	if n := listenersHeld(t, d.cmd.Process.Pid, inodes); n != want {
+		t.Errorf("handoffd holds %d listening fds, want %d", n, want)
 	}
 	if z := zombieChildren(t, d.cmd.Process.Pid); len(z) > 0 {
 		t.Errorf("zombie children of handoffd: %v", z)
@@ -139,7 +147,13 @@ func checkNoLeaks(t *testing.T, d *daemon, st supervisor.ServiceStatus) {
 // across a swap: all complete on generation 1, new requests go to
 // generation 2, and `swap --wait` returns when generation 1 has drained.
 func TestSlowRequestsSurviveSwap(t *testing.T) {
-	d := startDaemon(t, daemonOptions{})
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) { slowRequestsSurviveSwap(t, mode) })
+	}
+}
+
+func slowRequestsSurviveSwap(t *testing.T, mode string) {
+	d := startDaemon(t, daemonOptions{mode: mode})
 	const slow = 10
 	type answer struct {
 		gen int

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // Slots is the number of sockets one steering map holds; generation g
@@ -31,7 +33,8 @@ type NewSteering func(service, listener string) (Steering, error)
 // connections to the active one.
 type router interface {
 	// prepare returns handoffd's copies of the sockets of generation gen,
-	// in the order of the service's listeners.
+	// in the order of the service's listeners. Closing them is the
+	// caller's job and never affects another generation.
 	prepare(gen int) ([]*os.File, error)
 	// activate makes gen the generation that receives new connections.
 	activate(gen int) error
@@ -41,69 +44,144 @@ type router interface {
 
 func slot(gen int) uint32 { return uint32(gen % Slots) }
 
-// ebpfRouter gives every generation its own SO_REUSEPORT socket per
-// listener and flips steering between them.
-type ebpfRouter struct {
-	listeners []ListenerConfig
-	steering  []Steering
-	listen    func(ListenerConfig) (*os.File, error)
+// lane is how one listener moves between generations.
+type lane interface {
+	socket(gen int) (*os.File, error)
+	activate(gen int) error
+	close() error
 }
 
-func newEBPFRouter(svc *ServiceConfig, newSteering NewSteering) (*ebpfRouter, error) {
-	r := &ebpfRouter{listeners: svc.Listeners, listen: listenReuseport}
+// steeredLane (ebpf mode) gives every generation its own SO_REUSEPORT
+// socket and flips steering between them.
+type steeredLane struct {
+	l  ListenerConfig
+	st Steering
+}
+
+func (s *steeredLane) socket(gen int) (*os.File, error) {
+	f, err := listenReuseport(s.l)
+	if err != nil {
+		return nil, err
+	}
+	// The group keeps one program; attaching again through every new
+	// socket is harmless and covers the first socket of a group.
+	fd := int(f.Fd())
+	err = s.st.Attach(fd)
+	if err == nil {
+		err = s.st.Insert(slot(gen), fd)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+func (s *steeredLane) activate(gen int) error { return s.st.Activate(slot(gen)) }
+func (s *steeredLane) close() error           { return s.st.Remove() }
+
+// sharedLane (fdpass mode) has one listening socket that every generation
+// gets a copy of. Activation is the old generation's stop signal: it stops
+// accepting, and what waits in the shared queue is left to the new one.
+type sharedLane struct {
+	f *os.File
+}
+
+func (s *sharedLane) socket(int) (*os.File, error) {
+	fd, err := unix.FcntlInt(s.f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("duplicate shared socket: %w", err)
+	}
+	return os.NewFile(uintptr(fd), s.f.Name()), nil
+}
+
+func (s *sharedLane) activate(int) error { return nil }
+
+func (s *sharedLane) close() error {
+	var err error
+	if sa, _ := unix.Getsockname(int(s.f.Fd())); sa != nil {
+		if u, ok := sa.(*unix.SockaddrUnix); ok && u.Name != "" && u.Name[0] == '/' {
+			err = os.Remove(u.Name)
+		}
+	}
+	return errors.Join(s.f.Close(), err)
+}
+
+// laneRouter routes each listener of a service through its own lane.
+type laneRouter struct {
+	names []string
+	lanes []lane
+}
+
+// newRouter builds the lanes of svc: steered in ModeEBPF, except for unix
+// listeners (SO_REUSEPORT does not apply to them), shared in ModeFDPass.
+func newRouter(svc *ServiceConfig, mode Mode, newSteering NewSteering) (*laneRouter, error) {
+	r := &laneRouter{}
 	for _, l := range svc.Listeners {
-		st, err := newSteering(svc.Name, l.Name)
+		ln, err := newLane(svc.Name, l, mode, newSteering)
 		if err != nil {
 			r.close()
-			return nil, fmt.Errorf("load steering for listener %s: %w", l.Name, err)
+			return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 		}
-		r.steering = append(r.steering, st)
+		r.names = append(r.names, l.Name)
+		r.lanes = append(r.lanes, ln)
 	}
 	return r, nil
 }
 
-func (r *ebpfRouter) prepare(gen int) ([]*os.File, error) {
-	var files []*os.File
-	for i, l := range r.listeners {
-		f, err := r.listen(l)
-		if err == nil {
-			err = r.join(i, gen, f)
-			if err != nil {
-				f.Close()
-			}
+func newLane(service string, l ListenerConfig, mode Mode, newSteering NewSteering) (lane, error) {
+	network, _, err := ParseAddress(l.Address)
+	if err != nil {
+		return nil, err
+	}
+	if mode == ModeEBPF && network != "unix" {
+		st, err := newSteering(service, l.Name)
+		if err != nil {
+			return nil, fmt.Errorf("load steering: %w", err)
 		}
+		return &steeredLane{l: l, st: st}, nil
+	}
+	f, err := listenShared(l)
+	if err != nil {
+		return nil, err
+	}
+	return &sharedLane{f: f}, nil
+}
+
+// laneMode says how a listener is handed over in a service of mode mode.
+func laneMode(l ListenerConfig, mode Mode) Mode {
+	if network, _, _ := ParseAddress(l.Address); mode == ModeEBPF && network != "unix" {
+		return ModeEBPF
+	}
+	return ModeFDPass
+}
+
+func (r *laneRouter) prepare(gen int) ([]*os.File, error) {
+	var files []*os.File
+	for i, ln := range r.lanes {
+		f, err := ln.socket(gen)
 		if err != nil {
 			closeAll(files)
-			return nil, fmt.Errorf("listener %s: %w", l.Name, err)
+			return nil, fmt.Errorf("listener %s: %w", r.names[i], err)
 		}
 		files = append(files, f)
 	}
 	return files, nil
 }
 
-// join attaches the program (the group keeps one; attaching again is
-// harmless and covers the first socket of a group) and inserts the socket.
-func (r *ebpfRouter) join(i, gen int, f *os.File) error {
-	fd := int(f.Fd())
-	if err := r.steering[i].Attach(fd); err != nil {
-		return err
-	}
-	return r.steering[i].Insert(slot(gen), fd)
-}
-
-func (r *ebpfRouter) activate(gen int) error {
-	for i, st := range r.steering {
-		if err := st.Activate(slot(gen)); err != nil {
-			return fmt.Errorf("listener %s: %w", r.listeners[i].Name, err)
+func (r *laneRouter) activate(gen int) error {
+	for i, ln := range r.lanes {
+		if err := ln.activate(gen); err != nil {
+			return fmt.Errorf("listener %s: %w", r.names[i], err)
 		}
 	}
 	return nil
 }
 
-func (r *ebpfRouter) close() error {
+func (r *laneRouter) close() error {
 	var errs []error
-	for _, st := range r.steering {
-		errs = append(errs, st.Remove())
+	for _, ln := range r.lanes {
+		errs = append(errs, ln.close())
 	}
 	return errors.Join(errs...)
 }

@@ -41,7 +41,9 @@ type Generation struct {
 
 // Service runs the generations of one configured service.
 type Service struct {
-	cfg      *ServiceConfig
+	cfg *ServiceConfig
+	// mode is handoffd's mode; a listener that cannot be steered (unix)
+	// is shared even in ModeEBPF.
 	mode     Mode
 	control  string
 	router   router

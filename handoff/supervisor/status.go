@@ -12,7 +12,15 @@ type ServiceStatus struct {
 	Name        string             `json:"name"`
 	Mode        Mode               `json:"mode"`
 	Swapping    bool               `json:"swapping"`
+	Listeners   []ListenerStatus   `json:"listeners"`
 	Generations []GenerationStatus `json:"generations"`
+}
+
+// ListenerStatus is one listener of a service and how it is handed over.
+type ListenerStatus struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	Mode    Mode   `json:"mode"`
 }
 
 // GenerationStatus is the state of one generation.
@@ -46,7 +54,10 @@ func (s *Service) Status(counter ConnectionCounter) ServiceStatus {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := ServiceStatus{Name: s.cfg.Name, Mode: s.mode, Swapping: swapping, Generations: []GenerationStatus{}}
+	st := ServiceStatus{Name: s.cfg.Name, Mode: serviceMode(s.cfg, s.mode), Swapping: swapping, Generations: []GenerationStatus{}}
+	for _, l := range s.cfg.Listeners {
+		st.Listeners = append(st.Listeners, ListenerStatus{Name: l.Name, Address: l.Address, Mode: laneMode(l, s.mode)})
+	}
 	now := time.Now()
 	for _, g := range s.gens {
 		gs := GenerationStatus{ID: g.ID, PID: g.pid, State: g.state, StartedAt: g.started,

@@ -36,7 +36,7 @@ func New(cfg *Config, opts Options) (*Supervisor, error) {
 	s := &Supervisor{cfg: cfg, opts: opts, log: opts.Logger}
 	for i := range cfg.Services {
 		sc := &cfg.Services[i]
-		r, err := s.newRouter(sc)
+		r, err := newRouter(sc, opts.Mode, opts.NewSteering)
 		if err != nil {
 			s.closeRouters()
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
@@ -46,13 +46,15 @@ func New(cfg *Config, opts Options) (*Supervisor, error) {
 	return s, nil
 }
 
-func (s *Supervisor) newRouter(sc *ServiceConfig) (router, error) {
-	switch s.opts.Mode {
-	case ModeEBPF:
-		return newEBPFRouter(sc, s.opts.NewSteering)
-	default:
-		return nil, fmt.Errorf("mode %q is not supported by this build; use mode: ebpf", s.opts.Mode)
+// serviceMode is ModeEBPF when every listener of sc is steered, else
+// ModeFDPass; status shows each listener's own mode too.
+func serviceMode(sc *ServiceConfig, mode Mode) Mode {
+	for _, l := range sc.Listeners {
+		if laneMode(l, mode) != ModeEBPF {
+			return ModeFDPass
+		}
 	}
+	return mode
 }
 
 func (s *Supervisor) closeRouters() {
