@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
+	"os/user"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -33,12 +37,16 @@ const DefaultConfigPath = "/etc/handoff/handoff.yaml"
 
 // Config is the whole handoffd configuration file.
 type Config struct {
-	Control  string          `yaml:"control"`
-	Metrics  string          `yaml:"metrics"`
-	Mode     Mode            `yaml:"mode"`
-	StateDir string          `yaml:"state_dir"`
-	BPFDir   string          `yaml:"bpf_dir"`
-	Services []ServiceConfig `yaml:"services"`
+	Control  string `yaml:"control"`
+	Metrics  string `yaml:"metrics"`
+	Mode     Mode   `yaml:"mode"`
+	StateDir string `yaml:"state_dir"`
+	BPFDir   string `yaml:"bpf_dir"`
+	// Group may use the whole control API besides root; empty: root only.
+	Group string `yaml:"group"`
+	// ReadGroup may also read status; empty: nobody else.
+	ReadGroup string          `yaml:"read_group"`
+	Services  []ServiceConfig `yaml:"services"`
 }
 
 // ServiceConfig describes one supervised service.
@@ -48,6 +56,7 @@ type ServiceConfig struct {
 	Dir          string           `yaml:"dir"`
 	Env          []string         `yaml:"env"`
 	User         string           `yaml:"user"`
+	Group        string           `yaml:"group"`
 	Listeners    []ListenerConfig `yaml:"listeners"`
 	ReadyTimeout Duration         `yaml:"ready_timeout"`
 	DrainTimeout Duration         `yaml:"drain_timeout"`
@@ -104,13 +113,16 @@ func (s *Signal) UnmarshalYAML(n *yaml.Node) error {
 // Std returns s as a syscall.Signal.
 func (s Signal) Std() syscall.Signal { return syscall.Signal(s) }
 
-// LoadConfig reads, parses and validates the config file at path.
+// LoadConfig reads, parses and validates the config file at path. Besides
+// what ParseConfig checks, it checks the config against the host: dirs,
+// programs, watched paths, users and groups must exist. Every problem found
+// is listed in the one-line error.
 func LoadConfig(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	cfg, err := ParseConfig(data)
+	cfg, err := parseConfig(data, true)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -118,8 +130,11 @@ func LoadConfig(path string) (*Config, error) {
 }
 
 // ParseConfig parses and validates a config document, filling in defaults.
-// Unknown keys are errors, so that a typo never goes unnoticed.
-func ParseConfig(data []byte) (*Config, error) {
+// Unknown keys are errors, so that a typo never goes unnoticed. It does not
+// look at the host: see LoadConfig and CheckHost.
+func ParseConfig(data []byte) (*Config, error) { return parseConfig(data, false) }
+
+func parseConfig(data []byte, host bool) (*Config, error) {
 	var cfg Config
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -127,10 +142,29 @@ func ParseConfig(data []byte) (*Config, error) {
 		return nil, oneLine(err)
 	}
 	cfg.setDefaults()
-	if err := cfg.Validate(); err != nil {
+	errs := []error{cfg.Validate()}
+	if host {
+		errs = append(errs, cfg.CheckHost())
+	}
+	if err := joinErrors(errs...); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
+}
+
+// joinErrors joins the non-nil errors into one error on one line, the
+// problems separated by "; ".
+func joinErrors(errs ...error) error {
+	var msgs []string
+	for _, err := range errs {
+		if err != nil {
+			msgs = append(msgs, err.Error())
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(msgs, "; "))
 }
 
 // oneLine folds the multi-line errors of the YAML decoder into one line.
@@ -177,72 +211,233 @@ func (c *Config) setDefaults() {
 
 var namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
-// Validate checks the whole config and returns the first problem found,
-// naming the field to fix.
+// Validate checks the whole config document and returns every problem
+// found, each naming the field to fix, on one line. It does not look at
+// the host; CheckHost does.
 func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	switch c.Mode {
 	case ModeAuto, ModeEBPF, ModeFDPass:
 	default:
-		return fmt.Errorf("mode %q: use auto, ebpf or fdpass", c.Mode)
+		add("mode %q: use auto, ebpf or fdpass", c.Mode)
 	}
-	if !strings.HasPrefix(c.Control, "/") {
-		return fmt.Errorf("control %q: must be an absolute path to a UNIX socket", c.Control)
+	if !filepath.IsAbs(c.Control) {
+		add("control %q: must be an absolute path to a UNIX socket", c.Control)
+	}
+	if c.Metrics != "" {
+		if _, port, err := net.SplitHostPort(c.Metrics); err != nil || !validPort(port, true) {
+			add("metrics %q: write HOST:PORT, e.g. 127.0.0.1:9370", c.Metrics)
+		}
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		add("state_dir %q: must be an absolute path", c.StateDir)
+	}
+	if !filepath.IsAbs(c.BPFDir) {
+		add("bpf_dir %q: must be an absolute path", c.BPFDir)
 	}
 	if len(c.Services) == 0 {
-		return errors.New("services: at least one service is needed")
+		add("services: at least one service is needed")
 	}
 	seen := map[string]bool{}
 	for i := range c.Services {
 		s := &c.Services[i]
-		if err := s.validate(); err != nil {
-			return fmt.Errorf("services[%d] (%s): %w", i, s.Name, err)
+		for _, err := range s.validate() {
+			add("services[%d] (%s): %w", i, s.Name, err)
 		}
 		if seen[s.Name] {
-			return fmt.Errorf("services[%d]: name %q is used twice", i, s.Name)
+			add("services[%d]: name %q is used twice", i, s.Name)
 		}
 		seen[s.Name] = true
 	}
-	return nil
+	return joinErrors(errs...)
 }
 
-func (s *ServiceConfig) validate() error {
+// reservedEnv are the variables handoffd sets for a generation; a
+// service's env must not set them.
+func reservedEnv(name string) bool {
+	return strings.HasPrefix(name, "LISTEN_") || strings.HasPrefix(name, "HANDOFF_") || name == "NOTIFY_SOCKET"
+}
+
+var envNamePattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+func (s *ServiceConfig) validate() []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if !namePattern.MatchString(s.Name) {
-		return fmt.Errorf("name %q: use 1-63 characters of a-z, 0-9, '-' and '_'", s.Name)
+		add("name %q: use 1-63 characters of a-z, 0-9, '-' and '_'", s.Name)
 	}
 	if len(s.Command) == 0 || s.Command[0] == "" {
-		return errors.New("command: give the program and its arguments as a list, e.g. [\"./bin/demo\"]")
+		add("command: give the program and its arguments as a list, e.g. [\"./bin/demo\"]")
+	}
+	for j, arg := range s.Command {
+		if strings.ContainsRune(arg, 0) {
+			add("command[%d]: contains a NUL byte", j)
+		}
+	}
+	if s.Dir == "" || strings.ContainsRune(s.Dir, 0) {
+		add("dir %q: give a directory", s.Dir)
 	}
 	if len(s.Listeners) == 0 {
-		return errors.New("listeners: at least one listener is needed")
+		add("listeners: at least one listener is needed")
 	}
 	names := map[string]bool{}
 	for j, l := range s.Listeners {
 		if !namePattern.MatchString(l.Name) {
-			return fmt.Errorf("listeners[%d]: name %q: use 1-63 characters of a-z, 0-9, '-' and '_'", j, l.Name)
-		}
-		if names[l.Name] {
-			return fmt.Errorf("listeners[%d]: name %q is used twice", j, l.Name)
+			add("listeners[%d]: name %q: use 1-63 characters of a-z, 0-9, '-' and '_'", j, l.Name)
+		} else if names[l.Name] {
+			add("listeners[%d]: name %q is used twice", j, l.Name)
 		}
 		names[l.Name] = true
 		if _, _, err := ParseAddress(l.Address); err != nil {
-			return fmt.Errorf("listeners[%d] (%s): %w", j, l.Name, err)
+			add("listeners[%d] (%s): %w", j, l.Name, err)
 		}
 		if l.Backlog < 1 || l.Backlog > 65535 {
-			return fmt.Errorf("listeners[%d] (%s): backlog %d: use 1..65535", j, l.Name, l.Backlog)
+			add("listeners[%d] (%s): backlog %d: use 1..65535", j, l.Name, l.Backlog)
 		}
 	}
 	if s.ReadyTimeout <= 0 {
-		return errors.New("ready_timeout: must be positive")
+		add("ready_timeout: must be positive")
 	}
 	if s.DrainTimeout <= 0 {
-		return errors.New("drain_timeout: must be positive")
+		add("drain_timeout: must be positive")
 	}
 	for _, e := range s.Env {
-		if !strings.Contains(e, "=") {
-			return fmt.Errorf("env %q: write NAME=value", e)
+		name, _, ok := strings.Cut(e, "=")
+		switch {
+		case !ok:
+			add("env %q: write NAME=value", e)
+		case !envNamePattern.MatchString(name) || strings.ContainsRune(e, 0):
+			add("env %q: the name must be letters, digits and '_', the value free of NUL bytes", e)
+		case reservedEnv(name):
+			add("env %q: %s is set by handoffd", e, name)
 		}
 	}
-	return nil
+	for j, w := range s.Watch {
+		if w == "" || strings.ContainsRune(w, 0) {
+			add("watch[%d] %q: give a path", j, w)
+		}
+	}
+	return errs
+}
+
+// CheckHost checks the config against this host: each service's dir exists
+// and is a directory, a command given as a path is an executable file,
+// watched files' directories exist, and every user and group is known. It
+// returns every problem found, on one line.
+func (c *Config) CheckHost() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Group != "" {
+		if _, err := lookupGroup(c.Group); err != nil {
+			add("group: %w", err)
+		}
+	}
+	if c.ReadGroup != "" {
+		if _, err := lookupGroup(c.ReadGroup); err != nil {
+			add("read_group: %w", err)
+		}
+	}
+	for i := range c.Services {
+		for _, err := range c.Services[i].checkHost() {
+			add("services[%d] (%s): %w", i, c.Services[i].Name, err)
+		}
+	}
+	return joinErrors(errs...)
+}
+
+func (s *ServiceConfig) checkHost() []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if fi, err := os.Stat(s.Dir); err != nil {
+		add("dir %q: %w", s.Dir, pathError(err))
+	} else if !fi.IsDir() {
+		add("dir %q: not a directory", s.Dir)
+	}
+	if len(s.Command) > 0 && strings.Contains(s.Command[0], "/") {
+		prog := s.Command[0]
+		if !filepath.IsAbs(prog) {
+			prog = filepath.Join(s.Dir, prog)
+		}
+		if fi, err := os.Stat(prog); err != nil {
+			add("command[0] %q: %w", s.Command[0], pathError(err))
+		} else if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+			add("command[0] %q: not an executable file", s.Command[0])
+		}
+	}
+	for j, w := range s.Watch {
+		if w == "" {
+			continue
+		}
+		if !filepath.IsAbs(w) {
+			w = filepath.Join(s.Dir, w)
+		}
+		if fi, err := os.Stat(filepath.Dir(w)); err != nil || !fi.IsDir() {
+			add("watch[%d] %q: directory %s does not exist", j, s.Watch[j], filepath.Dir(w))
+		}
+	}
+	if s.User != "" {
+		if _, err := lookupUser(s.User); err != nil {
+			add("user: %w", err)
+		}
+	}
+	if s.Group != "" {
+		if _, err := lookupGroup(s.Group); err != nil {
+			add("group: %w", err)
+		}
+	}
+	return errs
+}
+
+// pathError drops the path and operation from an *os.PathError, which
+// the caller names already.
+func pathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// lookupUser returns the user named name, or with the numeric id name.
+func lookupUser(name string) (*user.User, error) {
+	u, err := user.Lookup(name)
+	if err != nil && isNumeric(name) {
+		u, err = user.LookupId(name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("unknown user %q", name)
+	}
+	return u, nil
+}
+
+// lookupGroup returns the gid of the group named name, or with the
+// numeric id name.
+func lookupGroup(name string) (uint32, error) {
+	g, err := user.LookupGroup(name)
+	if err != nil && isNumeric(name) {
+		g, err = user.LookupGroupId(name)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("unknown group %q", name)
+	}
+	gid, err := strconv.ParseUint(g.Gid, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("group %q: gid %q is not a number", name, g.Gid)
+	}
+	return uint32(gid), nil
+}
+
+func isNumeric(s string) bool {
+	_, err := strconv.ParseUint(s, 10, 32)
+	return err == nil
+}
+
+// validPort says whether port is a decimal port number; port 0 is
+// allowed only when zeroOK.
+func validPort(port string, zeroOK bool) bool {
+	n, err := strconv.Atoi(port)
+	return err == nil && n <= 65535 && (n >= 1 || zeroOK && n == 0) && strconv.Itoa(n) == port
 }
 
 // ParseAddress splits a listener address such as tcp://127.0.0.1:8080 into
@@ -254,12 +449,18 @@ func ParseAddress(addr string) (network, hostport string, err error) {
 	}
 	switch u.Scheme {
 	case "tcp", "tcp4", "tcp6":
-		if u.Port() == "" || u.Path != "" {
+		if u.Port() == "" || u.Path != "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 			return "", "", fmt.Errorf("address %q: write %s://HOST:PORT", addr, u.Scheme)
+		}
+		if !validPort(u.Port(), false) {
+			return "", "", fmt.Errorf("address %q: port %s: use 1..65535", addr, u.Port())
 		}
 		return u.Scheme, u.Host, nil
 	case "unix":
-		return "", "", fmt.Errorf("address %q: unix:// listeners need fdpass mode, which this build does not support yet", addr)
+		if u.Host != "" || !strings.HasPrefix(u.Path, "/") {
+			return "", "", fmt.Errorf("address %q: write unix:///absolute/path.sock", addr)
+		}
+		return "unix", u.Path, nil
 	default:
 		return "", "", fmt.Errorf("address %q: unknown scheme %q (use tcp://, tcp4:// or tcp6://)", addr, u.Scheme)
 	}

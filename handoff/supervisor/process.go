@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -77,8 +76,8 @@ func (l *ExecLauncher) Start(spec LaunchSpec) (Process, error) {
 	// Its own process group: a Ctrl-C meant for handoffd must not reach
 	// the generations, which handoffd stops in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if spec.Config.User != "" {
-		cred, err := lookupCredential(spec.Config.User)
+	if spec.Config.User != "" || spec.Config.Group != "" {
+		cred, err := lookupCredential(spec.Config.User, spec.Config.Group)
 		if err != nil {
 			notify.Close()
 			return nil, err
@@ -95,20 +94,31 @@ func (l *ExecLauncher) Start(spec LaunchSpec) (Process, error) {
 	return p, nil
 }
 
+// DefaultPath is the PATH of a generation whose env does not set one.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// childEnv is the whole environment of a generation: PATH, the service's
+// env, and the variables of socket activation and of handoff. Nothing of
+// handoffd's own environment leaks into it. LISTEN_PID is added by
+// ExecGeneration, in the child.
 func childEnv(spec LaunchSpec, notifySocket string) []string {
 	var env []string
-	for _, e := range os.Environ() {
+	hasPath := false
+	for _, e := range spec.Config.Env {
 		name, _, _ := strings.Cut(e, "=")
-		if strings.HasPrefix(name, "LISTEN_") || strings.HasPrefix(name, "HANDOFF_") || name == "NOTIFY_SOCKET" {
+		if reservedEnv(name) {
 			continue
 		}
+		hasPath = hasPath || name == "PATH"
 		env = append(env, e)
+	}
+	if !hasPath {
+		env = append([]string{"PATH=" + DefaultPath}, env...)
 	}
 	names := make([]string, len(spec.Config.Listeners))
 	for i, l := range spec.Config.Listeners {
 		names[i] = l.Name
 	}
-	env = append(env, spec.Config.Env...)
 	return append(env,
 		"LISTEN_FDS="+strconv.Itoa(len(spec.Files)),
 		"LISTEN_FDNAMES="+strings.Join(names, ":"),
@@ -119,21 +129,39 @@ func childEnv(spec LaunchSpec, notifySocket string) []string {
 	)
 }
 
-func lookupCredential(name string) (*syscall.Credential, error) {
-	u, err := user.Lookup(name)
-	if err != nil {
-		return nil, fmt.Errorf("user %q: %w", name, err)
-	}
-	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-	var groups []uint32
-	if ids, err := u.GroupIds(); err == nil {
+// lookupCredential returns the credential a generation runs with: the
+// user's uid, primary gid and supplementary groups, and the group's gid as
+// primary gid when group is set. An empty user keeps uid 0. A non-zero uid
+// set this way leaves the process no capabilities: the kernel clears them
+// when all uids leave 0.
+func lookupCredential(userName, groupName string) (*syscall.Credential, error) {
+	cred := &syscall.Credential{Groups: []uint32{}}
+	if userName != "" {
+		u, err := lookupUser(userName)
+		if err != nil {
+			return nil, fmt.Errorf("user: %w", err)
+		}
+		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+		cred.Uid, cred.Gid = uint32(uid), uint32(gid)
+		ids, err := u.GroupIds()
+		if err != nil {
+			return nil, fmt.Errorf("user %q: supplementary groups: %w", userName, err)
+		}
 		for _, id := range ids {
-			g, _ := strconv.ParseUint(id, 10, 32)
-			groups = append(groups, uint32(g))
+			if g, err := strconv.ParseUint(id, 10, 32); err == nil {
+				cred.Groups = append(cred.Groups, uint32(g))
+			}
 		}
 	}
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}, nil
+	if groupName != "" {
+		gid, err := lookupGroup(groupName)
+		if err != nil {
+			return nil, fmt.Errorf("group: %w", err)
+		}
+		cred.Gid = gid
+	}
+	return cred, nil
 }
 
 // listenNotify opens the generation's NOTIFY_SOCKET: an abstract unixgram
@@ -203,12 +231,21 @@ func (p *execProcess) readNotify(c *net.UnixConn) {
 		if senderPid(oob[:oobn]) != p.Pid() {
 			continue
 		}
-		for _, line := range bytes.Split(buf[:n], []byte("\n")) {
-			if string(line) == "READY=1" {
-				p.readyOnce.Do(func() { close(p.ready) })
-			}
+		if parseNotify(buf[:n]) {
+			p.readyOnce.Do(func() { close(p.ready) })
 		}
 	}
+}
+
+// parseNotify reads one sd_notify datagram, newline-separated VAR=value
+// assignments, and says whether it holds READY=1.
+func parseNotify(msg []byte) (ready bool) {
+	for line := range bytes.SplitSeq(msg, []byte("\n")) {
+		if string(line) == "READY=1" {
+			return true
+		}
+	}
+	return false
 }
 
 func senderPid(oob []byte) int {
@@ -225,7 +262,8 @@ func senderPid(oob []byte) int {
 }
 
 // ExecGeneration is run by handoffd re-executed with ExecArg: it sets
-// LISTEN_PID to this process's pid and replaces itself with argv. It only
+// no_new_privs, sets LISTEN_PID to this process's pid and replaces itself
+// with argv. It only
 // returns an error.
 func ExecGeneration(argv []string) error {
 	if len(argv) == 0 {
@@ -237,6 +275,11 @@ func ExecGeneration(argv []string) error {
 		if path, err = exec.LookPath(path); err != nil {
 			return err
 		}
+	}
+	// No exec from here on may gain privileges (setuid bits, file
+	// capabilities): a generation has at most what it starts with.
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("set no_new_privs: %w", err)
 	}
 	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
 	if err := unix.Exec(path, argv, os.Environ()); err != nil {
