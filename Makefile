@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BINS    := bin/handoffd bin/handoffctl bin/demo
 
-.PHONY: all build demo test unit e2e generate check-generated lint clean
+.PHONY: all build demo test unit e2e fuzz generate check-generated lint clean
 
 all: build
 
@@ -25,6 +25,13 @@ unit:
 
 e2e: build
 	$(GO) test -count=1 -v -timeout 20m ./test/
+
+# Each fuzz target for 10s, from its seed corpus in testdata/fuzz.
+FUZZ := FuzzParseConfig FuzzAPIRequest FuzzNotifyMessage
+fuzz:
+	@for f in $(FUZZ); do \
+		$(GO) test -run='^$$' -fuzz="^$$f\$$" -fuzztime=10s ./handoff/supervisor/ || exit 1; \
+	done
 
 # Regenerate the eBPF objects and their Go bindings from bpf/*.c.
 generate:

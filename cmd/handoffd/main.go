@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -69,13 +68,14 @@ func run(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	ln, err := supervisor.ListenControl(cfg.Control)
+	stopped := make(chan struct{})
+	control := supervisor.NewAPI(sup, func() { close(stopped) })
+	ln, err := control.Listen()
 	if err != nil {
 		return err
 	}
 	defer os.Remove(cfg.Control)
-	stopped := make(chan struct{})
-	api := &http.Server{Handler: supervisor.NewAPI(sup, func() { close(stopped) }).Handler()}
+	api := control.Server()
 	go api.Serve(ln)
 	defer api.Close()
 

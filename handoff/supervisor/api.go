@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -15,27 +17,71 @@ import (
 // API serves the control API over HTTP/JSON:
 //
 //	GET  /v1/status[?service=NAME]    Status
-//	POST /v1/services/{name}/swap     SwapResult once the new generation is active
+//	POST /v1/services/{name}/swap     SwapResult once the new generation is active;
+//	                                  optional body {"timeout":"30s"}
 //	POST /v1/services/{name}/stop     stop the service's generations
 //	POST /v1/stop                     stop every service, then handoffd
+//
+// Every request is checked against the peer's credentials (see Server):
+// root and members of the config's group may do everything, members of
+// read_group may read status. Every answer, errors included, is JSON.
 type API struct {
 	sup *Supervisor
 	// shutdown is called after POST /v1/stop stopped the services.
 	shutdown func()
+	policy   accessPolicy
+	log      *slog.Logger
 }
+
+// maxRequestBody bounds request bodies: none needs more than a few bytes.
+const maxRequestBody = 64 << 10
 
 // NewAPI returns the control API of sup. shutdown is called once every
 // service was stopped through POST /v1/stop.
-func NewAPI(sup *Supervisor, shutdown func()) *API { return &API{sup: sup, shutdown: shutdown} }
+func NewAPI(sup *Supervisor, shutdown func()) *API {
+	return &API{sup: sup, shutdown: shutdown, log: sup.log, policy: newAccessPolicy(sup.cfg, sup.log)}
+}
 
-// Handler returns the API's routes.
+// Handler returns the API's routes, behind the access check.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", a.status)
 	mux.HandleFunc("POST /v1/services/{name}/swap", a.swap)
 	mux.HandleFunc("POST /v1/services/{name}/stop", a.stopService)
 	mux.HandleFunc("POST /v1/stop", a.stopAll)
-	return mux
+	return a.authorize(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxRequestBody)
+		if _, pattern := mux.Handler(r); pattern == "" {
+			// The mux answers 404 or 405 in plain text: make it JSON.
+			w = &jsonErrorWriter{ResponseWriter: w, r: r}
+		}
+		mux.ServeHTTP(w, r)
+	}))
+}
+
+// Server returns an http.Server for the API that records each peer's
+// credentials (it must serve a UNIX socket: see Listen) and bounds how
+// long a client may take to send a request. It sets no WriteTimeout: a
+// swap answers only once the new generation is active, which may take
+// the service's ready_timeout; each handler sets its own write deadline.
+func (a *API) Server() *http.Server {
+	return &http.Server{
+		Handler:           a.Handler(),
+		ConnContext:       connContext,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+}
+
+// Listen opens the API's control socket; see ListenControl.
+func (a *API) Listen() (net.Listener, error) {
+	gid := -1
+	if a.policy.hasGroup {
+		gid = int(a.policy.group)
+	}
+	return ListenControl(a.sup.cfg.Control, gid)
 }
 
 type apiError struct {
@@ -50,6 +96,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeError(w http.ResponseWriter, err error) {
 	code := http.StatusInternalServerError
+	var tooBig *http.MaxBytesError
 	switch {
 	case errors.Is(err, ErrUnknownService):
 		code = http.StatusNotFound
@@ -57,11 +104,90 @@ func writeError(w http.ResponseWriter, err error) {
 		code = http.StatusConflict
 	case errors.Is(err, ErrStopped):
 		code = http.StatusServiceUnavailable
+	case errors.As(err, &tooBig):
+		code = http.StatusRequestEntityTooLarge
+	case errors.Is(err, errBadRequest):
+		code = http.StatusBadRequest
 	}
 	writeJSON(w, code, apiError{Error: err.Error()})
 }
 
+// jsonErrorWriter turns the mux's plain-text 404 and 405 answers into
+// JSON errors that handoffctl prints; other answers (a redirect to a
+// cleaned path) pass through.
+type jsonErrorWriter struct {
+	http.ResponseWriter
+	r                     *http.Request
+	wroteHeader, replaced bool
+}
+
+func (w *jsonErrorWriter) WriteHeader(code int) {
+	if w.wroteHeader {
+		return
+	}
+	w.wroteHeader = true
+	if code < 400 {
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	w.replaced = true
+	msg := fmt.Sprintf("no endpoint %s", w.r.URL.Path)
+	if code == http.StatusMethodNotAllowed {
+		msg = fmt.Sprintf("method %s not allowed on %s (allowed: %s)", w.r.Method, w.r.URL.Path, w.Header().Get("Allow"))
+	}
+	w.Header().Del("X-Content-Type-Options")
+	writeJSON(w.ResponseWriter, code, apiError{Error: msg})
+}
+
+func (w *jsonErrorWriter) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.replaced {
+		return len(b), nil // the plain-text body was replaced
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+var errBadRequest = errors.New("bad request")
+
+// decodeBody decodes the optional JSON object in r's body into v,
+// rejecting unknown fields and trailing data. An empty body leaves v as is.
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	if err == nil && dec.More() {
+		err = errors.New("more than one JSON value")
+	} else if err == nil {
+		if _, terr := dec.Token(); !errors.Is(terr, io.EOF) {
+			err = errors.New("data after the JSON object")
+		}
+	}
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return fmt.Errorf("request body: %w", err)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: request body: %v", errBadRequest, err)
+	}
+	return nil
+}
+
+// writeDeadline lets the answer to r be written for d from now; the
+// server has no WriteTimeout of its own.
+func writeDeadline(w http.ResponseWriter, d time.Duration) {
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(d))
+}
+
+// apiSlack is what a handler may take beyond the waits its request asks for.
+const apiSlack = 30 * time.Second
+
 func (a *API) status(w http.ResponseWriter, r *http.Request) {
+	writeDeadline(w, apiSlack)
 	st, err := a.sup.Status(r.URL.Query().Get("service"))
 	if err != nil {
 		writeError(w, err)
@@ -70,13 +196,39 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
+// SwapRequest is the optional body of POST /v1/services/{name}/swap.
+type SwapRequest struct {
+	// Timeout bounds the swap as a Go duration ("30s"); the service's
+	// ready_timeout applies as well.
+	Timeout string `json:"timeout,omitempty"`
+}
+
 func (a *API) swap(w http.ResponseWriter, r *http.Request) {
+	var req SwapRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
 	svc, err := a.sup.Service(r.PathValue("name"))
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	res, err := svc.Swap(r.Context())
+	ctx := r.Context()
+	limit := svc.cfg.ReadyTimeout.Std()
+	if req.Timeout != "" {
+		d, err := time.ParseDuration(req.Timeout)
+		if err != nil || d <= 0 {
+			writeError(w, fmt.Errorf("%w: timeout %q: give a positive duration such as 30s", errBadRequest, req.Timeout))
+			return
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+		limit = min(limit, d)
+	}
+	writeDeadline(w, limit+apiSlack)
+	res, err := svc.Swap(ctx)
 	if err != nil {
 		writeError(w, fmt.Errorf("swap %s: %w", svc.Name(), err))
 		return
@@ -85,11 +237,16 @@ func (a *API) swap(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) stopService(w http.ResponseWriter, r *http.Request) {
+	if err := decodeBody(r, &struct{}{}); err != nil {
+		writeError(w, err)
+		return
+	}
 	svc, err := a.sup.Service(r.PathValue("name"))
 	if err != nil {
 		writeError(w, err)
 		return
 	}
+	writeDeadline(w, svc.cfg.DrainTimeout.Std()+apiSlack)
 	if err := svc.Stop(r.Context()); err != nil {
 		writeError(w, err)
 		return
@@ -98,6 +255,15 @@ func (a *API) stopService(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) stopAll(w http.ResponseWriter, r *http.Request) {
+	if err := decodeBody(r, &struct{}{}); err != nil {
+		writeError(w, err)
+		return
+	}
+	var longest time.Duration
+	for _, sc := range a.sup.cfg.Services {
+		longest = max(longest, sc.DrainTimeout.Std())
+	}
+	writeDeadline(w, longest+apiSlack)
 	if err := a.sup.Stop(r.Context()); err != nil {
 		writeError(w, err)
 		return
@@ -108,12 +274,18 @@ func (a *API) stopAll(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// ListenControl opens the control socket at path, mode 0660. A socket
-// file left by a handoffd that is gone is replaced; one that a running
-// handoffd answers on is an error.
-func ListenControl(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+// ListenControl opens the control socket at path: mode 0660, owned by
+// root and by group gid (-1: root's group), in a directory created 0755
+// if missing. It refuses a directory that others could tamper with. A
+// socket file left by a handoffd that is gone is replaced; one that a
+// running handoffd answers on is an error.
+func ListenControl(path string, gid int) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create control socket directory: %w", err)
+	}
+	if err := checkSocketDir(dir); err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
@@ -125,6 +297,12 @@ func ListenControl(path string) (net.Listener, error) {
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("listen on control socket: %w", err)
+	}
+	// Every request is checked by its peer's credentials anyway; the
+	// mode keeps everybody else from even connecting.
+	if err := os.Chown(path, -1, gid); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chown control socket to gid %d: %w", gid, err)
 	}
 	if err := os.Chmod(path, 0o660); err != nil {
 		ln.Close()
