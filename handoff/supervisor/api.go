@@ -77,11 +77,14 @@ func (a *API) Server() *http.Server {
 
 // Listen opens the API's control socket; see ListenControl.
 func (a *API) Listen() (net.Listener, error) {
-	gid := -1
+	gid, readGID := -1, -1
 	if a.policy.hasGroup {
 		gid = int(a.policy.group)
 	}
-	return ListenControl(a.sup.cfg.Control, gid)
+	if a.policy.hasReader {
+		readGID = int(a.policy.readGroup)
+	}
+	return ListenControl(a.sup.cfg.Control, gid, readGID)
 }
 
 type apiError struct {
@@ -276,10 +279,12 @@ func (a *API) stopAll(w http.ResponseWriter, r *http.Request) {
 
 // ListenControl opens the control socket at path: mode 0660, owned by
 // root and by group gid (-1: root's group), in a directory created 0755
-// if missing. It refuses a directory that others could tamper with. A
+// if missing. Group readGID (-1: none) may connect too, through an ACL
+// entry; where the filesystem has no ACLs, the socket is 0666 instead and
+// the check of each request's peer is the only gate. It refuses a directory that others could tamper with. A
 // socket file left by a handoffd that is gone is replaced; one that a
 // running handoffd answers on is an error.
-func ListenControl(path string, gid int) (net.Listener, error) {
+func ListenControl(path string, gid, readGID int) (net.Listener, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create control socket directory: %w", err)
@@ -307,6 +312,12 @@ func ListenControl(path string, gid int) (net.Listener, error) {
 	if err := os.Chmod(path, 0o660); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("chmod control socket: %w", err)
+	}
+	if readGID >= 0 && readGID != gid {
+		if err := allowGroup(path, uint32(readGID)); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("let read_group connect to the control socket: %w", err)
+		}
 	}
 	return ln, nil
 }

@@ -166,14 +166,14 @@ func TestListenControlRefusesUnsafeDir(t *testing.T) {
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	_, err := ListenControl(filepath.Join(dir, "ctl.sock"), -1)
+	_, err := ListenControl(filepath.Join(dir, "ctl.sock"), -1, -1)
 	if err == nil || !strings.Contains(err.Error(), "world-writable without the sticky bit") {
 		t.Fatalf("world-writable dir: %v", err)
 	}
 	if err := os.Chmod(dir, 0o777|os.ModeSticky); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := ListenControl(filepath.Join(dir, "ctl.sock"), -1)
+	ln, err := ListenControl(filepath.Join(dir, "ctl.sock"), -1, -1)
 	if err != nil {
 		t.Fatalf("sticky world-writable dir: %v", err)
 	}

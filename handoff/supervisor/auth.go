@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -207,4 +208,35 @@ func checkSocketDir(dir string) error {
 			return nil
 		}
 	}
+}
+
+// allowGroup lets members of gid read and write path besides its owner
+// and group, with a POSIX access ACL (the system.posix_acl_access xattr).
+// Where the filesystem has no ACLs, it opens path to everybody (0666).
+func allowGroup(path string, gid uint32) error {
+	const undefined = 0xffffffff
+	const rw = 6
+	entries := []struct {
+		tag  uint16
+		perm uint16
+		id   uint32
+	}{
+		{0x01, rw, undefined}, // ACL_USER_OBJ
+		{0x04, rw, undefined}, // ACL_GROUP_OBJ
+		{0x08, rw, gid},       // ACL_GROUP
+		{0x10, rw, undefined}, // ACL_MASK
+		{0x20, 0, undefined},  // ACL_OTHER
+	}
+	acl := binary.LittleEndian.AppendUint32(nil, 2) // POSIX_ACL_XATTR_VERSION
+	for _, e := range entries {
+		acl = binary.LittleEndian.AppendUint16(acl, e.tag)
+		acl = binary.LittleEndian.AppendUint16(acl, e.perm)
+		acl = binary.LittleEndian.AppendUint32(acl, e.id)
+	}
+	err := unix.Setxattr(path, "system.posix_acl_access", acl, 0)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		slog.Warn("no ACLs on the control socket's filesystem: the socket is 0666 and each request's peer is checked", "path", path)
+		return os.Chmod(path, 0o666)
+	}
+	return err
 }

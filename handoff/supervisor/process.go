@@ -262,7 +262,7 @@ func senderPid(oob []byte) int {
 }
 
 // ExecGeneration is run by handoffd re-executed with ExecArg: it sets
-// no_new_privs, sets LISTEN_PID to this process's pid and replaces itself
+// no_new_privs, lets no fd but stdio and the listeners through, sets LISTEN_PID to this process's pid and replaces itself
 // with argv. It only
 // returns an error.
 func ExecGeneration(argv []string) error {
@@ -281,9 +281,35 @@ func ExecGeneration(argv []string) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("set no_new_privs: %w", err)
 	}
+	if err := keepOnlyListeners(); err != nil {
+		return err
+	}
 	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
 	if err := unix.Exec(path, argv, os.Environ()); err != nil {
 		return fmt.Errorf("exec %s: %w", filepath.Clean(path), err)
+	}
+	return nil
+}
+
+// keepOnlyListeners marks close-on-exec every fd above stdio and the
+// LISTEN_FDS listeners: what handoffd itself inherited without
+// close-on-exec from whoever started it must not reach the command.
+func keepOnlyListeners() error {
+	n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	first := 3 + max(n, 0)
+	err := unix.CloseRange(uint(first), ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil {
+		return nil
+	}
+	// Kernels before 5.11: one fd at a time.
+	ents, rerr := os.ReadDir("/proc/self/fd")
+	if rerr != nil {
+		return fmt.Errorf("close inherited fds: %w", errors.Join(err, rerr))
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd >= first {
+			unix.CloseOnExec(fd)
+		}
 	}
 	return nil
 }
