@@ -52,14 +52,14 @@ func publicDir(t *testing.T) string {
 
 // startPrivDropDaemon runs handoffd with the demo as user nobody, the
 // control API open to adminGroup and, for status, to nogroup.
-func startPrivDropDaemon(t *testing.T) (*daemon, int) {
+func startPrivDropDaemon(t *testing.T) (d *daemon, port int, bpfDir string) {
 	t.Helper()
 	requireEBPF(t)
 	dir := publicDir(t)
-	port := freePort(t)
-	d := &daemon{t: t, control: filepath.Join(dir, "run", "handoffd.sock"), addr: fmt.Sprintf("127.0.0.1:%d", port),
+	port = freePort(t)
+	d = &daemon{t: t, control: filepath.Join(dir, "run", "handoffd.sock"), addr: fmt.Sprintf("127.0.0.1:%d", port),
 		log: new(bytes.Buffer), exited: make(chan struct{})}
-	bpfDir := fmt.Sprintf("/sys/fs/bpf/handoff-e2e-%d-%d", os.Getpid(), port)
+	bpfDir = fmt.Sprintf("/sys/fs/bpf/handoff-e2e-%d-%d", os.Getpid(), port)
 	cfg := fmt.Sprintf(`control: %s
 mode: ebpf
 state_dir: %s
@@ -93,7 +93,7 @@ services:
 	d.waitFor("generation 1 active", 15*time.Second, func(st supervisor.ServiceStatus) bool {
 		return len(st.Generations) == 1 && st.Generations[0].State == supervisor.StateActive
 	})
-	return d, port
+	return d, port, bpfDir
 }
 
 // ctlAs runs handoffctl against d as uid nobody with gid and groups.
@@ -107,7 +107,7 @@ func (d *daemon) ctlAs(gid uint32, groups []uint32, args ...string) (string, err
 }
 
 func TestControlSocketAccess(t *testing.T) {
-	d, _ := startPrivDropDaemon(t)
+	d, _, _ := startPrivDropDaemon(t)
 
 	fi, err := os.Stat(d.control)
 	if err != nil {
@@ -149,7 +149,7 @@ func TestControlSocketAccess(t *testing.T) {
 // runs as nobody with no capabilities and no_new_privs, and holds its own
 // listener and no other descriptor of handoffd.
 func TestGenerationUnprivileged(t *testing.T) {
-	d, port := startPrivDropDaemon(t)
+	d, port, bpfDir := startPrivDropDaemon(t)
 	if out, err := d.ctl("swap", "demo"); err != nil {
 		t.Fatalf("swap: %v: %s", err, out)
 	}
@@ -157,6 +157,7 @@ func TestGenerationUnprivileged(t *testing.T) {
 		return len(st.Generations) == 2 && !st.Generations[0].State.Live()
 	})
 	pid := st.Generations[1].PID
+	checkPins(t, bpfDir)
 
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -223,6 +224,35 @@ func sameFile(t *testing.T, pid1, fd1, pid2, fd2 int) bool {
 		t.Fatalf("kcmp: %v", errno)
 	}
 	return r == 0
+}
+
+// checkPins checks that the pinned programs and maps under dir are root's
+// alone: directories 0700, pins 0600 at most.
+func checkPins(t *testing.T, dir string) {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(dir, func(path string, e os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return err
+		}
+		limit := os.FileMode(0o600)
+		if e.IsDir() {
+			limit = 0o700
+		} else {
+			n++
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || fi.Mode().Perm()&^limit != 0 {
+			t.Errorf("%s: mode %s uid %d, want at most %s and root", path, fi.Mode(), st.Uid, limit)
+		}
+		return nil
+	})
+	if err != nil || n == 0 {
+		t.Errorf("pins under %s: %d found, %v", dir, n, err)
+	}
 }
 
 // fdTargets maps each open fd of pid to what it refers to.
