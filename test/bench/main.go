@@ -1,0 +1,423 @@
+// Command bench runs one workload against handoffd and its peers, one
+// strategy after the other, and reports failures, throughput and swap
+// phases side by side (issue 7). It must run as root: handoffd loads eBPF
+// programs and one row sets net.ipv4.tcp_migrate_req.
+//
+//	cd test/bench && go run . -swaps 100 -out .
+//
+// It is its own module so that the peers (tableflip) and the plot library
+// never become dependencies of handoffd.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	clients   = 32
+	swapEvery = 700 * time.Millisecond
+	warmup    = 500 * time.Millisecond
+	tail      = time.Second
+	path      = "/slow?ms=1"
+)
+
+var strategies = []string{"none", "naive", "reuseport", "reuseport-migrate", "tableflip", "endless",
+	"handoffd-fdpass", "handoffd-ebpf"}
+
+// endlessUnavailable is why the endless row is left out: `go get
+// github.com/fvbock/endless` was tried once when this benchmark was
+// written, and the module proxy refused it.
+const endlessUnavailable = "go get github.com/fvbock/endless: proxy.golang.org answered 403 Forbidden " +
+	"(\"This module version is not available\"); row left out"
+
+type config struct {
+	swaps      int
+	costRounds int
+	costEach   time.Duration
+	out        string
+	only       string
+	repo       string
+}
+
+// cleanups run on the way out, also after SIGINT or SIGTERM.
+var cleanups struct {
+	sync.Mutex
+	fns []func()
+}
+
+func atExit(fn func()) {
+	cleanups.Lock()
+	cleanups.fns = append(cleanups.fns, fn)
+	cleanups.Unlock()
+}
+
+func runCleanups() {
+	cleanups.Lock()
+	fns := cleanups.fns
+	cleanups.fns = nil
+	cleanups.Unlock()
+	for i := len(fns) - 1; i >= 0; i-- {
+		fns[i]()
+	}
+	killOwn()
+}
+
+func main() {
+	var c config
+	flag.IntVar(&c.swaps, "swaps", 3, "swaps per strategy and client mode (0.7 s apart)")
+	flag.IntVar(&c.costRounds, "cost-rounds", 3, "A/B rounds of the steering cost measurement")
+	flag.DurationVar(&c.costEach, "cost-each", 3*time.Second, "length of each A and B run of the cost measurement")
+	flag.StringVar(&c.out, "out", ".", "directory for results.json and results.png")
+	flag.StringVar(&c.only, "only", "", "comma-separated strategies to run (default: all)")
+	flag.StringVar(&c.repo, "repo", "../..", "handoffd's checkout")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "bench: run as root (handoffd loads eBPF programs; a row sets net.ipv4.tcp_migrate_req)")
+		os.Exit(1)
+	}
+	// tableflip's children outlive their parent: as a subreaper we get
+	// them back, so that we can reap and, if need be, kill them.
+	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		fmt.Fprintf(os.Stderr, "bench: %v: cleaning up\n", sig)
+		runCleanups()
+		os.Exit(130)
+	}()
+	err := run(c)
+	runCleanups()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(c config) error {
+	tmp, err := os.MkdirTemp("", "handoffd-bench-")
+	if err != nil {
+		return err
+	}
+	atExit(func() { os.RemoveAll(tmp) })
+	bins := filepath.Join(tmp, "bin")
+	if err := build(c.repo, bins); err != nil {
+		return err
+	}
+	res := &results{
+		Command:   "cd test/bench && go run . " + strings.Join(os.Args[1:], " "),
+		Started:   time.Now(),
+		Host:      hostInfo(c.repo),
+		Clients:   clients,
+		Swaps:     c.swaps,
+		SwapEvery: swapEvery.String(),
+		Path:      path,
+	}
+	want := map[string]bool{}
+	for s := range strings.SplitSeq(c.only, ",") {
+		if s != "" {
+			want[s] = true
+		}
+	}
+	for _, strategy := range strategies {
+		if len(want) > 0 && !want[strategy] {
+			continue
+		}
+		for _, keepAlive := range []bool{false, true} {
+			r := runRow(c, bins, tmp, strategy, keepAlive)
+			res.Rows = append(res.Rows, r)
+			fmt.Fprintln(os.Stderr, progressLine(r))
+		}
+	}
+	if len(want) == 0 || want["cost"] {
+		res.Cost = measureCost(c, bins, tmp)
+	}
+	res.Finished = time.Now()
+	if err := os.MkdirAll(c.out, 0o755); err != nil {
+		return err
+	}
+	jsonPath, _ := filepath.Abs(filepath.Join(c.out, "results.json"))
+	data, _ := json.MarshalIndent(res, "", " ")
+	if err := os.WriteFile(jsonPath, data, 0o644); err != nil {
+		return err
+	}
+	pngPath, _ := filepath.Abs(filepath.Join(c.out, "results.png"))
+	if err := plotResults(res, pngPath); err != nil {
+		return fmt.Errorf("plot: %w", err)
+	}
+	fmt.Print(markdown(res))
+	fmt.Printf("\nraw results: %s\nplot: %s\n", jsonPath, pngPath)
+	return nil
+}
+
+// build compiles handoffd, handoffctl and the demo in handoffd's own
+// module, and the peer server in this one.
+func build(repo, bins string) error {
+	steps := []struct {
+		dir  string
+		args []string
+	}{
+		{repo, []string{"build", "-o", bins + "/", "./cmd/handoffd", "./cmd/handoffctl", "./demo"}},
+		{".", []string{"build", "-o", filepath.Join(bins, "peer"), "./peer"}},
+	}
+	for _, s := range steps {
+		cmd := exec.Command("go", s.args...)
+		cmd.Dir = s.dir
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("go %s in %s: %w", strings.Join(s.args, " "), s.dir, err)
+		}
+	}
+	return nil
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+func newServer(strategy, bins, dir, addr string) (server, error) {
+	peer := filepath.Join(bins, "peer")
+	logPath := filepath.Join(dir, "peer.log")
+	switch strategy {
+	case "none", "naive", "reuseport", "tableflip":
+		return newPeerServer(peer, strategy, addr, logPath), nil
+	case "reuseport-migrate":
+		return newPeerServer(peer, "reuseport", addr, logPath), nil
+	case "handoffd-ebpf":
+		return newHandoffdServer(bins, dir, "ebpf", addr), nil
+	case "handoffd-fdpass":
+		return newHandoffdServer(bins, dir, "fdpass", addr), nil
+	case "endless":
+		return nil, errors.New(endlessUnavailable)
+	}
+	return nil, fmt.Errorf("unknown strategy %q", strategy)
+}
+
+// runRow runs the workload against one strategy in one client mode.
+func runRow(c config, bins, tmp, strategy string, keepAlive bool) (r row) {
+	r = row{Strategy: strategy, Mode: modeName(keepAlive)}
+	dir, err := os.MkdirTemp(tmp, strategy+"-")
+	if err != nil {
+		r.Unavailable = err.Error()
+		return r
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		r.Unavailable = err.Error()
+		return r
+	}
+	if strategy == "reuseport-migrate" {
+		restore, err := setMigrate()
+		if err != nil {
+			r.Unavailable = err.Error()
+			return r
+		}
+		defer restore()
+	}
+	srv, err := newServer(strategy, bins, dir, addr)
+	if err != nil {
+		r.Unavailable = err.Error()
+		return r
+	}
+	if err := srv.Start(); err != nil {
+		srv.Stop()
+		r.Unavailable = err.Error()
+		return r
+	}
+	defer srv.Stop()
+
+	r.LoadAvg = append(r.LoadAvg, loadAvg())
+	defer func() { r.LoadAvg = append(r.LoadAvg, loadAvg()) }()
+	start := time.Now()
+	var usage *usageSampler
+	if pid := srv.DaemonPID(); pid != 0 {
+		usage = sampleUsage(pid)
+	}
+	l := startLoad(addr, path, clients, keepAlive, start)
+	swaps := c.swaps
+	if strategy == "none" {
+		swaps = 0
+	}
+	for i := range swaps {
+		time.Sleep(time.Until(start.Add(warmup + time.Duration(i)*swapEvery)))
+		r.SwapAt = append(r.SwapAt, time.Since(start).Seconds())
+		if err := srv.Swap(); err != nil {
+			r.SwapErrors = append(r.SwapErrors, fmt.Sprintf("swap %d: %v", i+1, err))
+			break
+		}
+		time.Sleep(time.Until(start.Add(warmup + time.Duration(i)*swapEvery + swapEvery/2)))
+		srv.Observe()
+	}
+	time.Sleep(time.Until(start.Add(warmup + time.Duration(max(c.swaps, 1))*swapEvery + tail)))
+	st := l.stop()
+	r.Seconds = time.Since(start).Seconds()
+	if usage != nil {
+		r.DaemonMaxRSSMB, r.DaemonCPUSec = usage.end()
+	}
+	srv.Settle()
+	r.fill(st, srv.Phases(st.ByGen))
+	if h, ok := srv.(*handoffdServer); ok {
+		r.StatusMS = h.statusMS
+		if r.Failed > 0 || len(r.SwapErrors) > 0 {
+			r.Log = filepath.Join(c.out, fmt.Sprintf("%s-%s.log", strategy, r.Mode))
+			if err := os.MkdirAll(c.out, 0o755); err == nil {
+				os.WriteFile(r.Log, []byte(h.logText()), 0o644)
+			}
+		}
+	}
+	return r
+}
+
+func modeName(keepAlive bool) string {
+	if keepAlive {
+		return "keep-alive"
+	}
+	return "new-conn"
+}
+
+const migrateSysctl = "net.ipv4.tcp_migrate_req"
+
+// setMigrate sets tcp_migrate_req=1 and returns what puts it back; the
+// restore also runs on an interrupt.
+func setMigrate() (func(), error) {
+	old, err := sysctl(migrateSysctl)
+	if err != nil {
+		return nil, err
+	}
+	if err := setSysctl(migrateSysctl, "1"); err != nil {
+		return nil, fmt.Errorf("set %s=1: %w", migrateSysctl, err)
+	}
+	var once sync.Once
+	restore := func() {
+		once.Do(func() {
+			if err := setSysctl(migrateSysctl, old); err != nil {
+				fmt.Fprintf(os.Stderr, "bench: restore %s=%s: %v\n", migrateSysctl, old, err)
+			}
+		})
+	}
+	atExit(restore)
+	return restore, nil
+}
+
+func hostInfo(repo string) map[string]string {
+	var u unix.Utsname
+	unix.Uname(&u)
+	rev, _ := exec.Command("git", "-C", repo, "describe", "--always", "--dirty").Output()
+	migrate, _ := sysctl(migrateSysctl)
+	return map[string]string{
+		"kernel":            unix.ByteSliceToString(u.Release[:]),
+		"cpus":              fmt.Sprint(runtime.NumCPU()),
+		"go":                runtime.Version(),
+		"handoffd":          strings.TrimSpace(string(rev)),
+		"tcp_migrate_req":   migrate,
+		"client_and_server": "same host, sharing the CPUs",
+	}
+}
+
+// measureCost compares requests/s of the demo alone on a plain socket (A)
+// with the same demo under handoffd-ebpf with the steering program
+// attached (B), alternating A and B, with a new connection per request:
+// the program runs once per connection. A last B run counts the programs'
+// run time with BPF_ENABLE_STATS (which itself costs, hence apart).
+func measureCost(c config, bins, tmp string) *cost {
+	res := &cost{Each: c.costEach.String(), Mode: "new-conn"}
+	dir, _ := os.MkdirTemp(tmp, "cost-")
+	addrA, _ := freeAddr()
+	addrB, _ := freeAddr()
+	demo := exec.Command(filepath.Join(bins, "demo"), "--addr", addrA, "--version", "bench")
+	demo.Env = append(os.Environ(), "GIN_MODE=release")
+	if err := demo.Start(); err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	own(demo.Process.Pid)
+	defer func() { demo.Process.Signal(syscall.SIGTERM); demo.Wait() }()
+	h := newHandoffdServer(bins, dir, "ebpf", addrB)
+	if err := h.Start(); err != nil {
+		h.Stop()
+		res.Error = err.Error()
+		return res
+	}
+	defer h.Stop()
+	if err := waitServing(addrA); err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	rps := func(addr string) (float64, int, int) {
+		start := time.Now()
+		l := startLoad(addr, path, clients, false, start)
+		time.Sleep(c.costEach)
+		st := l.stop()
+		return float64(st.OK) / time.Since(start).Seconds(), st.OK, st.failedTotal()
+	}
+	var sumA, sumB float64
+	for range c.costRounds {
+		a, _, fa := rps(addrA)
+		b, _, fb := rps(addrB)
+		res.PlainRPS = append(res.PlainRPS, a)
+		res.SteeredRPS = append(res.SteeredRPS, b)
+		res.Failed += fa + fb
+		sumA += a
+		sumB += b
+	}
+	res.Ratio = sumB / sumA
+	res.CostPercent = (1 - res.Ratio) * 100
+
+	fd, err := enableBPFStats()
+	if err != nil {
+		res.StatsError = err.Error()
+		return res
+	}
+	before := bpfPrograms(h.DaemonPID())
+	_, conns, _ := rps(addrB)
+	after := bpfPrograms(h.DaemonPID())
+	unix.Close(fd)
+	res.StatsConnections = conns
+	for id, p := range after {
+		b := before[id]
+		p.RunCount -= b.RunCount
+		p.RunTimeNS -= b.RunTimeNS
+		res.Programs = append(res.Programs, p)
+	}
+	if len(res.Programs) == 0 {
+		res.StatsError = "handoffd holds no eBPF program fd to read run time from"
+	}
+	return res
+}
+
+func waitServing(addr string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("nothing serves %s after 10s", addr)
+}
+
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	return strings.TrimSpace(string(b))
+}
