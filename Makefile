@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BINS    := bin/handoffd bin/handoffctl bin/demo
 
-.PHONY: all build demo test unit e2e fuzz generate check-generated lint clean
+.PHONY: all build demo test unit e2e fuzz generate check-generated lint clean bench bench-quick
 
 all: build
 
@@ -43,6 +43,14 @@ generate:
 # Fails when the committed objects differ from what their sources compile to.
 check-generated: generate
 	@git diff --exit-code --stat -- bpf/ || { echo "bpf/: committed objects differ from their sources: run make generate and commit"; exit 1; }
+
+# handoffd against its peers, side by side (root; test/bench is its own
+# module). bench: 100 swaps per row, ~20 min; bench-quick: 3 swaps, < 5 min.
+bench:
+	cd test/bench && timeout 40m $(GO) run . -swaps 100 -cost-rounds 5 -cost-each 10s -out .
+
+bench-quick:
+	cd test/bench && timeout 5m $(GO) run . -swaps 3 -cost-each 3s -out out/quick
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel\.go$$')); \
