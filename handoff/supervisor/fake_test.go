@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // fakeProcess is a generation whose readiness and exit the test drives.
@@ -119,6 +120,33 @@ func (r *fakeRouter) activeGen() int {
 	return r.active
 }
 
-func (r *fakeRouter) close() error { return nil }
+func (r *fakeRouter) close() error                     { return nil }
+func (r *fakeRouter) stats(int, int) (SlotStats, bool) { return SlotStats{Held: 7}, true }
+func (r *fakeRouter) migrated() uint64                 { return 3 }
+func (r *fakeRouter) forget(int)                       {}
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// fakeObserver records swap results and phase names in order.
+type fakeObserver struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (o *fakeObserver) SwapDone(_, result string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.events = append(o.events, result)
+}
+
+func (o *fakeObserver) PhaseDone(_, phase string, _ time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.events = append(o.events, phase)
+}
+
+func (o *fakeObserver) got() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.events...)
+}

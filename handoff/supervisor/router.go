@@ -38,6 +38,13 @@ type router interface {
 	prepare(gen int) ([]*os.File, error)
 	// activate makes gen the generation that receives new connections.
 	activate(gen int) error
+	// stats returns what the kernel counted for generation gen on the
+	// i-th listener; false when that listener is not counted.
+	stats(gen, i int) (SlotStats, bool)
+	// migrated returns the requests migrated on all listeners since load.
+	migrated() uint64
+	// forget drops what the router remembers of an exited generation.
+	forget(gen int)
 	// close releases what the router holds for the service.
 	close() error
 }
@@ -48,14 +55,18 @@ func slot(gen int) uint32 { return uint32(gen % Slots) }
 type lane interface {
 	socket(gen int) (*os.File, error)
 	activate(gen int) error
+	stats(gen int) (SlotStats, bool)
+	migrated() uint64
+	forget(gen int)
 	close() error
 }
 
 // steeredLane (ebpf mode) gives every generation its own SO_REUSEPORT
 // socket and flips steering between them.
 type steeredLane struct {
-	l  ListenerConfig
-	st Steering
+	l    ListenerConfig
+	st   Steering
+	base slotBaselines
 }
 
 func (s *steeredLane) socket(gen int) (*os.File, error) {
@@ -74,11 +85,43 @@ func (s *steeredLane) socket(gen int) (*os.File, error) {
 		f.Close()
 		return nil, err
 	}
+	if cs, ok := s.st.(CountingSteering); ok {
+		if now, err := cs.Stats(slot(gen)); err == nil {
+			s.base.set(gen, now)
+		}
+	}
 	return f, nil
 }
 
 func (s *steeredLane) activate(gen int) error { return s.st.Activate(slot(gen)) }
 func (s *steeredLane) close() error           { return s.st.Remove() }
+func (s *steeredLane) forget(gen int)         { s.base.forget(gen) }
+
+func (s *steeredLane) stats(gen int) (SlotStats, bool) {
+	cs, ok := s.st.(CountingSteering)
+	if !ok {
+		return SlotStats{}, false
+	}
+	now, err := cs.Stats(slot(gen))
+	if err != nil {
+		return SlotStats{}, false
+	}
+	return s.base.since(gen, now), true
+}
+
+func (s *steeredLane) migrated() uint64 {
+	cs, ok := s.st.(CountingSteering)
+	if !ok {
+		return 0
+	}
+	var n uint64
+	for i := range uint32(Slots) {
+		if st, err := cs.Stats(i); err == nil {
+			n += st.Migrated
+		}
+	}
+	return n
+}
 
 // sharedLane (fdpass mode) has one listening socket that every generation
 // gets a copy of. Activation is the old generation's stop signal: it stops
@@ -95,7 +138,10 @@ func (s *sharedLane) socket(int) (*os.File, error) {
 	return os.NewFile(uintptr(fd), s.f.Name()), nil
 }
 
-func (s *sharedLane) activate(int) error { return nil }
+func (s *sharedLane) activate(int) error          { return nil }
+func (s *sharedLane) stats(int) (SlotStats, bool) { return SlotStats{}, false }
+func (s *sharedLane) migrated() uint64            { return 0 }
+func (s *sharedLane) forget(int)                  {}
 
 func (s *sharedLane) close() error {
 	var err error
@@ -176,6 +222,22 @@ func (r *laneRouter) activate(gen int) error {
 		}
 	}
 	return nil
+}
+
+func (r *laneRouter) stats(gen, i int) (SlotStats, bool) { return r.lanes[i].stats(gen) }
+
+func (r *laneRouter) migrated() uint64 {
+	var n uint64
+	for _, ln := range r.lanes {
+		n += ln.migrated()
+	}
+	return n
+}
+
+func (r *laneRouter) forget(gen int) {
+	for _, ln := range r.lanes {
+		ln.forget(gen)
+	}
 }
 
 func (r *laneRouter) close() error {

@@ -33,6 +33,8 @@ type Generation struct {
 	// connections that arrive while the process is gone wait in the queue.
 	files []*os.File
 	exit  string
+	// killedConns is what the generation held when drain_timeout killed it.
+	killedConns *int64
 	// drain is closed when the generation is told to drain.
 	drain chan struct{}
 
@@ -48,6 +50,7 @@ type Service struct {
 	control  string
 	router   router
 	launcher Launcher
+	observer Observer
 	log      *slog.Logger
 
 	swapMu sync.Mutex // held for the whole of a swap
@@ -62,10 +65,36 @@ type Service struct {
 	watchers sync.WaitGroup
 }
 
-func newService(cfg *ServiceConfig, mode Mode, control string, r router, l Launcher, log *slog.Logger) *Service {
-	return &Service{cfg: cfg, mode: mode, control: control, router: r, launcher: l,
+func newService(cfg *ServiceConfig, mode Mode, control string, r router, l Launcher, o Observer, log *slog.Logger) *Service {
+	if o == nil {
+		o = nopObserver{}
+	}
+	return &Service{cfg: cfg, mode: mode, control: control, router: r, launcher: l, observer: o,
 		log: log.With("service", cfg.Name), stopCh: make(chan struct{})}
 }
+
+// Observer is told about swaps as they happen; observe.Metrics implements
+// it. Its methods must not block.
+type Observer interface {
+	// SwapDone is called once per swap with result "ok", "failed", or
+	// "refused" when another swap of the service was under way.
+	SwapDone(service, result string)
+	// PhaseDone is called with the length of each phase of a swap:
+	// PhaseStartToReady, PhaseReadyToActive, PhaseActiveToOldExited.
+	PhaseDone(service, phase string, d time.Duration)
+}
+
+// The phases of a swap, as PhaseDone names them.
+const (
+	PhaseStartToReady      = "start_to_ready"
+	PhaseReadyToActive     = "ready_to_active"
+	PhaseActiveToOldExited = "active_to_old_exited"
+)
+
+type nopObserver struct{}
+
+func (nopObserver) SwapDone(string, string)                 {}
+func (nopObserver) PhaseDone(string, string, time.Duration) {}
 
 // Name returns the service's name.
 func (s *Service) Name() string { return s.cfg.Name }
@@ -90,9 +119,20 @@ type SwapResult struct {
 // old generation to exit: that is for status to follow.
 func (s *Service) Swap(ctx context.Context) (SwapResult, error) {
 	if !s.swapMu.TryLock() {
+		s.observer.SwapDone(s.cfg.Name, "refused")
 		return SwapResult{}, ErrSwapInProgress
 	}
 	defer s.swapMu.Unlock()
+	res, err := s.swap(ctx)
+	result := "ok"
+	if err != nil {
+		result = "failed"
+	}
+	s.observer.SwapDone(s.cfg.Name, result)
+	return res, err
+}
+
+func (s *Service) swap(ctx context.Context) (SwapResult, error) {
 	g, err := s.startGeneration()
 	if err != nil {
 		return SwapResult{}, err
@@ -178,6 +218,8 @@ func (s *Service) promote(g *Generation) SwapResult {
 	res := SwapResult{Service: s.cfg.Name, Generation: g.ID, PID: g.pid,
 		StartToReady:  g.ready.Sub(g.started).Seconds(),
 		ReadyToActive: g.active.Sub(g.ready).Seconds()}
+	s.observer.PhaseDone(s.cfg.Name, PhaseStartToReady, g.ready.Sub(g.started))
+	s.observer.PhaseDone(s.cfg.Name, PhaseReadyToActive, g.active.Sub(g.ready))
 	s.log.Info("generation active", "generation", g.ID, "pid", g.pid,
 		"start_to_ready", g.ready.Sub(g.started), "ready_to_active", g.active.Sub(g.ready))
 	if old != nil {
@@ -250,8 +292,14 @@ func (s *Service) watch(g *Generation) {
 	select {
 	case <-g.proc.Done():
 	case <-timer.C:
+		held := GenerationStatus{ID: g.ID, PID: g.pid}
+		var proc *procCounter
+		s.count(&held, nil, &proc)
+		s.mu.Lock()
+		g.killedConns = held.Connections
+		s.mu.Unlock()
 		s.log.Warn("drain_timeout passed: killing generation", "generation", g.ID, "pid", g.pid,
-			"drain_timeout", s.cfg.DrainTimeout.Std())
+			"drain_timeout", s.cfg.DrainTimeout.Std(), "connections", deref(held.Connections))
 		g.proc.Signal(syscall.SIGKILL)
 		<-g.proc.Done()
 	}
@@ -272,10 +320,12 @@ func (s *Service) exited(g *Generation) {
 		s.log.Error("active generation exited; starting a replacement", "generation", g.ID, "pid", g.pid, "status", status)
 		s.watchers.Add(1)
 		go s.replace()
-	case g.state == StateExited:
+	case g.state == StateExited && !g.draining.IsZero():
+		s.observer.PhaseDone(s.cfg.Name, PhaseActiveToOldExited, g.exited.Sub(g.draining))
 		s.log.Info("generation exited", "generation", g.ID, "pid", g.pid, "status", status,
 			"drain", g.exited.Sub(g.draining))
 	}
+	s.router.forget(g.ID)
 	s.prune()
 }
 
@@ -307,6 +357,13 @@ func (s *Service) replace() {
 		}
 		backoff = min(backoff*2, 30*time.Second)
 	}
+}
+
+func deref(n *int64) any {
+	if n == nil {
+		return "unknown"
+	}
+	return *n
 }
 
 // move changes g's state and stamps the time. Callers hold s.mu.

@@ -13,9 +13,10 @@ import (
 
 func testService(t *testing.T, l *fakeLauncher, r *fakeRouter) *Service {
 	t.Helper()
-	cfg := &ServiceConfig{Name: "demo", Command: []string{"demo"}, ReadyTimeout: Duration(200 * time.Millisecond),
+	cfg := &ServiceConfig{Name: "demo", Command: []string{"demo"}, Listeners: []ListenerConfig{{Name: "http", Address: "tcp://127.0.0.1:1"}},
+		ReadyTimeout: Duration(200 * time.Millisecond),
 		DrainTimeout: Duration(200 * time.Millisecond), StopSignal: Signal(syscall.SIGTERM)}
-	s := newService(cfg, ModeEBPF, "/tmp/ctl.sock", r, l, quietLogger())
+	s := newService(cfg, ModeEBPF, "/tmp/ctl.sock", r, l, &fakeObserver{}, quietLogger())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -29,7 +30,7 @@ func testService(t *testing.T, l *fakeLauncher, r *fakeRouter) *Service {
 // states returns "id:state" of every generation, oldest first.
 func states(s *Service) []string {
 	var out []string
-	for _, g := range s.Status(nil).Generations {
+	for _, g := range s.Status().Generations {
 		out = append(out, strconv.Itoa(g.ID)+":"+g.State.String())
 	}
 	return out
@@ -64,6 +65,19 @@ func TestSwapDrainsPrevious(t *testing.T) {
 		t.Fatalf("old generation got %v, want [SIGTERM]", got)
 	}
 	eventually(t, "generation 1 exited", func() bool { return slices.Equal(states(s), []string{"1:exited", "2:active"}) })
+	o := s.observer.(*fakeObserver)
+	if got := o.got(); !slices.Equal(got, []string{"start_to_ready", "ready_to_active", "ok",
+		"start_to_ready", "ready_to_active", "ok", "active_to_old_exited"}) {
+		// The first swap has no old generation, so no drain phase.
+		t.Fatalf("observer saw %v", got)
+	}
+	st := s.Status()
+	if g := st.Generations[1]; g.Connections == nil || *g.Connections != 7 || g.ConnectionsSource != SourceEBPF {
+		t.Fatalf("active generation counted %v from %q, want 7 from the kernel", g.Connections, g.ConnectionsSource)
+	}
+	if st.Generations[0].Connections != nil || st.MigratedRequests != 3 {
+		t.Fatalf("exited generation counted, or migrations not reported: %+v", st)
+	}
 }
 
 func TestSwapFailureKeepsActive(t *testing.T) {
@@ -96,6 +110,9 @@ func TestSwapFailureKeepsActive(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("swap error = %v, want it to say %q", err, tc.want)
 			}
+			if o := s.observer.(*fakeObserver).got(); o[len(o)-1] != "failed" {
+				t.Fatalf("observer saw %v, want the swap reported failed", o)
+			}
 			if r.activeGen() != 1 || len(l.proc(0).got()) != 0 {
 				t.Fatalf("old generation disturbed: steering at %d, signals %v", r.activeGen(), l.proc(0).got())
 			}
@@ -124,7 +141,7 @@ func TestSecondSwapRefused(t *testing.T) {
 	if _, err := s.Swap(context.Background()); !errors.Is(err, ErrSwapInProgress) {
 		t.Fatalf("concurrent swap error = %v, want ErrSwapInProgress", err)
 	}
-	if !s.Status(nil).Swapping {
+	if !s.Status().Swapping {
 		t.Fatal("status does not say a swap is under way")
 	}
 	close(l.proc(0).ready)
@@ -187,8 +204,8 @@ func TestPruneKeepsLiveGenerations(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "old generations pruned", func() bool { return len(s.Status(nil).Generations) == keepExited+1 })
-	gens := s.Status(nil).Generations
+	eventually(t, "old generations pruned", func() bool { return len(s.Status().Generations) == keepExited+1 })
+	gens := s.Status().Generations
 	if last := gens[len(gens)-1]; last.ID != 20 || last.State != StateActive {
 		t.Fatalf("last generation = %+v, want 20 active", last)
 	}

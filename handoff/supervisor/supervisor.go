@@ -15,9 +15,9 @@ type Options struct {
 	// NewSteering loads the steering of a listener (ModeEBPF).
 	NewSteering NewSteering
 	Launcher    Launcher
-	// Connections, if set, fills the connections field of status.
-	Connections ConnectionCounter
-	Logger      *slog.Logger
+	// Observer, if set, is told about swaps as they happen.
+	Observer Observer
+	Logger   *slog.Logger
 }
 
 // Supervisor runs all configured services.
@@ -41,7 +41,7 @@ func New(cfg *Config, opts Options) (*Supervisor, error) {
 			s.closeRouters()
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 		}
-		s.services = append(s.services, newService(sc, opts.Mode, cfg.Control, r, opts.Launcher, s.log))
+		s.services = append(s.services, newService(sc, opts.Mode, cfg.Control, r, opts.Launcher, opts.Observer, s.log))
 	}
 	return s, nil
 }
@@ -92,7 +92,7 @@ func (s *Supervisor) Status(name string) (Status, error) {
 	st := Status{Services: []ServiceStatus{}}
 	for _, svc := range s.services {
 		if name == "" || svc.Name() == name {
-			st.Services = append(st.Services, svc.Status(s.opts.Connections))
+			st.Services = append(st.Services, svc.Status())
 		}
 	}
 	if name != "" && len(st.Services) == 0 {
