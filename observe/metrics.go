@@ -1,0 +1,170 @@
+package observe
+
+import (
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/handoffd/handoffd/handoff/supervisor"
+)
+
+const namespace = "handoff"
+
+// StatusSource is what Collector reads at scrape time; *supervisor.Supervisor
+// implements it.
+type StatusSource interface {
+	Status(service string) (supervisor.Status, error)
+}
+
+var (
+	generationInfo = prometheus.NewDesc(namespace+"_generation_info",
+		"A live generation of a service: its pid and lifecycle state (starting, ready, active, draining). Always 1.",
+		[]string{"service", "generation", "pid", "state"}, nil)
+	connectionsActive = prometheus.NewDesc(namespace+"_connections_active",
+		"TCP connections a generation holds (ESTABLISHED or CLOSE_WAIT, accepted or queued); source=ebpf when counted by the kernel probes, proc when matched from the generation's fds.",
+		[]string{"service", "generation", "source"}, nil)
+	connectionsAccepted = prometheus.NewDesc(namespace+"_connections_accepted_total",
+		"TCP connections that reached ESTABLISHED on a generation's listeners, counted by the kernel probes.",
+		[]string{"service", "generation"}, nil)
+	acceptQueue = prometheus.NewDesc(namespace+"_accept_queue_length",
+		"Connections waiting in a listener's accept queue (TCP_INFO of the listening socket).",
+		[]string{"service", "listener", "generation"}, nil)
+	steered = prometheus.NewDesc(namespace+"_steered_connections_total",
+		"New connections the SK_REUSEPORT program sent to a generation's listeners.",
+		[]string{"service", "generation"}, nil)
+	migrated = prometheus.NewDesc(namespace+"_migrated_requests_total",
+		"Requests the kernel moved from a closing listener's SYN or accept queue to the active generation.",
+		[]string{"service"}, nil)
+	modeDesc = prometheus.NewDesc(namespace+"_mode",
+		"How handoffd hands listeners over: ebpf (steering) or fdpass (shared sockets). Always 1.",
+		[]string{"mode"}, nil)
+)
+
+// Collector exports the supervisor's state at scrape time.
+type Collector struct {
+	src  StatusSource
+	mode supervisor.Mode
+	log  *slog.Logger
+}
+
+// NewCollector returns a collector over src; mode is handoffd's mode.
+func NewCollector(src StatusSource, mode supervisor.Mode, log *slog.Logger) *Collector {
+	return &Collector{src: src, mode: mode, log: log}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{generationInfo, connectionsActive, connectionsAccepted,
+		acceptQueue, steered, migrated, modeDesc} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(modeDesc, prometheus.GaugeValue, 1, string(c.mode))
+	st, err := c.src.Status("")
+	if err != nil {
+		c.log.Error("collect metrics", "err", err)
+		return
+	}
+	for _, svc := range st.Services {
+		if svc.Mode == supervisor.ModeEBPF {
+			ch <- prometheus.MustNewConstMetric(migrated, prometheus.CounterValue, float64(svc.MigratedRequests), svc.Name)
+		}
+		for _, g := range svc.Generations {
+			if g.State.Live() {
+				collectGeneration(ch, svc.Name, g)
+			}
+		}
+	}
+}
+
+func collectGeneration(ch chan<- prometheus.Metric, service string, g supervisor.GenerationStatus) {
+	gen := strconv.Itoa(g.ID)
+	ch <- prometheus.MustNewConstMetric(generationInfo, prometheus.GaugeValue, 1, service, gen, strconv.Itoa(g.PID), g.State.String())
+	if g.Connections != nil {
+		ch <- prometheus.MustNewConstMetric(connectionsActive, prometheus.GaugeValue, float64(*g.Connections), service, gen, g.ConnectionsSource)
+	}
+	var accepted, steer uint64
+	var counted bool
+	for _, l := range g.Listeners {
+		if l.AcceptQueue != nil {
+			ch <- prometheus.MustNewConstMetric(acceptQueue, prometheus.GaugeValue, float64(*l.AcceptQueue), service, l.Name, gen)
+		}
+		if l.Accepted != nil && l.Steered != nil {
+			accepted += *l.Accepted
+			steer += *l.Steered
+			counted = true
+		}
+	}
+	if counted {
+		ch <- prometheus.MustNewConstMetric(connectionsAccepted, prometheus.CounterValue, float64(accepted), service, gen)
+		ch <- prometheus.MustNewConstMetric(steered, prometheus.CounterValue, float64(steer), service, gen)
+	}
+}
+
+// Swaps records swap results and phases; it implements supervisor.Observer.
+type Swaps struct {
+	total  *prometheus.CounterVec
+	phases *prometheus.HistogramVec
+}
+
+// NewSwaps returns the swap metrics, to be registered with Register.
+func NewSwaps() *Swaps {
+	return &Swaps{
+		total: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "swaps_total",
+			Help: "Swaps by result: ok (the new generation is active), failed (it never was; the old one stayed), refused (another swap was under way).",
+		}, []string{"service", "result"}),
+		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "swap_phase_seconds",
+			Help: "Length of each swap phase: start_to_ready (process start to READY=1), ready_to_active (the steering flip), active_to_old_exited (the old generation's drain).",
+			// 10µs to ~40s: the flip takes microseconds, a drain up to drain_timeout.
+			Buckets: prometheus.ExponentialBuckets(1e-5, 4, 12),
+		}, []string{"service", "phase"}),
+	}
+}
+
+// SwapDone implements supervisor.Observer.
+func (s *Swaps) SwapDone(service, result string) { s.total.WithLabelValues(service, result).Inc() }
+
+// PhaseDone implements supervisor.Observer.
+func (s *Swaps) PhaseDone(service, phase string, d time.Duration) {
+	s.phases.WithLabelValues(service, phase).Observe(d.Seconds())
+}
+
+// Describe implements prometheus.Collector.
+func (s *Swaps) Describe(ch chan<- *prometheus.Desc) {
+	s.total.Describe(ch)
+	s.phases.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (s *Swaps) Collect(ch chan<- prometheus.Metric) {
+	s.total.Collect(ch)
+	s.phases.Collect(ch)
+}
+
+// Known makes the swap counters of a service exist at 0 before its first
+// swap, so that rate() and alerts see them from the start.
+func (s *Swaps) Known(service string) {
+	for _, r := range []string{"ok", "failed", "refused"} {
+		s.total.WithLabelValues(service, r)
+	}
+}
+
+// Handler returns the /metrics handler for the given collectors.
+func Handler(log *slog.Logger, cs ...prometheus.Collector) (http.Handler, error) {
+	reg := prometheus.NewRegistry()
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}), nil
+}

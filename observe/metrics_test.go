@@ -1,0 +1,92 @@
+package observe
+
+import (
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/handoffd/handoffd/handoff/supervisor"
+)
+
+type fakeSource supervisor.Status
+
+func (f fakeSource) Status(string) (supervisor.Status, error) { return supervisor.Status(f), nil }
+
+func ptr[T any](v T) *T { return &v }
+
+func testStatus() fakeSource {
+	return fakeSource{Services: []supervisor.ServiceStatus{{
+		Name: "demo", Mode: supervisor.ModeEBPF, MigratedRequests: 5,
+		Generations: []supervisor.GenerationStatus{
+			{ID: 1, PID: 100, State: supervisor.StateExited},
+			{ID: 2, PID: 200, State: supervisor.StateDraining, Connections: ptr(int64(40)), ConnectionsSource: "ebpf",
+				Listeners: []supervisor.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(40)), Accepted: ptr(uint64(90)), Steered: ptr(uint64(95))}}},
+			{ID: 3, PID: 300, State: supervisor.StateActive, Connections: ptr(int64(0)), ConnectionsSource: "ebpf",
+				Listeners: []supervisor.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(0)), Accepted: ptr(uint64(0)), Steered: ptr(uint64(2)), AcceptQueue: ptr(uint32(2))}}},
+		},
+	}}}
+}
+
+func TestCollector(t *testing.T) {
+	c := NewCollector(testStatus(), supervisor.ModeEBPF, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	want := `
+# HELP handoff_connections_active TCP connections a generation holds (ESTABLISHED or CLOSE_WAIT, accepted or queued); source=ebpf when counted by the kernel probes, proc when matched from the generation's fds.
+# TYPE handoff_connections_active gauge
+handoff_connections_active{generation="2",service="demo",source="ebpf"} 40
+handoff_connections_active{generation="3",service="demo",source="ebpf"} 0
+# HELP handoff_generation_info A live generation of a service: its pid and lifecycle state (starting, ready, active, draining). Always 1.
+# TYPE handoff_generation_info gauge
+handoff_generation_info{generation="2",pid="200",service="demo",state="draining"} 1
+handoff_generation_info{generation="3",pid="300",service="demo",state="active"} 1
+# HELP handoff_accept_queue_length Connections waiting in a listener's accept queue (TCP_INFO of the listening socket).
+# TYPE handoff_accept_queue_length gauge
+handoff_accept_queue_length{generation="3",listener="http",service="demo"} 2
+# HELP handoff_steered_connections_total New connections the SK_REUSEPORT program sent to a generation's listeners.
+# TYPE handoff_steered_connections_total counter
+handoff_steered_connections_total{generation="2",service="demo"} 95
+handoff_steered_connections_total{generation="3",service="demo"} 2
+# HELP handoff_migrated_requests_total Requests the kernel moved from a closing listener's SYN or accept queue to the active generation.
+# TYPE handoff_migrated_requests_total counter
+handoff_migrated_requests_total{service="demo"} 5
+`
+	names := []string{"handoff_connections_active", "handoff_generation_info", "handoff_accept_queue_length",
+		"handoff_steered_connections_total", "handoff_migrated_requests_total"}
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(c, "handoff_connections_accepted_total"); n != 2 {
+		t.Fatalf("%d accepted series, want 2 (live generations only)", n)
+	}
+	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
+		t.Fatalf("lint: %v %v", problems, err)
+	}
+}
+
+func TestSwapsAndHandler(t *testing.T) {
+	s := NewSwaps()
+	s.Known("demo")
+	s.SwapDone("demo", "ok")
+	s.PhaseDone("demo", supervisor.PhaseReadyToActive, 20*time.Microsecond)
+	h, err := Handler(slog.Default(), s, NewCollector(testStatus(), supervisor.ModeEBPF, slog.Default()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	for _, want := range []string{
+		`handoff_swaps_total{result="ok",service="demo"} 1`,
+		`handoff_swaps_total{result="failed",service="demo"} 0`,
+		`handoff_swap_phase_seconds_count{phase="ready_to_active",service="demo"} 1`,
+		`handoff_mode{mode="ebpf"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %s", want)
+		}
+	}
+}
