@@ -36,6 +36,7 @@ func run(args []string) error {
 	fs.StringVar(&version, "version", version, "version reported by GET /")
 	drainTimeout := fs.Duration("drain-timeout", 30*time.Second, "longest drain before open connections are cut")
 	accessLog := fs.Bool("access-log", false, "log every request (slows load tests)")
+	idleGrace := fs.Duration("idle-grace", handoff.DefaultIdleGrace, "while draining, close a connection idle for this long")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -50,6 +51,7 @@ func run(args []string) error {
 	app := appInfo{Service: handoff.Service(), Generation: handoff.Generation(), PID: os.Getpid(), Version: version}
 	srv := &http.Server{Handler: newEngine(app, *accessLog), ReadHeaderTimeout: 10 * time.Second}
 	d := handoff.NewDrainer(srv)
+	d.IdleGrace = *idleGrace
 	served := make(chan error, 1)
 	go func() { served <- d.Serve(ln) }()
 	slog.Info("serving", "service", app.Service, "generation", app.Generation, "pid", app.PID,

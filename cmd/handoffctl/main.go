@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/handoffd/handoffd/handoff/supervisor"
 )
@@ -104,11 +105,13 @@ func swap(c *cli.Context) error {
 	return followDrain(ctx, cl, name, res.Previous)
 }
 
-// followDrain prints the old generation's drain until it has exited.
+// followDrain shows the old generation's drain until it has exited: a
+// live line on a terminal, a line per change otherwise, then a summary.
 func followDrain(ctx context.Context, cl *supervisor.Client, service string, gen int) error {
 	start := time.Now()
+	tty := isTerminal(os.Stdout)
 	last := ""
-	tick := time.NewTicker(200 * time.Millisecond)
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		st, err := cl.Status(ctx, service)
@@ -117,23 +120,45 @@ func followDrain(ctx context.Context, cl *supervisor.Client, service string, gen
 		}
 		g, ok := findGeneration(st, gen)
 		if !ok || !g.State.Live() {
+			if tty {
+				fmt.Print("\r\033[K")
+			}
 			fmt.Println(drainSummary(service, gen, g, ok, time.Since(start)))
 			return nil
 		}
-		line := fmt.Sprintf("%s: generation %d %s", service, gen, g.State)
-		if g.Connections != nil {
-			line += fmt.Sprintf(", %d connections left", *g.Connections)
-		}
-		if line != last {
+		line := drainProgress(service, gen, g)
+		switch {
+		case tty:
+			fmt.Printf("\r\033[K%s, %s elapsed", line, time.Since(start).Round(100*time.Millisecond))
+		case line != last:
 			fmt.Printf("%s (%s)\n", line, time.Since(start).Round(time.Millisecond))
-			last = line
 		}
+		last = line
 		select {
 		case <-ctx.Done():
+			fmt.Println()
 			return fmt.Errorf("generation %d still draining: %w", gen, ctx.Err())
 		case <-tick.C:
 		}
 	}
+}
+
+// drainProgress is one line on a draining generation: what it still holds
+// and how long drain_timeout leaves it.
+func drainProgress(service string, gen int, g supervisor.GenerationStatus) string {
+	line := fmt.Sprintf("%s: generation %d %s", service, gen, g.State)
+	if g.Connections != nil {
+		line += fmt.Sprintf(": %d connections left", *g.Connections)
+	}
+	if g.DrainDeadline != nil {
+		line += fmt.Sprintf(", deadline in %s", time.Until(*g.DrainDeadline).Round(time.Second))
+	}
+	return line
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 // drainSummary says how the drain of gen ended, timed by handoffd's own
@@ -146,7 +171,11 @@ func drainSummary(service string, gen int, g supervisor.GenerationStatus, found 
 	if g.DrainingAt != nil && g.ExitedAt != nil {
 		took = g.ExitedAt.Sub(*g.DrainingAt)
 	}
-	return fmt.Sprintf("%s: generation %d drained in %s (%s)", service, gen, took.Round(time.Millisecond), g.Exit)
+	s := fmt.Sprintf("%s: generation %d drained in %s (%s)", service, gen, took.Round(time.Millisecond), g.Exit)
+	if g.KilledConnections != nil {
+		s += fmt.Sprintf("; drain_timeout cut %d connections", *g.KilledConnections)
+	}
+	return s
 }
 
 func findGeneration(st supervisor.Status, id int) (supervisor.GenerationStatus, bool) {
