@@ -13,6 +13,18 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SteerConn struct {
+	_       structs.HostLayout
+	Slot    uint32
+	Counted uint32
+}
+
+type SteerSlotCount struct {
+	_        structs.HostLayout
+	Held     int64
+	Accepted uint64
+}
+
 type SteerSlotCounters struct {
 	_        structs.HostLayout
 	Selected uint64
@@ -23,11 +35,14 @@ type SteerSlotCounters struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SteerMapActive    = "active"
-	SteerMapCounters  = "counters"
-	SteerMapFallbacks = "fallbacks"
-	SteerMapSockets   = "sockets"
-	SteerProgSteer    = "steer"
+	SteerMapActive     = "active"
+	SteerMapConnCounts = "conn_counts"
+	SteerMapConns      = "conns"
+	SteerMapCounters   = "counters"
+	SteerMapFallbacks  = "fallbacks"
+	SteerMapSockets    = "sockets"
+	SteerProgSteer     = "steer"
+	SteerVarTrackBase  = "track_base"
 )
 
 // LoadSteer returns the embedded CollectionSpec for Steer.
@@ -79,16 +94,19 @@ type SteerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SteerMapSpecs struct {
-	Active    *ebpf.MapSpec `ebpf:"active"`
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Fallbacks *ebpf.MapSpec `ebpf:"fallbacks"`
-	Sockets   *ebpf.MapSpec `ebpf:"sockets"`
+	Active     *ebpf.MapSpec `ebpf:"active"`
+	ConnCounts *ebpf.MapSpec `ebpf:"conn_counts"`
+	Conns      *ebpf.MapSpec `ebpf:"conns"`
+	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	Fallbacks  *ebpf.MapSpec `ebpf:"fallbacks"`
+	Sockets    *ebpf.MapSpec `ebpf:"sockets"`
 }
 
 // SteerVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SteerVariableSpecs struct {
+	TrackBase *ebpf.VariableSpec `ebpf:"track_base"`
 }
 
 // SteerObjects contains all objects after they have been loaded into the kernel.
@@ -111,15 +129,19 @@ func (o *SteerObjects) Close() error {
 //
 // It can be passed to LoadSteerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SteerMaps struct {
-	Active    *ebpf.Map `ebpf:"active"`
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Fallbacks *ebpf.Map `ebpf:"fallbacks"`
-	Sockets   *ebpf.Map `ebpf:"sockets"`
+	Active     *ebpf.Map `ebpf:"active"`
+	ConnCounts *ebpf.Map `ebpf:"conn_counts"`
+	Conns      *ebpf.Map `ebpf:"conns"`
+	Counters   *ebpf.Map `ebpf:"counters"`
+	Fallbacks  *ebpf.Map `ebpf:"fallbacks"`
+	Sockets    *ebpf.Map `ebpf:"sockets"`
 }
 
 func (m *SteerMaps) Close() error {
 	return _SteerClose(
 		m.Active,
+		m.ConnCounts,
+		m.Conns,
 		m.Counters,
 		m.Fallbacks,
 		m.Sockets,
@@ -130,6 +152,7 @@ func (m *SteerMaps) Close() error {
 //
 // It can be passed to LoadSteerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SteerVariables struct {
+	TrackBase *ebpf.Variable `ebpf:"track_base"`
 }
 
 // SteerPrograms contains all programs after they have been loaded into the kernel.

@@ -10,6 +10,11 @@
 // too. Generation g owns slot uint32(g % Slots); a swap is Activate, one
 // map update.
 //
+// Tracking is the daemon's one handle on connection counts: a sock_ops
+// program attached to handoffd's cgroup v2 that counts, per tracking slot,
+// the connections that listeners tagged with the slot hold, and that
+// Steerings loaded with it move when the kernel migrates a connection.
+//
 // The package does not create the listening sockets, decide which
 // generation is active, or export metrics: the supervisor and package
 // observe do that over these handles. It never changes sysctls; migration

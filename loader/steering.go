@@ -59,12 +59,32 @@ type SlotCounters struct {
 // program from the sockets it was attached to; it lives until they close.
 // Use OpenPinned to re-adopt the pins of an earlier run instead.
 func LoadSteering(dir string) (*Steering, error) {
+	return loadSteeringObjs(dir, nil, 0)
+}
+
+// LoadSteeringWith is LoadSteering for a listener whose connections t
+// counts: when the kernel migrates a connection from the accept queue of a
+// closing listener to the listener in slot s, the program moves its count
+// to tracking slot base+s. The Steering shares t's maps, not its lifetime:
+// it goes on moving counts after t is closed, as long as t's pins live.
+// base is the same for every listener of a service; see TrackingSlots.
+func LoadSteeringWith(dir string, t *Tracking, base uint32) (*Steering, error) {
+	if t == nil {
+		return nil, fmt.Errorf("load steering in %s: no tracking", dir)
+	}
+	if base > TrackingSlots-Slots {
+		return nil, fmt.Errorf("load steering in %s: tracking base %d out of range [0, %d]", dir, base, TrackingSlots-Slots)
+	}
+	return loadSteeringObjs(dir, t, base)
+}
+
+func loadSteeringObjs(dir string, t *Tracking, base uint32) (*Steering, error) {
 	if err := makePinDir(dir); err != nil {
 		return nil, fmt.Errorf("load steering in %s: %w", dir, err)
 	}
-	var objs bpf.SteerObjects
-	if err := bpf.LoadSteerObjects(&objs, nil); err != nil {
-		return nil, explainLoad(err)
+	objs, err := loadSteerObjects(t, base)
+	if err != nil {
+		return nil, err
 	}
 	s := &Steering{
 		dir:       dir,
@@ -79,6 +99,35 @@ func LoadSteering(dir string) (*Steering, error) {
 		return nil, fmt.Errorf("load steering in %s: %w", dir, err)
 	}
 	return s, nil
+}
+
+// loadSteerObjects loads the steering program, sharing t's tracking maps
+// when t is not nil. Without t the program gets tracking maps of its own,
+// which stay empty. Only the Steering's own maps are left open.
+func loadSteerObjects(t *Tracking, base uint32) (*bpf.SteerObjects, error) {
+	spec, err := bpf.LoadSteer()
+	if err != nil {
+		return nil, fmt.Errorf("load steering program: %w", err)
+	}
+	var opts ebpf.CollectionOptions
+	if t != nil {
+		if err := spec.Variables[bpf.SteerVarTrackBase].Set(base); err != nil {
+			return nil, fmt.Errorf("load steering program: set tracking base: %w", err)
+		}
+		opts.MapReplacements = map[string]*ebpf.Map{
+			bpf.SteerMapConns:      t.conns,
+			bpf.SteerMapConnCounts: t.counts,
+		}
+	}
+	var objs bpf.SteerObjects
+	if err := spec.LoadAndAssign(&objs, &opts); err != nil {
+		return nil, explainLoad(err)
+	}
+	// The program holds its own references to the tracking maps.
+	objs.Conns.Close()
+	objs.ConnCounts.Close()
+	objs.Conns, objs.ConnCounts = nil, nil
+	return &objs, nil
 }
 
 // pin replaces whatever is pinned under the Steering's names in its dir.

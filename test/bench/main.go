@@ -85,7 +85,15 @@ func main() {
 	flag.StringVar(&c.out, "out", ".", "directory for results.json and results.png")
 	flag.StringVar(&c.only, "only", "", "comma-separated strategies to run (default: all)")
 	flag.StringVar(&c.repo, "repo", "../..", "handoffd's checkout")
+	from := flag.String("from", "", "print the tables and redraw the plot of an earlier results.json, run nothing")
 	flag.Parse()
+	if *from != "" {
+		if err := rerender(*from); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: run as root (handoffd loads eBPF programs; a row sets net.ipv4.tcp_migrate_req)")
 		os.Exit(1)
@@ -420,4 +428,23 @@ func waitServing(addr string) error {
 func loadAvg() string {
 	b, _ := os.ReadFile("/proc/loadavg")
 	return strings.TrimSpace(string(b))
+}
+
+// rerender prints the tables of an earlier run and redraws its plot.
+func rerender(jsonPath string) error {
+	data, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return err
+	}
+	var res results
+	if err := json.Unmarshal(data, &res); err != nil {
+		return fmt.Errorf("%s: %w", jsonPath, err)
+	}
+	pngPath := strings.TrimSuffix(jsonPath, ".json") + ".png"
+	if err := plotResults(&res, pngPath); err != nil {
+		return fmt.Errorf("plot: %w", err)
+	}
+	fmt.Print(markdown(&res))
+	fmt.Printf("\nplot: %s\n", pngPath)
+	return nil
 }

@@ -57,7 +57,7 @@ func (r *row) fill(st *loadStats, ph swapPhases) {
 	r.RPS = float64(st.OK) / r.Seconds
 	r.Generations = len(st.ByGen)
 	r.Phases = ph
-	n := min(int(r.Seconds*float64(time.Second)/float64(binWidth))+1, maxBins)
+	n := min(int(r.Seconds*float64(time.Second)/float64(binWidth)), maxBins) // the last, partial bin is left out
 	r.BinMS = int(binWidth / time.Millisecond)
 	r.OKBins, r.FailBins = st.OKBins[:n], st.FailBins[:n]
 }
