@@ -118,12 +118,22 @@ type SwapResult struct {
 // ctx ends or the service's ready_timeout passes. It does not wait for the
 // old generation to exit: that is for status to follow.
 func (s *Service) Swap(ctx context.Context) (SwapResult, error) {
+	return s.SwapTo(ctx, s.launcher.Start)
+}
+
+// StartFunc starts the process of a new generation on the sockets in spec.
+type StartFunc func(spec LaunchSpec) (Process, error)
+
+// SwapTo is Swap with the new generation's process started by start
+// instead of the service's Launcher: a process started by someone else
+// that joins over the control socket becomes the next generation this way.
+func (s *Service) SwapTo(ctx context.Context, start StartFunc) (SwapResult, error) {
 	if !s.swapMu.TryLock() {
 		s.observer.SwapDone(s.cfg.Name, "refused")
 		return SwapResult{}, ErrSwapInProgress
 	}
 	defer s.swapMu.Unlock()
-	res, err := s.swap(ctx)
+	res, err := s.swap(ctx, start)
 	result := "ok"
 	if err != nil {
 		result = "failed"
@@ -132,8 +142,8 @@ func (s *Service) Swap(ctx context.Context) (SwapResult, error) {
 	return res, err
 }
 
-func (s *Service) swap(ctx context.Context) (SwapResult, error) {
-	g, err := s.startGeneration()
+func (s *Service) swap(ctx context.Context, start StartFunc) (SwapResult, error) {
+	g, err := s.startGeneration(start)
 	if err != nil {
 		return SwapResult{}, err
 	}
@@ -150,7 +160,7 @@ func (s *Service) swap(ctx context.Context) (SwapResult, error) {
 	return s.promote(g), nil
 }
 
-func (s *Service) startGeneration() (*Generation, error) {
+func (s *Service) startGeneration(start StartFunc) (*Generation, error) {
 	s.mu.Lock()
 	if s.stopped {
 		s.mu.Unlock()
@@ -172,7 +182,7 @@ func (s *Service) startGeneration() (*Generation, error) {
 	if err == nil {
 		g.files = files
 		var p Process
-		p, err = s.launcher.Start(LaunchSpec{Service: s.cfg.Name, Generation: id, Config: s.cfg, Files: files, Control: s.control})
+		p, err = start(LaunchSpec{Service: s.cfg.Name, Generation: id, Config: s.cfg, Files: files, Control: s.control})
 		if err == nil {
 			s.mu.Lock()
 			g.proc, g.pid = p, p.Pid()
