@@ -6,9 +6,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/handoffd/handoffd/handoff/supervisor"
 	"github.com/handoffd/handoffd/loader"
+	"github.com/handoffd/handoffd/observe"
 )
 
 func main() {
@@ -57,15 +59,23 @@ func run(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	sup, err := supervisor.New(cfg, supervisor.Options{
-		Mode: mode,
-		NewSteering: func(service, listener string) (supervisor.Steering, error) {
-			return loader.LoadSteering(filepath.Join(cfg.BPFDir, service, listener))
-		},
+	swaps := observe.NewSwaps()
+	opts := supervisor.Options{
+		Mode:     mode,
 		Launcher: &supervisor.ExecLauncher{Self: "/proc/self/exe", Stdout: os.Stdout, Stderr: os.Stderr},
+		Observer: swaps,
 		Logger:   log,
-	})
+	}
+	var k *kernel
+	if mode == supervisor.ModeEBPF {
+		k = loadKernel(cfg, log)
+		opts.NewSteering = k.steering
+	}
+	sup, err := supervisor.New(cfg, opts)
 	if err != nil {
+		return err
+	}
+	if err := serveMetrics(cfg, sup, mode, swaps, log); err != nil {
 		return err
 	}
 	stopped := make(chan struct{})
@@ -95,7 +105,11 @@ func run(c *cli.Context) error {
 			switch sig {
 			case syscall.SIGINT:
 				log.Info("SIGINT: stopping every service, then handoffd")
-				return stopAll(sup)
+				err := stopAll(sup)
+				if k != nil && err == nil {
+					k.remove()
+				}
+				return err
 			case syscall.SIGTERM:
 				log.Info("SIGTERM: handoffd exits; the services keep running")
 				return nil
@@ -104,6 +118,31 @@ func run(c *cli.Context) error {
 			}
 		}
 	}
+}
+
+// serveMetrics serves /metrics on cfg.Metrics, if set.
+func serveMetrics(cfg *supervisor.Config, sup *supervisor.Supervisor, mode supervisor.Mode, swaps *observe.Swaps, log *slog.Logger) error {
+	if cfg.Metrics == "" {
+		return nil
+	}
+	for _, s := range cfg.Services {
+		swaps.Known(s.Name)
+	}
+	h, err := observe.Handler(log, swaps, observe.NewCollector(sup, mode, log))
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Metrics)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// It lives as long as handoffd.
+	go srv.Serve(ln)
+	log.Info("serving metrics", "addr", ln.Addr().String())
+	return nil
 }
 
 func stopAll(sup *supervisor.Supervisor) error {

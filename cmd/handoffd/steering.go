@@ -1,0 +1,108 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/loader"
+)
+
+// kernel holds what handoffd loaded into the kernel for ebpf mode: one
+// Tracking for the daemon and a Steering per listener.
+type kernel struct {
+	cfg      *supervisor.Config
+	tracking *loader.Tracking // nil when the probes could not load
+	// bases gives each service's listener its range of tracking slots.
+	bases map[[2]string]uint32
+	log   *slog.Logger
+}
+
+// loadKernel loads the connection-tracking probes; when they cannot load,
+// handoffd still steers and counts connections from /proc instead.
+func loadKernel(cfg *supervisor.Config, log *slog.Logger) *kernel {
+	k := &kernel{cfg: cfg, bases: map[[2]string]uint32{}, log: log}
+	var n uint32
+	for _, s := range cfg.Services {
+		for _, l := range s.Listeners {
+			k.bases[[2]string{s.Name, l.Name}] = n * loader.Slots
+			n++
+		}
+	}
+	if n*loader.Slots > loader.TrackingSlots {
+		log.Warn("too many listeners for the kernel probes; counting connections from /proc", "listeners", n,
+			"max", loader.TrackingSlots/loader.Slots)
+		return k
+	}
+	t, err := loader.LoadTracking(filepath.Join(cfg.BPFDir, "tracking"))
+	if err != nil {
+		log.Warn("connection-tracking probes unavailable; counting connections from /proc", "reason", err)
+		return k
+	}
+	k.tracking = t
+	return k
+}
+
+// steering loads the steering of one listener, counting if it can.
+func (k *kernel) steering(service, listener string) (supervisor.Steering, error) {
+	dir := filepath.Join(k.cfg.BPFDir, service, listener)
+	if k.tracking == nil {
+		return loader.LoadSteering(dir)
+	}
+	base := k.bases[[2]string{service, listener}]
+	st, err := loader.LoadSteeringWith(dir, k.tracking, base)
+	if err != nil {
+		return nil, err
+	}
+	return &countingSteering{Steering: st, tracking: k.tracking, base: base}, nil
+}
+
+// remove detaches the probes and removes their pins.
+func (k *kernel) remove() {
+	if k.tracking == nil {
+		return
+	}
+	if err := k.tracking.Remove(); err != nil {
+		k.log.Error("remove connection-tracking probes", "err", err)
+	}
+}
+
+// countingSteering is a listener's Steering that also tags each new
+// listening socket for the daemon's Tracking, so that the kernel counts
+// the connections of every generation.
+type countingSteering struct {
+	*loader.Steering
+	tracking *loader.Tracking
+	base     uint32
+}
+
+// Insert gives the slot to a new generation's socket: it forgets what the
+// slot's previous generation (exited, since the supervisor never reuses a
+// live one's slot) left, and tags the socket so its connections count.
+func (c *countingSteering) Insert(slot uint32, fd int) error {
+	if _, err := c.tracking.ResetSlot(c.base + slot); err != nil {
+		return fmt.Errorf("reset tracking slot %d: %w", c.base+slot, err)
+	}
+	if err := c.tracking.Tag(fd, c.base+slot); err != nil {
+		return err
+	}
+	return c.Steering.Insert(slot, fd)
+}
+
+// Stats implements supervisor.CountingSteering.
+func (c *countingSteering) Stats(slot uint32) (supervisor.SlotStats, error) {
+	held, err := c.tracking.Held(c.base + slot)
+	if err != nil {
+		return supervisor.SlotStats{}, err
+	}
+	accepted, err := c.tracking.Accepted(c.base + slot)
+	if err != nil {
+		return supervisor.SlotStats{}, err
+	}
+	counts, err := c.Steering.Counters(slot)
+	if err != nil {
+		return supervisor.SlotStats{}, err
+	}
+	return supervisor.SlotStats{Held: held, Accepted: accepted, Selected: counts.Selected, Migrated: counts.Migrated}, nil
+}
