@@ -76,6 +76,7 @@ type daemon struct {
 	t       *testing.T
 	cmd     *exec.Cmd
 	mode    string
+	metrics string // host:port of /metrics, if served
 	control string
 	addr    string
 	client  *supervisor.Client
@@ -86,6 +87,10 @@ type daemon struct {
 type daemonOptions struct {
 	mode         string // ebpf (the default) or fdpass
 	drainTimeout string
+	// metrics makes handoffd serve /metrics on a free port (daemon.metrics).
+	metrics bool
+	// demoArgs are added to the demo's command line.
+	demoArgs []string
 }
 
 // startDaemon runs handoffd with one demo service on a fresh port, and
@@ -106,13 +111,20 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 	d := &daemon{t: t, mode: opts.mode, control: filepath.Join(dir, "handoffd.sock"), addr: fmt.Sprintf("127.0.0.1:%d", port),
 		log: new(bytes.Buffer), exited: make(chan struct{})}
 	bpfDir := fmt.Sprintf("/sys/fs/bpf/handoff-e2e-%d-%d", os.Getpid(), port)
+	if opts.metrics {
+		d.metrics = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	}
+	command := []string{filepath.Join(bin, "demo"), "--version", "e2e"}
+	command = append(command, opts.demoArgs...)
+	argv, _ := json.Marshal(command)
 	cfg := fmt.Sprintf(`control: %s
+metrics: %q
 mode: %s
 state_dir: %s
 bpf_dir: %s
 services:
   - name: demo
-    command: [%q, "--version", "e2e"]
+    command: %s
     env: ["GIN_MODE=release"]
     listeners:
       - name: http
@@ -120,7 +132,7 @@ services:
         backlog: 4096
     ready_timeout: 10s
     drain_timeout: %s
-`, d.control, opts.mode, dir, bpfDir, filepath.Join(bin, "demo"), d.addr, opts.drainTimeout)
+`, d.control, d.metrics, opts.mode, dir, bpfDir, argv, d.addr, opts.drainTimeout)
 	cfgPath := filepath.Join(dir, "handoff.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
