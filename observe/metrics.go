@@ -112,6 +112,8 @@ func collectGeneration(ch chan<- prometheus.Metric, service string, g supervisor
 type Swaps struct {
 	total  *prometheus.CounterVec
 	phases *prometheus.HistogramVec
+	kills  *prometheus.CounterVec
+	cut    *prometheus.CounterVec
 }
 
 // NewSwaps returns the swap metrics, to be registered with Register.
@@ -119,7 +121,7 @@ func NewSwaps() *Swaps {
 	return &Swaps{
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "swaps_total",
-			Help: "Swaps by result: ok (the new generation is active), failed (it never was; the old one stayed), refused (another swap was under way).",
+			Help: "Swaps by result: ok (the new generation is active), failed (it never was; the old one stayed), refused (another swap was under way), rolled_back (the previous generation was made active again).",
 		}, []string{"service", "result"}),
 		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "swap_phase_seconds",
@@ -127,6 +129,22 @@ func NewSwaps() *Swaps {
 			// 10µs to ~40s: the flip takes microseconds, a drain up to drain_timeout.
 			Buckets: prometheus.ExponentialBuckets(1e-5, 4, 12),
 		}, []string{"service", "phase"}),
+		kills: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "drain_timeouts_total",
+			Help: "Generations that drain_timeout ended with SIGKILL because they had not exited.",
+		}, []string{"service"}),
+		cut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "drain_killed_connections_total",
+			Help: "Connections that generations still held when drain_timeout ended them.",
+		}, []string{"service"}),
+	}
+}
+
+// DrainKilled implements supervisor.Observer.
+func (s *Swaps) DrainKilled(service string, held int64) {
+	s.kills.WithLabelValues(service).Inc()
+	if held > 0 {
+		s.cut.WithLabelValues(service).Add(float64(held))
 	}
 }
 
@@ -142,20 +160,26 @@ func (s *Swaps) PhaseDone(service, phase string, d time.Duration) {
 func (s *Swaps) Describe(ch chan<- *prometheus.Desc) {
 	s.total.Describe(ch)
 	s.phases.Describe(ch)
+	s.kills.Describe(ch)
+	s.cut.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
 func (s *Swaps) Collect(ch chan<- prometheus.Metric) {
 	s.total.Collect(ch)
 	s.phases.Collect(ch)
+	s.kills.Collect(ch)
+	s.cut.Collect(ch)
 }
 
 // Known makes the swap counters of a service exist at 0 before its first
 // swap, so that rate() and alerts see them from the start.
 func (s *Swaps) Known(service string) {
-	for _, r := range []string{"ok", "failed", "refused"} {
+	for _, r := range []string{"ok", "failed", "refused", "rolled_back"} {
 		s.total.WithLabelValues(service, r)
 	}
+	s.kills.WithLabelValues(service)
+	s.cut.WithLabelValues(service)
 }
 
 // Handler returns the /metrics handler for the given collectors.

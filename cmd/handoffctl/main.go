@@ -39,6 +39,10 @@ func main() {
 				Action: swap,
 			},
 			{
+				Name: "rollback", Usage: "make the generation in standby active again (within probation)", ArgsUsage: "SERVICE",
+				Action: rollback,
+			},
+			{
 				Name: "stop", Usage: "stop a service, or every service and handoffd", ArgsUsage: "[SERVICE]",
 				Action: stop,
 			},
@@ -187,6 +191,19 @@ func findGeneration(st supervisor.Status, id int) (supervisor.GenerationStatus, 
 		}
 	}
 	return supervisor.GenerationStatus{}, false
+}
+
+func rollback(c *cli.Context) error {
+	name, err := oneService(c)
+	if err != nil {
+		return err
+	}
+	res, err := client(c).Rollback(c.Context, name)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: rolled back to generation %d (pid %d); generation %d drains\n", res.Service, res.Generation, res.PID, res.Previous)
+	return nil
 }
 
 func stop(c *cli.Context) error {

@@ -47,6 +47,7 @@ func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", a.status)
 	mux.HandleFunc("POST /v1/services/{name}/swap", a.swap)
+	mux.HandleFunc("POST /v1/services/{name}/rollback", a.rollback)
 	mux.HandleFunc("POST /v1/services/{name}/stop", a.stopService)
 	mux.HandleFunc("POST /v1/stop", a.stopAll)
 	return a.authorize(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -103,7 +104,7 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrUnknownService):
 		code = http.StatusNotFound
-	case errors.Is(err, ErrSwapInProgress):
+	case errors.Is(err, ErrSwapInProgress), errors.Is(err, ErrNoStandby):
 		code = http.StatusConflict
 	case errors.Is(err, ErrStopped):
 		code = http.StatusServiceUnavailable
@@ -239,6 +240,24 @@ func (a *API) swap(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
+func (a *API) rollback(w http.ResponseWriter, r *http.Request) {
+	if err := decodeBody(r, &struct{}{}); err != nil {
+		writeError(w, err)
+		return
+	}
+	svc, err := a.sup.Service(r.PathValue("name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := svc.Rollback()
+	if err != nil {
+		writeError(w, fmt.Errorf("rollback %s: %w", svc.Name(), err))
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
 func (a *API) stopService(w http.ResponseWriter, r *http.Request) {
 	if err := decodeBody(r, &struct{}{}); err != nil {
 		writeError(w, err)
@@ -351,6 +370,12 @@ func (c *Client) Status(ctx context.Context, service string) (Status, error) {
 func (c *Client) Swap(ctx context.Context, service string) (SwapResult, error) {
 	var res SwapResult
 	return res, c.call(ctx, http.MethodPost, "/v1/services/"+service+"/swap", &res)
+}
+
+// Rollback makes the service's standby generation active again.
+func (c *Client) Rollback(ctx context.Context, service string) (SwapResult, error) {
+	var res SwapResult
+	return res, c.call(ctx, http.MethodPost, "/v1/services/"+service+"/rollback", &res)
 }
 
 // Stop stops the named service, or every service and handoffd when

@@ -60,8 +60,12 @@ type ServiceConfig struct {
 	Listeners    []ListenerConfig `yaml:"listeners"`
 	ReadyTimeout Duration         `yaml:"ready_timeout"`
 	DrainTimeout Duration         `yaml:"drain_timeout"`
-	StopSignal   Signal           `yaml:"stop_signal"`
-	Watch        []string         `yaml:"watch"`
+	// Probation keeps a replaced generation in standby until the new one
+	// has lived this long; if the new one dies sooner, steering flips
+	// back. 0 (the default) retires the old generation at once.
+	Probation  Duration `yaml:"probation"`
+	StopSignal Signal   `yaml:"stop_signal"`
+	Watch      []string `yaml:"watch"`
 }
 
 // ListenerConfig is one named listening socket of a service.
@@ -301,6 +305,9 @@ func (s *ServiceConfig) validate() []error {
 	}
 	if s.DrainTimeout <= 0 {
 		add("drain_timeout: must be positive")
+	}
+	if s.Probation < 0 {
+		add("probation: must not be negative")
 	}
 	for _, e := range s.Env {
 		name, _, ok := strings.Cut(e, "=")

@@ -145,6 +145,12 @@ func (o *fakeObserver) PhaseDone(_, phase string, _ time.Duration) {
 	o.events = append(o.events, phase)
 }
 
+func (o *fakeObserver) DrainKilled(_ string, held int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.events = append(o.events, fmt.Sprintf("killed %d", held))
+}
+
 func (o *fakeObserver) got() []string {
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -58,6 +58,8 @@ type Service struct {
 	mu      sync.Mutex
 	gens    []*Generation
 	current *Generation // the generation that receives new connections
+	// standby is the generation current replaced, kept during probation.
+	standby *Generation
 	lastID  int
 	stopped bool
 	stopCh  chan struct{}
@@ -82,6 +84,9 @@ type Observer interface {
 	// PhaseDone is called with the length of each phase of a swap:
 	// PhaseStartToReady, PhaseReadyToActive, PhaseActiveToOldExited.
 	PhaseDone(service, phase string, d time.Duration)
+	// DrainKilled is called when drain_timeout ended a generation with
+	// SIGKILL; held is what it still held (-1 when unknown).
+	DrainKilled(service string, held int64)
 }
 
 // The phases of a swap, as PhaseDone names them.
@@ -95,6 +100,7 @@ type nopObserver struct{}
 
 func (nopObserver) SwapDone(string, string)                 {}
 func (nopObserver) PhaseDone(string, string, time.Duration) {}
+func (nopObserver) DrainKilled(string, int64)               {}
 
 // Name returns the service's name.
 func (s *Service) Name() string { return s.cfg.Name }
@@ -232,9 +238,18 @@ func (s *Service) promote(g *Generation) SwapResult {
 	s.observer.PhaseDone(s.cfg.Name, PhaseReadyToActive, g.active.Sub(g.ready))
 	s.log.Info("generation active", "generation", g.ID, "pid", g.pid,
 		"start_to_ready", g.ready.Sub(g.started), "ready_to_active", g.active.Sub(g.ready))
+	if s.standby != nil {
+		// A swap during probation: the standby is two generations old now.
+		s.retire(s.standby)
+		s.standby = nil
+	}
 	if old != nil {
 		res.Previous = old.ID
-		s.retire(old)
+		if p := s.cfg.Probation.Std(); p > 0 && old.state == StateActive {
+			s.holdInStandby(old, g, p)
+		} else {
+			s.retire(old)
+		}
 	}
 	return res
 }
@@ -246,7 +261,7 @@ func (s *Service) promote(g *Generation) SwapResult {
 func (s *Service) retire(g *Generation) {
 	closeAll(g.files)
 	g.files = nil
-	if g.state != StateActive {
+	if g.state != StateActive && g.state != StateStandby {
 		return
 	}
 	s.move(g, StateDraining)
@@ -308,6 +323,11 @@ func (s *Service) watch(g *Generation) {
 		s.mu.Lock()
 		g.killedConns = held.Connections
 		s.mu.Unlock()
+		n := int64(-1)
+		if held.Connections != nil {
+			n = *held.Connections
+		}
+		s.observer.DrainKilled(s.cfg.Name, n)
 		s.log.Warn("drain_timeout passed: killing generation", "generation", g.ID, "pid", g.pid,
 			"drain_timeout", s.cfg.DrainTimeout.Std(), "connections", deref(held.Connections))
 		g.proc.Signal(syscall.SIGKILL)
@@ -326,6 +346,9 @@ func (s *Service) exited(g *Generation) {
 		g.exit = status
 	}
 	switch {
+	case wasActive && !s.stopped && s.standby != nil:
+		s.log.Error("active generation exited during probation; rolling back", "generation", g.ID, "pid", g.pid, "status", status)
+		s.rollbackLocked()
 	case wasActive && !s.stopped:
 		s.log.Error("active generation exited; starting a replacement", "generation", g.ID, "pid", g.pid, "status", status)
 		s.watchers.Add(1)
@@ -431,13 +454,9 @@ func (s *Service) Stop(ctx context.Context) error {
 	defer s.swapMu.Unlock()
 	s.mu.Lock()
 	for _, g := range s.gens {
-		if g.state == StateActive {
-			s.retire(g)
-		}
-		closeAll(g.files)
-		g.files = nil
+		s.retire(g)
 	}
-	s.current = nil
+	s.current, s.standby = nil, nil
 	s.mu.Unlock()
 
 	done := make(chan struct{})

@@ -6,6 +6,12 @@ import "fmt"
 //
 //	starting ──ready──► ready ──activate──► active ──next swap──► draining ──exit──► exited
 //	   └──► failed (exit or ready_timeout before it was active; the old generation stays active)
+//
+// With probation, a replaced generation waits in standby until its
+// successor has lived that long: a rollback makes it active again.
+//
+//	active ──next swap──► standby ──probation passed──► draining
+//	                         └──rollback──► active
 type State int
 
 const (
@@ -15,9 +21,10 @@ const (
 	StateDraining
 	StateExited
 	StateFailed
+	StateStandby
 )
 
-var stateNames = [...]string{"starting", "ready", "active", "draining", "exited", "failed"}
+var stateNames = [...]string{"starting", "ready", "active", "draining", "exited", "failed", "standby"}
 
 func (s State) String() string {
 	if int(s) < len(stateNames) {
@@ -45,7 +52,8 @@ var transitions = map[State][]State{
 	StateStarting: {StateReady, StateFailed},
 	StateReady:    {StateActive, StateFailed},
 	// An active generation that dies goes straight to exited.
-	StateActive:   {StateDraining, StateExited},
+	StateActive:   {StateDraining, StateExited, StateStandby},
+	StateStandby:  {StateActive, StateDraining, StateExited},
 	StateDraining: {StateExited},
 }
 

@@ -6,11 +6,12 @@ func TestStateTransitions(t *testing.T) {
 	allowed := map[[2]State]bool{
 		{StateStarting, StateReady}: true, {StateStarting, StateFailed}: true,
 		{StateReady, StateActive}: true, {StateReady, StateFailed}: true,
-		{StateActive, StateDraining}: true, {StateActive, StateExited}: true,
+		{StateActive, StateDraining}: true, {StateActive, StateExited}: true, {StateActive, StateStandby}: true,
+		{StateStandby, StateActive}: true, {StateStandby, StateDraining}: true, {StateStandby, StateExited}: true,
 		{StateDraining, StateExited}: true,
 	}
-	for from := StateStarting; from <= StateFailed; from++ {
-		for to := StateStarting; to <= StateFailed; to++ {
+	for from := StateStarting; from <= StateStandby; from++ {
+		for to := StateStarting; to <= StateStandby; to++ {
 			if got := from.CanMove(to); got != allowed[[2]State{from, to}] {
 				t.Errorf("%s -> %s allowed = %v", from, to, got)
 			}
@@ -19,7 +20,7 @@ func TestStateTransitions(t *testing.T) {
 }
 
 func TestStateText(t *testing.T) {
-	for s := StateStarting; s <= StateFailed; s++ {
+	for s := StateStarting; s <= StateStandby; s++ {
 		b, _ := s.MarshalText()
 		var back State
 		if err := back.UnmarshalText(b); err != nil || back != s {

@@ -1,0 +1,75 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrNoStandby is returned by Rollback when no generation waits in standby.
+var ErrNoStandby = errors.New("no generation to roll back to: none is in standby (set probation: to keep the previous generation after a swap)")
+
+// holdInStandby keeps old, which next replaced, running and in the
+// steering map until next has lived for probation; then old drains. If
+// next dies first, exited rolls back to old. Callers hold s.mu.
+func (s *Service) holdInStandby(old, next *Generation, probation time.Duration) {
+	s.move(old, StateStandby)
+	s.standby = old
+	s.log.Info("previous generation in standby", "generation", old.ID, "probation", probation)
+	s.watchers.Add(1)
+	go func() {
+		defer s.watchers.Done()
+		timer := time.NewTimer(probation)
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+		case <-s.stopCh:
+			return
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		// A rollback, a crash or a newer swap may have settled it already.
+		if s.standby == old && s.current == next {
+			s.standby = nil
+			s.log.Info("probation passed", "generation", next.ID)
+			s.retire(old)
+		}
+	}()
+}
+
+// Rollback makes the generation in standby active again and drains the
+// one that replaced it. It works during the probation after a swap, and
+// is refused while a swap is under way.
+func (s *Service) Rollback() (SwapResult, error) {
+	if !s.swapMu.TryLock() {
+		return SwapResult{}, ErrSwapInProgress
+	}
+	defer s.swapMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.standby == nil {
+		return SwapResult{}, ErrNoStandby
+	}
+	replaced := s.current
+	if err := s.rollbackLocked(); err != nil {
+		return SwapResult{}, err
+	}
+	return SwapResult{Service: s.cfg.Name, Generation: s.current.ID, PID: s.current.pid, Previous: replaced.ID}, nil
+}
+
+// rollbackLocked flips steering back to the standby generation and
+// retires the current one (which may have died already). Callers hold
+// s.mu and have checked that s.standby is set.
+func (s *Service) rollbackLocked() error {
+	back, replaced := s.standby, s.current
+	if err := s.router.activate(back.ID); err != nil {
+		s.log.Error("roll back: restore steering", "generation", back.ID, "err", err)
+		return fmt.Errorf("roll back to generation %d: %w", back.ID, err)
+	}
+	s.move(back, StateActive)
+	s.current, s.standby = back, nil
+	s.observer.SwapDone(s.cfg.Name, "rolled_back")
+	s.log.Info("rolled back", "generation", back.ID, "replaced", replaced.ID)
+	s.retire(replaced)
+	return nil
+}
