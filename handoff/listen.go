@@ -71,7 +71,7 @@ func Listen(name, addr string) (net.Listener, error) {
 		return nil, err
 	}
 	inherited.fds[name] = -1
-	return ln, nil
+	return gated(ln), nil
 }
 
 func readInherited() {

@@ -10,9 +10,14 @@ import (
 // Ready tells handoffd (or systemd) that the app serves: it sends READY=1
 // to NOTIFY_SOCKET. Call it once the listeners are open and the app can
 // answer requests; connections that arrive before it is accepted wait in
-// the listen queue. Without NOTIFY_SOCKET it does nothing.
+// the listen queue. Without NOTIFY_SOCKET it does nothing. Listeners
+// from handoffd accept nothing before Ready succeeds (see gate.go).
 func Ready() error {
-	return Notify("READY=1")
+	err := Notify("READY=1")
+	if err == nil {
+		openGate()
+	}
+	return err
 }
 
 // Notify sends state, newline-separated VAR=value assignments of the
