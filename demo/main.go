@@ -37,6 +37,7 @@ func run(args []string) error {
 	drainTimeout := fs.Duration("drain-timeout", 30*time.Second, "longest drain before open connections are cut")
 	accessLog := fs.Bool("access-log", false, "log every request (slows load tests)")
 	idleGrace := fs.Duration("idle-grace", handoff.DefaultIdleGrace, "while draining, close a connection idle for this long")
+	faultSpec := fs.String("fault", "", "play a failure on purpose, for tests: KIND@GEN[:DELAY] (see faults.go)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -44,6 +45,10 @@ func run(args []string) error {
 		gin.SetMode(gin.ReleaseMode)
 	}
 
+	flt, err := parseFault(*faultSpec, handoff.Generation())
+	if err != nil {
+		return err
+	}
 	ln, err := handoff.Listen("http", *addr)
 	if err != nil {
 		return err
@@ -60,9 +65,11 @@ func run(args []string) error {
 	stop, unwatch := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer unwatch() // not before the drain ends: a second SIGTERM must not cut requests
 	var cause error
+	flt.beforeReady()
 	if err := handoff.Ready(); err != nil {
 		cause = err
 	} else {
+		flt.afterReady()
 		select {
 		case <-stop.Done():
 		case err := <-served:

@@ -82,3 +82,26 @@ func TestParseSlow(t *testing.T) {
 		}
 	}
 }
+
+func TestParseFault(t *testing.T) {
+	for _, tc := range []struct {
+		spec string
+		gen  int
+		want fault
+		bad  bool
+	}{
+		{"", 3, fault{}, false},
+		{"exit@3", 3, fault{kind: "exit"}, false},
+		{"exit@3", 2, fault{}, false},
+		{"exit@2,hang@3", 3, fault{kind: "hang"}, false},
+		{"crash@*:500ms", 7, fault{kind: "crash", delay: 500 * time.Millisecond}, false},
+		{"explode@1", 1, fault{}, true},
+		{"crash@1:soon", 1, fault{}, true},
+		{"exit", 1, fault{}, true},
+	} {
+		got, err := parseFault(tc.spec, tc.gen)
+		if (err != nil) != tc.bad || got != tc.want {
+			t.Errorf("parseFault(%q, %d) = %+v, %v", tc.spec, tc.gen, got, err)
+		}
+	}
+}

@@ -91,6 +91,8 @@ type daemonOptions struct {
 	metrics bool
 	// demoArgs are added to the demo's command line.
 	demoArgs []string
+	// readyTimeout and probation set the service's keys ("" = default).
+	readyTimeout, probation string
 }
 
 // startDaemon runs handoffd with one demo service on a fresh port, and
@@ -105,6 +107,12 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 	}
 	if opts.drainTimeout == "" {
 		opts.drainTimeout = "30s"
+	}
+	if opts.readyTimeout == "" {
+		opts.readyTimeout = "10s"
+	}
+	if opts.probation == "" {
+		opts.probation = "0s"
 	}
 	dir := t.TempDir()
 	port := freePort(t)
@@ -130,9 +138,10 @@ services:
       - name: http
         address: tcp://%s
         backlog: 4096
-    ready_timeout: 10s
+    ready_timeout: %s
     drain_timeout: %s
-`, d.control, d.metrics, opts.mode, dir, bpfDir, argv, d.addr, opts.drainTimeout)
+    probation: %s
+`, d.control, d.metrics, opts.mode, dir, bpfDir, argv, d.addr, opts.readyTimeout, opts.drainTimeout, opts.probation)
 	cfgPath := filepath.Join(dir, "handoff.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

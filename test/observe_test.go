@@ -209,4 +209,3 @@ func openIdle(t *testing.T, addr string, n int) []net.Conn {
 	}
 	return conns
 }
-

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -61,8 +62,9 @@ func run(c *cli.Context) error {
 	}
 	swaps := observe.NewSwaps()
 	opts := supervisor.Options{
-		Mode:     mode,
-		Launcher: &supervisor.ExecLauncher{Self: "/proc/self/exe", Stdout: os.Stdout, Stderr: os.Stderr},
+		Mode: mode,
+		Launcher: &supervisor.ExecLauncher{Self: "/proc/self/exe", Stdout: os.Stdout, Stderr: os.Stderr,
+			LogDir: filepath.Join(cfg.StateDir, "logs")},
 		Observer: swaps,
 		Logger:   log,
 	}

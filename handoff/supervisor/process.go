@@ -59,6 +59,10 @@ type ExecLauncher struct {
 	// file was replaced by an upgrade.
 	Self           string
 	Stdout, Stderr io.Writer
+	// LogDir, if set, holds each generation's stderr file (see
+	// stderrLog); its last lines then explain a failed start. Without
+	// it, generations write to Stderr directly.
+	LogDir string
 }
 
 // Start starts one generation and returns once the process runs.
@@ -73,6 +77,15 @@ func (l *ExecLauncher) Start(spec LaunchSpec) (Process, error) {
 	cmd.Env = childEnv(spec, notify.LocalAddr().String())
 	cmd.ExtraFiles = spec.Files
 	cmd.Stdout, cmd.Stderr = l.Stdout, l.Stderr
+	var errLog *stderrLog
+	if l.LogDir != "" {
+		if errLog, err = openStderrLog(l.LogDir, spec.Service, spec.Generation); err != nil {
+			notify.Close()
+			return nil, err
+		}
+		defer errLog.child.Close() // the child has its own copy
+		cmd.Stderr = errLog.child
+	}
 	// Its own process group: a Ctrl-C meant for handoffd must not reach
 	// the generations, which handoffd stops in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -86,9 +99,15 @@ func (l *ExecLauncher) Start(spec LaunchSpec) (Process, error) {
 	}
 	if err := cmd.Start(); err != nil {
 		notify.Close()
+		if errLog != nil {
+			os.Remove(errLog.path)
+		}
 		return nil, fmt.Errorf("start %s: %w", spec.Config.Command[0], err)
 	}
-	p := &execProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{})}
+	p := &execProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{}), stderr: errLog}
+	if errLog != nil {
+		go errLog.follow(l.Stderr)
+	}
 	go p.readNotify(notify)
 	go p.wait(notify)
 	return p, nil
@@ -191,6 +210,16 @@ type execProcess struct {
 	ready     chan struct{}
 	readyOnce sync.Once
 	done      chan struct{}
+	stderr    *stderrLog // nil without a log directory
+}
+
+// StderrTail returns the last lines the process wrote to stderr, on one
+// line; complete once Done is closed.
+func (p *execProcess) StderrTail() string {
+	if p.stderr == nil {
+		return ""
+	}
+	return p.stderr.tail(3)
 }
 
 func (p *execProcess) Pid() int               { return p.cmd.Process.Pid }
@@ -215,6 +244,9 @@ func (p *execProcess) Signal(sig syscall.Signal) error {
 func (p *execProcess) wait(notify *net.UnixConn) {
 	p.cmd.Wait()
 	notify.Close() // ends readNotify
+	if p.stderr != nil {
+		p.stderr.finish()
+	}
 	close(p.done)
 }
 

@@ -210,9 +210,9 @@ func (s *Service) awaitReady(ctx context.Context, g *Generation) error {
 	select {
 	case <-g.proc.Ready():
 	case <-g.proc.Done():
-		return fmt.Errorf("exited before it was ready: %s", g.proc.ExitStatus())
+		return fmt.Errorf("exited before it was ready: %s%s", g.proc.ExitStatus(), stderrTail(g.proc))
 	case <-timer.C:
-		return fmt.Errorf("not ready within ready_timeout %s", s.cfg.ReadyTimeout.Std())
+		return fmt.Errorf("not ready within ready_timeout %s%s", s.cfg.ReadyTimeout.Std(), stderrTail(g.proc))
 	case <-ctx.Done():
 		return fmt.Errorf("swap abandoned before it was ready: %w", ctx.Err())
 	case <-s.stopCh:
@@ -390,6 +390,17 @@ func (s *Service) replace() {
 		}
 		backoff = min(backoff*2, 30*time.Second)
 	}
+}
+
+// stderrTail returns ", stderr: <last lines>" for a process that keeps
+// them, else "".
+func stderrTail(p Process) string {
+	if t, ok := p.(interface{ StderrTail() string }); ok {
+		if tail := t.StderrTail(); tail != "" {
+			return ", stderr: " + tail
+		}
+	}
+	return ""
 }
 
 func deref(n *int64) any {

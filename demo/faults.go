@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// fault is a failure the demo plays on purpose, so that handoffd's
+// handling of bad generations can be tried (and is, by the end-to-end
+// tests): --fault KIND@GEN[:DELAY][,KIND@GEN...], where GEN is a
+// generation number or *; the first entry naming this generation applies.
+//
+//	exit@3         generation 3 exits with status 3 before it is ready
+//	hang@3         generation 3 never says it is ready
+//	crash@3:500ms  generation 3 dies (status 2) 500 ms after it is ready
+//	ignore-term@*  every generation ignores SIGTERM (drain_timeout ends it)
+type fault struct {
+	kind  string
+	delay time.Duration
+}
+
+// parseFault returns the fault for generation gen, if spec names it.
+func parseFault(spec string, gen int) (fault, error) {
+	if spec == "" {
+		return fault{}, nil
+	}
+	var found fault
+	for _, one := range strings.Split(spec, ",") {
+		f, err := parseOneFault(one, gen)
+		if err != nil {
+			return fault{}, err
+		}
+		if found.kind == "" {
+			found = f
+		}
+	}
+	return found, nil
+}
+
+func parseOneFault(spec string, gen int) (fault, error) {
+	kind, rest, ok := strings.Cut(spec, "@")
+	target, delay, _ := strings.Cut(rest, ":")
+	f := fault{kind: kind}
+	switch kind {
+	case "exit", "hang", "crash", "ignore-term":
+	default:
+		ok = false
+	}
+	if delay != "" {
+		d, err := time.ParseDuration(delay)
+		if err != nil {
+			ok = false
+		}
+		f.delay = d
+	}
+	if !ok {
+		return fault{}, fmt.Errorf("--fault %q: write KIND@GEN[:DELAY], KIND one of exit, hang, crash, ignore-term", spec)
+	}
+	if target != "*" && target != strconv.Itoa(gen) {
+		return fault{}, nil
+	}
+	return f, nil
+}
+
+// beforeReady plays the faults that keep a generation from being ready.
+func (f fault) beforeReady() {
+	switch f.kind {
+	case "exit":
+		fmt.Fprintln(os.Stderr, "demo: failing before ready on purpose (--fault exit)")
+		os.Exit(3)
+	case "hang":
+		fmt.Fprintln(os.Stderr, "demo: never saying ready, on purpose (--fault hang)")
+		select {}
+	}
+}
+
+// afterReady plays the faults of a generation that is serving.
+func (f fault) afterReady() {
+	switch f.kind {
+	case "crash":
+		time.AfterFunc(f.delay, func() {
+			fmt.Fprintln(os.Stderr, "demo: crashing on purpose (--fault crash)")
+			os.Exit(2)
+		})
+	case "ignore-term":
+		signal.Ignore(syscall.SIGTERM)
+	}
+}

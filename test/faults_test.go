@@ -1,0 +1,181 @@
+package test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/handoffd/handoffd/handoff/supervisor"
+)
+
+// Faults under load: every test keeps 32 POST clients running (a new
+// connection per request, the stricter mode for refused connections) and
+// asserts what the fault may cost.
+
+// TestFailedSwapsLoseNothing: a generation that exits before it is ready,
+// then one that never says ready. Each swap fails with its reason and the
+// last lines of the generation's stderr; the active generation is never
+// touched; not one request fails.
+func TestFailedSwapsLoseNothing(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			d := startDaemon(t, daemonOptions{mode: mode, readyTimeout: "1s", demoArgs: []string{"--fault", "exit@2,hang@3"}})
+			first := d.status().Generations[0]
+			l := startLoad(d.addr, "/slow?ms=2", loadClients, false)
+			for _, want := range [][2]string{
+				{"generation 2: exited before it was ready: exit status 3, stderr: ", "demo: failing before ready on purpose"},
+				{"generation 3: not ready within ready_timeout 1s, stderr: ", "demo: never saying ready, on purpose"},
+			} {
+				time.Sleep(300 * time.Millisecond)
+				out, err := d.ctl("swap", "demo")
+				if err == nil || !strings.Contains(out, want[0]) || !strings.Contains(out, want[1]) ||
+					strings.Count(strings.TrimSpace(out), "\n") > 0 {
+					t.Errorf("swap: %v, %q; want a one-line failure saying %q and the stderr line %q", err, out, want[0], want[1])
+				}
+			}
+			time.Sleep(300 * time.Millisecond)
+			if out, err := d.ctl("swap", "demo"); err != nil || !strings.Contains(out, "generation 4 active") {
+				t.Errorf("swap after the failures: %v: %s", err, out)
+			}
+			time.Sleep(300 * time.Millisecond)
+			res := l.stop()
+			if res.Failed > 0 {
+				t.Errorf("%d of %d requests failed: %q", res.Failed, res.OK+res.Failed, res.Failures)
+			}
+			st := d.waitFor("generation 1 drained", 10*time.Second, func(st supervisor.ServiceStatus) bool {
+				return st.Generations[0].State == supervisor.StateExited
+			})
+			if g := st.Generations[0]; g.PID != first.PID || g.Exit != "exit status 0" {
+				t.Errorf("generation 1: %+v; want the first process, drained by the successful swap", g)
+			}
+			for _, g := range st.Generations[1:3] {
+				if g.State != supervisor.StateFailed {
+					t.Errorf("generation %d is %s, want failed", g.ID, g.State)
+				}
+			}
+			t.Logf("%d requests, 0 failed, across 2 failed swaps and 1 good one", res.OK)
+		})
+	}
+}
+
+// TestCrashedActiveRefusesNothing: the active generation dies. handoffd
+// still holds its listening socket, so new connections wait in the queue
+// until the replacement takes them: nothing is refused or reset; only
+// requests in flight on the dead process may fail.
+func TestCrashedActiveRefusesNothing(t *testing.T) {
+	d := startDaemon(t, daemonOptions{demoArgs: []string{"--fault", "crash@2:1s"}})
+	l := startLoad(d.addr, "/slow?ms=2", loadClients, false)
+	time.Sleep(300 * time.Millisecond)
+	if out, err := d.ctl("swap", "demo"); err != nil {
+		t.Fatalf("swap: %v: %s", err, out)
+	}
+	d.waitFor("generation 3 replaced the crashed one", 15*time.Second, func(st supervisor.ServiceStatus) bool {
+		last := st.Generations[len(st.Generations)-1]
+		return last.ID == 3 && last.State == supervisor.StateActive
+	})
+	time.Sleep(500 * time.Millisecond)
+	res := l.stop()
+	checkOnlyInFlightFailed(t, res)
+	if res.ByGen[3] == 0 {
+		t.Errorf("the replacement answered nothing: %v", res.ByGen)
+	}
+}
+
+// checkOnlyInFlightFailed allows at most one failure per client (the
+// request it had in flight on the process that died), and none that is a
+// refused connection.
+func checkOnlyInFlightFailed(t *testing.T, res loadResult) {
+	t.Helper()
+	t.Logf("requests: %d ok, %d failed (%q)", res.OK, res.Failed, res.Failures)
+	if res.Failed > loadClients {
+		t.Errorf("%d requests failed; at most %d (one in flight per client) may", res.Failed, loadClients)
+	}
+	for _, f := range res.Failures {
+		if strings.HasPrefix(f, "dial") {
+			t.Errorf("a connection was refused: %s", f)
+		}
+	}
+}
+
+// TestProbationRollback: with probation, a swap keeps generation 1 in
+// standby. A rollback by hand loses nothing; a new generation that dies
+// within probation is rolled back to at once, without starting anything.
+func TestProbationRollback(t *testing.T) {
+	d := startDaemon(t, daemonOptions{probation: "30s", demoArgs: []string{"--fault", "crash@3:1s"}})
+	l := startLoad(d.addr, "/slow?ms=2", loadClients, false)
+	time.Sleep(300 * time.Millisecond)
+	if out, err := d.ctl("swap", "demo"); err != nil {
+		t.Fatalf("swap: %v: %s", err, out)
+	}
+	if st := d.status(); st.Generations[0].State != supervisor.StateStandby {
+		t.Fatalf("generation 1 is %s after the swap, want standby", st.Generations[0].State)
+	}
+	time.Sleep(500 * time.Millisecond)
+	out, err := d.ctl("rollback", "demo")
+	if err != nil || !strings.Contains(out, "rolled back to generation 1") {
+		t.Fatalf("rollback: %v: %s", err, out)
+	}
+	time.Sleep(500 * time.Millisecond)
+	res := l.stop()
+	if res.Failed > 0 {
+		t.Errorf("rollback by hand: %d of %d requests failed: %q", res.Failed, res.OK+res.Failed, res.Failures)
+	}
+	if out, err := d.ctl("rollback", "demo"); err == nil || !strings.Contains(out, "no generation to roll back to") {
+		t.Errorf("second rollback: %v: %s", err, out)
+	}
+
+	// Generation 3 crashes a second after it is active: steering flips
+	// back to generation 1, which was in standby.
+	l = startLoad(d.addr, "/slow?ms=2", loadClients, false)
+	time.Sleep(300 * time.Millisecond)
+	if out, err := d.ctl("swap", "demo"); err != nil || !strings.Contains(out, "generation 3 active") {
+		t.Fatalf("swap: %v: %s", err, out)
+	}
+	st := d.waitFor("rollback to generation 1", 10*time.Second, func(st supervisor.ServiceStatus) bool {
+		return st.Generations[0].State == supervisor.StateActive && st.Generations[len(st.Generations)-1].State == supervisor.StateExited
+	})
+	time.Sleep(500 * time.Millisecond)
+	res = l.stop()
+	checkOnlyInFlightFailed(t, res)
+	if n := len(st.Generations); n != 3 {
+		t.Errorf("%d generations; a rollback must not start a new one", n)
+	}
+}
+
+// TestDrainTimeoutKillCounted: a generation that ignores its stop signal
+// is killed at drain_timeout; what it still held is logged, in status and
+// in the metrics.
+func TestDrainTimeoutKillCounted(t *testing.T) {
+	d := startDaemon(t, daemonOptions{metrics: true, drainTimeout: "1s", demoArgs: []string{"--fault", "ignore-term@1"}})
+	const held = 5
+	errs := make(chan error, held)
+	for range held {
+		go func() {
+			_, err := oneRequest(d.addr, "/slow?ms=10000")
+			errs <- err
+		}()
+	}
+	d.waitFor("5 connections on generation 1", 5*time.Second, func(st supervisor.ServiceStatus) bool {
+		return connections(st)[1] == held
+	})
+	out, err := d.ctl("swap", "--wait", "demo")
+	if err != nil || !strings.Contains(out, "drain_timeout cut 5 connections") {
+		t.Errorf("swap --wait: %v: %s", err, out)
+	}
+	for range held {
+		if err := <-errs; err == nil {
+			t.Errorf("a request on the killed generation succeeded")
+		}
+	}
+	if g := d.status().Generations[0]; g.KilledConnections == nil || *g.KilledConnections != held {
+		t.Errorf("status killed_connections = %v, want %d", g.KilledConnections, held)
+	}
+	cut, _ := d.scrape("handoff_drain_killed_connections_total")
+	kills, _ := d.scrape("handoff_drain_timeouts_total")
+	if cut[""] != held || kills[""] != 1 {
+		t.Errorf("metrics: %v connections cut by %v kills, want %d by 1", cut, kills, held)
+	}
+	if !strings.Contains(d.logText(), "drain_timeout passed: killing generation") {
+		t.Errorf("handoffd did not log the kill")
+	}
+}
