@@ -142,7 +142,7 @@ func (d *Drainer) Serve(ln net.Listener) error {
 // arriving on an open keep-alive connection is answered, and its
 // connection closed after the reply. A connection that stays idle (between
 // requests, or accepted without a request yet) for longer than IdleGrace
-// is closed. Drain never calls http.Server.Shutdown or
+// is closed. OnReload handlers stop. Drain never calls http.Server.Shutdown or
 // SetKeepAlivesEnabled, which would close idle connections at once.
 //
 // Drain returns nil when every Serve call has returned and no connection
@@ -185,6 +185,7 @@ func (d *Drainer) Closed() int {
 }
 
 func (d *Drainer) stopAccepting() {
+	stopReloads() // a draining generation no longer reloads (see OnReload)
 	d.mu.Lock()
 	d.draining.Store(true) // under mu: Serve checks it before tracking a listener
 	lns := make([]net.Listener, 0, len(d.listeners))
