@@ -34,8 +34,17 @@ var inherited struct {
 // named name in LISTEN_FDNAMES; if LISTEN_FDNAMES is unset and there is one
 // socket, any name matches it. Each inherited socket can be taken once. It
 // is an error if there is no socket of that name or it is not a listening
-// stream socket. Otherwise Listen returns net.Listen("tcp", addr), so the
-// app also runs on its own.
+// stream socket.
+//
+// A process started outside handoffd, with HANDOFF_CONTROL and
+// HANDOFF_SERVICE in its environment but no LISTEN_FDS, joins the service
+// instead: the first Listen asks handoffd over its control socket for the
+// service's listening sockets (see JoinProtocol) and checks that each is a
+// listening stream socket of the configured address family; Ready then
+// makes the process the service's next generation.
+//
+// Otherwise Listen returns net.Listen("tcp", addr), so the app also runs
+// on its own.
 //
 // The first call reads LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES and
 // removes them from the environment, as sd_listen_fds(1) does, so that
@@ -80,7 +89,14 @@ func readInherited() {
 	os.Unsetenv("LISTEN_FDS")
 	os.Unsetenv("LISTEN_PID")
 	os.Unsetenv("LISTEN_FDNAMES")
-	if fds == "" || pid != strconv.Itoa(os.Getpid()) {
+	if fds == "" {
+		control, svc := os.Getenv("HANDOFF_CONTROL"), os.Getenv("HANDOFF_SERVICE")
+		if control != "" && svc != "" {
+			joinControl(control, svc) // started outside handoffd: ask it
+		}
+		return
+	}
+	if pid != strconv.Itoa(os.Getpid()) {
 		return // not for this process: serve on our own sockets
 	}
 	inherited.set = true

@@ -12,8 +12,15 @@ import (
 // answer requests; connections that arrive before it is accepted wait in
 // the listen queue. Without NOTIFY_SOCKET it does nothing. Listeners
 // from handoffd accept nothing before Ready succeeds (see gate.go).
+//
+// A process that joined from outside handoffd (see Listen) says READY=1
+// on its join connection instead, and Ready returns once handoffd made it
+// the active generation, or with handoffd's reason why not.
 func Ready() error {
-	err := Notify("READY=1")
+	joinedNow, err := readyJoined()
+	if !joinedNow {
+		err = Notify("READY=1")
+	}
 	if err == nil {
 		openGate()
 	}
