@@ -20,6 +20,8 @@ import (
 //	POST /v1/services/{name}/swap     SwapResult once the new generation is active;
 //	                                  optional body {"timeout":"30s"}
 //	POST /v1/services/{name}/stop     stop the service's generations
+//	POST /v1/services/{name}/join     Upgrade: handoff-join; the caller becomes the
+//	                                  next generation (see join.go)
 //	POST /v1/stop                     stop every service, then handoffd
 //
 // Every request is checked against the peer's credentials (see Server):
@@ -49,6 +51,7 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/services/{name}/swap", a.swap)
 	mux.HandleFunc("POST /v1/services/{name}/rollback", a.rollback)
 	mux.HandleFunc("POST /v1/services/{name}/stop", a.stopService)
+	mux.HandleFunc("POST /v1/services/{name}/join", a.join)
 	mux.HandleFunc("POST /v1/stop", a.stopAll)
 	return a.authorize(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxRequestBody)

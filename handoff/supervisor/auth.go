@@ -169,7 +169,7 @@ func (a *API) authorize(next http.Handler) http.Handler {
 			need = accessRead
 		}
 		cred, ok := peerCredFrom(r.Context())
-		if ok && a.policy.of(cred) >= need {
+		if ok && (a.policy.of(cred) >= need || a.mayJoin(cred, r)) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -181,7 +181,7 @@ func (a *API) authorize(next http.Handler) http.Handler {
 		a.log.Warn("control API request denied", "uid", cred.UID, "gid", cred.GID, "pid", cred.PID,
 			"method", r.Method, "path", r.URL.Path)
 		writeJSON(w, http.StatusForbidden, apiError{Error: fmt.Sprintf(
-			"permission denied: uid %d may not %s %s; only %s may", cred.UID, r.Method, r.URL.Path, a.policy.who(need))})
+			"permission denied: uid %d may not %s %s; only %s%s may", cred.UID, r.Method, r.URL.Path, a.policy.who(need), a.joinersNote(r))})
 	})
 }
 
