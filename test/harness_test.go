@@ -85,8 +85,13 @@ type daemon struct {
 }
 
 type daemonOptions struct {
-	mode         string // ebpf (the default) or fdpass
+	mode         string // ebpf (the default), fdpass or auto
 	drainTimeout string
+	// unixSocket, if set, is the path of a unix:// listener that replaces
+	// the TCP one; d.addr is then that path.
+	unixSocket string
+	// wrap is a command line that runs handoffd, such as setpriv's.
+	wrap []string
 	// metrics makes handoffd serve /metrics on a free port (daemon.metrics).
 	metrics bool
 	// demoArgs are added to the demo's command line.
@@ -125,6 +130,10 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 	command := []string{filepath.Join(bin, "demo"), "--version", "e2e"}
 	command = append(command, opts.demoArgs...)
 	argv, _ := json.Marshal(command)
+	listen := "tcp://" + d.addr
+	if opts.unixSocket != "" {
+		listen, d.addr = "unix://"+opts.unixSocket, opts.unixSocket
+	}
 	cfg := fmt.Sprintf(`control: %s
 metrics: %q
 mode: %s
@@ -136,17 +145,18 @@ services:
     env: ["GIN_MODE=release"]
     listeners:
       - name: http
-        address: tcp://%s
+        address: %s
         backlog: 4096
     ready_timeout: %s
     drain_timeout: %s
     probation: %s
-`, d.control, d.metrics, opts.mode, dir, bpfDir, argv, d.addr, opts.readyTimeout, opts.drainTimeout, opts.probation)
+`, d.control, d.metrics, opts.mode, dir, bpfDir, argv, listen, opts.readyTimeout, opts.drainTimeout, opts.probation)
 	cfgPath := filepath.Join(dir, "handoff.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(filepath.Join(bin, "handoffd"), "--config", cfgPath)
+	run := append(append([]string{}, opts.wrap...), filepath.Join(bin, "handoffd"), "--config", cfgPath)
+	d.cmd = exec.Command(run[0], run[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = &lockedWriter{w: d.log}, &lockedWriter{w: d.log}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

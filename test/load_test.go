@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -89,7 +90,7 @@ func (l *load) client(id int) {
 		default:
 		}
 		if conn == nil {
-			c, err := net.DialTimeout("tcp", l.addr, 5*time.Second)
+			c, err := net.DialTimeout(l.network(), l.addr, 5*time.Second)
 			if err != nil {
 				l.fail(fmt.Sprintf("dial: %v", err))
 				time.Sleep(10 * time.Millisecond)
@@ -116,7 +117,11 @@ func (l *load) client(id int) {
 func (l *load) roundTrip(conn net.Conn, br *bufio.Reader, body []byte) (gen int, closeConn bool, err error) {
 	conn.SetDeadline(time.Now().Add(15 * time.Second))
 	var req bytes.Buffer
-	fmt.Fprintf(&req, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n", l.path, l.addr, len(body))
+	host := l.addr
+	if l.network() == "unix" {
+		host = "handoff.local"
+	}
+	fmt.Fprintf(&req, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n", l.path, host, len(body))
 	if !l.keepAlive {
 		req.WriteString("Connection: close\r\n")
 	}
@@ -144,6 +149,14 @@ func (l *load) roundTrip(conn net.Conn, br *bufio.Reader, body []byte) (gen int,
 		return 0, false, fmt.Errorf("decode %q: %w", data, err)
 	}
 	return answer.Generation, resp.Close || !l.keepAlive, nil
+}
+
+// network is "unix" for an addr that is a socket's path, else "tcp".
+func (l *load) network() string {
+	if strings.HasPrefix(l.addr, "/") {
+		return "unix"
+	}
+	return "tcp"
 }
 
 func (l *load) fail(what string) {

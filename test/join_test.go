@@ -1,0 +1,226 @@
+package test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handoffd/handoffd/handoff/supervisor"
+)
+
+// requireRoot skips a test that needs root, or fails it when CI=true.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("end-to-end test needs root (CI=true: not skipping)")
+	}
+	t.Skip("end-to-end test needs root")
+}
+
+// outsider is the demo started by the test itself, not by handoffd, set
+// up to join the daemon's service over its control socket.
+type outsider struct {
+	cmd    *exec.Cmd
+	out    lockedWriter
+	exited chan struct{}
+}
+
+func startOutsider(t *testing.T, d *daemon, demo string, cred *syscall.Credential) *outsider {
+	t.Helper()
+	o := &outsider{exited: make(chan struct{})}
+	o.cmd = exec.Command(demo, "--version", "outsider")
+	o.cmd.Env = []string{"PATH=/usr/bin:/bin", "GIN_MODE=release",
+		"HANDOFF_CONTROL=" + d.control, "HANDOFF_SERVICE=demo"}
+	o.out.w = new(bytes.Buffer)
+	o.cmd.Stdout, o.cmd.Stderr = &o.out, &o.out
+	if cred != nil {
+		o.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
+	if err := o.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { o.cmd.Wait(); close(o.exited) }()
+	t.Cleanup(func() {
+		o.cmd.Process.Kill()
+		<-o.exited
+	})
+	return o
+}
+
+func (o *outsider) wait(t *testing.T, limit time.Duration) {
+	t.Helper()
+	select {
+	case <-o.exited:
+	case <-time.After(limit):
+		t.Fatalf("the outside process did not exit within %s; its output:\n%s", limit, o.out.String())
+	}
+}
+
+// TestJoinFromOutside: a demo started by the test joins as generation 2
+// through the control socket (SCM_RIGHTS) under load, then a normal swap
+// replaces it; not one request may fail.
+func TestJoinFromOutside(t *testing.T) {
+	for _, mode := range modes {
+		for _, tc := range []struct {
+			name      string
+			keepAlive bool
+		}{{"new-connection", false}, {"keep-alive", true}} {
+			t.Run(mode+"/"+tc.name, func(t *testing.T) { joinFromOutside(t, mode, tc.keepAlive) })
+		}
+	}
+}
+
+func joinFromOutside(t *testing.T, mode string, keepAlive bool) {
+	requireRoot(t)
+	d := startDaemon(t, daemonOptions{mode: mode})
+	l := startLoad(d.addr, "/slow?ms=2", loadClients, keepAlive)
+	time.Sleep(500 * time.Millisecond)
+
+	o := startOutsider(t, d, filepath.Join(bin, "demo"), nil)
+	st := d.waitFor("the outside process active as generation 2", 15*time.Second, func(st supervisor.ServiceStatus) bool {
+		g := st.Generations[len(st.Generations)-1]
+		return g.ID == 2 && g.State == supervisor.StateActive
+	})
+	if g := st.Generations[len(st.Generations)-1]; g.PID != o.cmd.Process.Pid {
+		t.Errorf("generation 2 has pid %d, want the outside process's %d", g.PID, o.cmd.Process.Pid)
+	}
+	d.waitFor("generation 1 exited", 15*time.Second, func(st supervisor.ServiceStatus) bool {
+		return st.Generations[0].ID == 1 && st.Generations[0].State == supervisor.StateExited
+	})
+	time.Sleep(700 * time.Millisecond)
+
+	out, err := d.ctl("swap", "demo")
+	if err != nil || !strings.Contains(out, "demo: generation 3 active") {
+		t.Fatalf("swap after the join: %v: %q", err, out)
+	}
+	o.wait(t, 15*time.Second) // stop signal through the pidfd, then a drain
+	if !o.cmd.ProcessState.Success() {
+		t.Errorf("the outside process ended with %s, want a clean drain; output:\n%s", o.cmd.ProcessState, o.out.String())
+	}
+	time.Sleep(500 * time.Millisecond)
+	res := l.stop()
+	st = d.waitFor("generation 2 exited", 15*time.Second, func(st supervisor.ServiceStatus) bool {
+		for _, g := range st.Generations {
+			if g.ID == 2 {
+				return g.State == supervisor.StateExited
+			}
+		}
+		return false
+	})
+
+	t.Logf("requests: %d ok, %d failed; per generation %v", res.OK, res.Failed, res.ByGen)
+	if res.Failed > 0 {
+		t.Errorf("%d requests failed, first ones: %q", res.Failed, res.Failures)
+	}
+	for gen := 1; gen <= 3; gen++ {
+		if res.ByGen[gen] == 0 {
+			t.Errorf("generation %d answered no request", gen)
+		}
+	}
+	if !strings.Contains(o.out.String(), `"generation":2`) && !strings.Contains(o.out.String(), "generation=2") {
+		t.Errorf("the outside process does not say it serves as generation 2:\n%s", o.out.String())
+	}
+}
+
+// TestJoinRefusesStranger: a process of a uid that is neither root, the
+// service's user nor in the admin group may not join, and says why.
+func TestJoinRefusesStranger(t *testing.T) {
+	requireRoot(t)
+	d := startDaemon(t, daemonOptions{mode: "fdpass"})
+	// Let everybody reach the socket, so that the peer check, not the
+	// file mode, is what refuses.
+	for _, dir := range []string{filepath.Dir(filepath.Dir(d.control)), filepath.Dir(d.control)} {
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(d.control, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	pub := publicDir(t)
+	o := startOutsider(t, d, filepath.Join(pub, "demo"), &syscall.Credential{Uid: nobody, Gid: nobody, Groups: []uint32{}})
+	o.wait(t, 10*time.Second)
+	if o.cmd.ProcessState.Success() {
+		t.Fatalf("a process of uid %d joined; output:\n%s", nobody, o.out.String())
+	}
+	for _, want := range []string{"join service demo", "permission denied: uid 65534 may not POST /v1/services/demo/join"} {
+		if !strings.Contains(o.out.String(), want) {
+			t.Errorf("output of the refused process lacks %q:\n%s", want, o.out.String())
+		}
+	}
+	st := d.status()
+	if len(st.Generations) != 1 || st.Generations[0].State != supervisor.StateActive {
+		t.Errorf("after a refused join: %+v, want generation 1 alone and active", st.Generations)
+	}
+}
+
+// TestAutoModeWithoutBPF runs handoffd with mode auto and no eBPF
+// capabilities in its bounding set: it must choose fdpass, say why, and
+// still swap under load without a failed request.
+func TestAutoModeWithoutBPF(t *testing.T) {
+	requireRoot(t)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Fatalf("setpriv (util-linux) not found: %v", err)
+	}
+	d := startDaemon(t, daemonOptions{mode: "auto",
+		wrap: []string{setpriv, "--bounding-set", "-bpf,-sys_admin,-perfmon,-net_admin", "--inh-caps", "-all", "--"}})
+	if st := d.status(); st.Mode != supervisor.ModeFDPass {
+		t.Errorf("status mode %q, want fdpass", st.Mode)
+	}
+	log := d.logText()
+	if !strings.Contains(log, "eBPF steering unavailable; using fdpass") || !strings.Contains(log, "CAP_BPF") {
+		t.Errorf("the log does not say why fdpass was chosen:\n%s", log)
+	}
+	swapsUnderLoad(t, d, 5, false)
+}
+
+// TestUnixListenerSwap swaps a service whose listener is a unix socket,
+// with the load over that socket.
+func TestUnixListenerSwap(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			requireRoot(t)
+			d := startDaemon(t, daemonOptions{mode: mode, unixSocket: filepath.Join(t.TempDir(), "demo.sock")})
+			if st := d.status(); st.Listeners[0].Mode != supervisor.ModeFDPass {
+				t.Errorf("unix listener handed over in mode %q, want fdpass", st.Listeners[0].Mode)
+			}
+			swapsUnderLoad(t, d, 5, true)
+		})
+	}
+}
+
+// swapsUnderLoad makes n swaps 0.7 s apart under load and checks that no
+// request failed and every generation answered.
+func swapsUnderLoad(t *testing.T, d *daemon, n int, keepAlive bool) {
+	t.Helper()
+	l := startLoad(d.addr, "/slow?ms=2", loadClients, keepAlive)
+	time.Sleep(300 * time.Millisecond)
+	for i := range n {
+		time.Sleep(swapEvery)
+		out, err := d.ctl("swap", "demo")
+		if want := fmt.Sprintf("demo: generation %d active", i+2); err != nil || !strings.Contains(out, want) {
+			t.Errorf("swap %d: %v: %q, want %q", i+1, err, out, want)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	res := l.stop()
+	t.Logf("requests: %d ok, %d failed; per generation %v", res.OK, res.Failed, res.ByGen)
+	if res.Failed > 0 {
+		t.Errorf("%d requests failed, first ones: %q", res.Failed, res.Failures)
+	}
+	for gen := 2; gen <= n+1; gen++ {
+		if res.ByGen[gen] == 0 {
+			t.Errorf("generation %d answered no request", gen)
+		}
+	}
+}
