@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BINS    := bin/handoffd bin/handoffctl bin/demo
 
-.PHONY: all build demo test unit e2e fuzz generate check-generated lint clean bench bench-quick
+.PHONY: all build demo test unit e2e fuzz soak generate check-generated lint clean bench bench-quick
 
 all: build
 
@@ -32,6 +32,10 @@ fuzz:
 	@for f in $(FUZZ); do \
 		$(GO) test -run='^$$' -fuzz="^$$f\$$" -fuzztime=10s ./handoff/supervisor/ || exit 1; \
 	done
+
+# Ten minutes of swaps every 3 s under load; not part of make test.
+soak: build
+	HANDOFF_SOAK=10m $(GO) test -count=1 -v -timeout 20m -run '^TestSoak$$' ./test/
 
 # Regenerate the eBPF objects and their Go bindings from bpf/*.c.
 generate:

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/handoffd/handoffd/handoff/supervisor"
@@ -182,9 +183,12 @@ func (s *Swaps) Known(service string) {
 	s.cut.WithLabelValues(service)
 }
 
-// Handler returns the /metrics handler for the given collectors.
+// Handler returns the /metrics handler for the given collectors, plus the
+// Go runtime's and the process's own (goroutines, open fds, memory), by
+// which handoffd itself is watched for leaks.
 func Handler(log *slog.Logger, cs ...prometheus.Collector) (http.Handler, error) {
 	reg := prometheus.NewRegistry()
+	cs = append(cs, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, err

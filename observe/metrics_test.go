@@ -84,6 +84,8 @@ func TestSwapsAndHandler(t *testing.T) {
 		`handoff_swaps_total{result="failed",service="demo"} 0`,
 		`handoff_swap_phase_seconds_count{phase="ready_to_active",service="demo"} 1`,
 		`handoff_mode{mode="ebpf"} 1`,
+		"go_goroutines ",
+		"process_open_fds ",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %s", want)

@@ -20,8 +20,8 @@ import (
 //	POST /v1/services/{name}/swap     SwapResult once the new generation is active;
 //	                                  optional body {"timeout":"30s"}
 //	POST /v1/services/{name}/stop     stop the service's generations
-//	POST /v1/services/{name}/join     Upgrade: handoff-join; the caller becomes the
-//	                                  next generation (see join.go)
+//	POST /v1/services/{name}/reload   ReloadResult: SIGHUP sent to the active generation
+//	POST /v1/reload-config            ConfigChanges: the config file read again and applied
 //	POST /v1/stop                     stop every service, then handoffd
 //
 // Every request is checked against the peer's credentials (see Server):
@@ -41,7 +41,7 @@ const maxRequestBody = 64 << 10
 // NewAPI returns the control API of sup. shutdown is called once every
 // service was stopped through POST /v1/stop.
 func NewAPI(sup *Supervisor, shutdown func()) *API {
-	return &API{sup: sup, shutdown: shutdown, log: sup.log, policy: newAccessPolicy(sup.cfg, sup.log)}
+	return &API{sup: sup, shutdown: shutdown, log: sup.log, policy: newAccessPolicy(sup.config(), sup.log)}
 }
 
 // Handler returns the API's routes, behind the access check.
@@ -51,7 +51,8 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/services/{name}/swap", a.swap)
 	mux.HandleFunc("POST /v1/services/{name}/rollback", a.rollback)
 	mux.HandleFunc("POST /v1/services/{name}/stop", a.stopService)
-	mux.HandleFunc("POST /v1/services/{name}/join", a.join)
+	mux.HandleFunc("POST /v1/services/{name}/reload", a.reloadService)
+	mux.HandleFunc("POST /v1/reload-config", a.reloadConfig)
 	mux.HandleFunc("POST /v1/stop", a.stopAll)
 	return a.authorize(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxRequestBody)
@@ -88,7 +89,7 @@ func (a *API) Listen() (net.Listener, error) {
 	if a.policy.hasReader {
 		readGID = int(a.policy.readGroup)
 	}
-	return ListenControl(a.sup.cfg.Control, gid, readGID)
+	return ListenControl(a.sup.config().Control, gid, readGID)
 }
 
 type apiError struct {
@@ -107,8 +108,10 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrUnknownService):
 		code = http.StatusNotFound
-	case errors.Is(err, ErrSwapInProgress), errors.Is(err, ErrNoStandby):
+	case errors.Is(err, ErrSwapInProgress), errors.Is(err, ErrNoStandby), errors.Is(err, ErrNoActive):
 		code = http.StatusConflict
+	case errors.Is(err, ErrConfigRefused):
+		code = http.StatusUnprocessableEntity
 	case errors.Is(err, ErrStopped):
 		code = http.StatusServiceUnavailable
 	case errors.As(err, &tooBig):
@@ -222,7 +225,7 @@ func (a *API) swap(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	limit := svc.cfg.ReadyTimeout.Std()
+	limit := svc.config().ReadyTimeout.Std()
 	if req.Timeout != "" {
 		d, err := time.ParseDuration(req.Timeout)
 		if err != nil || d <= 0 {
@@ -271,7 +274,7 @@ func (a *API) stopService(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeDeadline(w, svc.cfg.DrainTimeout.Std()+apiSlack)
+	writeDeadline(w, svc.config().DrainTimeout.Std()+apiSlack)
 	if err := svc.Stop(r.Context()); err != nil {
 		writeError(w, err)
 		return
@@ -285,7 +288,7 @@ func (a *API) stopAll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var longest time.Duration
-	for _, sc := range a.sup.cfg.Services {
+	for _, sc := range a.sup.config().Services {
 		longest = max(longest, sc.DrainTimeout.Std())
 	}
 	writeDeadline(w, longest+apiSlack)
@@ -297,6 +300,51 @@ func (a *API) stopAll(w http.ResponseWriter, r *http.Request) {
 	if a.shutdown != nil {
 		a.shutdown()
 	}
+}
+
+func (a *API) reloadService(w http.ResponseWriter, r *http.Request) {
+	writeDeadline(w, apiSlack)
+	if err := decodeBody(r, &struct{}{}); err != nil {
+		writeError(w, err)
+		return
+	}
+	svc, err := a.sup.Service(r.PathValue("name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := svc.Reload()
+	if err != nil {
+		writeError(w, fmt.Errorf("reload %s: %w", svc.Name(), err))
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (a *API) reloadConfig(w http.ResponseWriter, r *http.Request) {
+	if err := decodeBody(r, &struct{}{}); err != nil {
+		writeError(w, err)
+		return
+	}
+	cfg, err := a.sup.loadConfig()
+	if err != nil {
+		a.log.Warn("config reload", "err", err)
+		writeError(w, err)
+		return
+	}
+	// Added services are started before the answer.
+	var longest time.Duration
+	for _, sc := range cfg.Services {
+		longest = max(longest, sc.ReadyTimeout.Std())
+	}
+	writeDeadline(w, longest+apiSlack)
+	ch, err := a.sup.Reload(r.Context(), cfg)
+	if err != nil {
+		a.log.Warn("config reload", "err", err)
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ch)
 }
 
 // ListenControl opens the control socket at path: mode 0660, owned by
@@ -389,6 +437,18 @@ func (c *Client) Stop(ctx context.Context, service string) error {
 		p = "/v1/services/" + service + "/stop"
 	}
 	return c.call(ctx, http.MethodPost, p, nil)
+}
+
+// Reload sends SIGHUP to the service's active generation.
+func (c *Client) Reload(ctx context.Context, service string) (ReloadResult, error) {
+	var res ReloadResult
+	return res, c.call(ctx, http.MethodPost, "/v1/services/"+service+"/reload", &res)
+}
+
+// ReloadConfig makes handoffd read its config file again and apply it.
+func (c *Client) ReloadConfig(ctx context.Context) (ConfigChanges, error) {
+	var ch ConfigChanges
+	return ch, c.call(ctx, http.MethodPost, "/v1/reload-config", &ch)
 }
 
 func (c *Client) call(ctx context.Context, method, path string, out any) error {

@@ -244,6 +244,9 @@ func (c *Config) Validate() error {
 		add("services: at least one service is needed")
 	}
 	seen := map[string]bool{}
+	// In ebpf mode two services on one address would share a reuseport
+	// group, each steering the other's connections: refuse it.
+	addrs := map[string]string{}
 	for i := range c.Services {
 		s := &c.Services[i]
 		for _, err := range s.validate() {
@@ -253,6 +256,12 @@ func (c *Config) Validate() error {
 			add("services[%d]: name %q is used twice", i, s.Name)
 		}
 		seen[s.Name] = true
+		for _, l := range s.Listeners {
+			if other, ok := addrs[l.Address]; ok && other != s.Name {
+				add("services[%d] (%s): listener %s: address %s is also service %s's", i, s.Name, l.Name, l.Address, other)
+			}
+			addrs[l.Address] = s.Name
+		}
 	}
 	return joinErrors(errs...)
 }

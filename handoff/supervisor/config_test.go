@@ -85,6 +85,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{svc("    stop_signal: SIGFOO\n"), `unknown signal "SIGFOO"`},
 		{svc("    env: [NOEQUALS]\n"), `env "NOEQUALS": write NAME=value`},
 		{svc("  - name: web\n    command: [x]\n    listeners: [{name: a, address: 'tcp://:1'}]\n"), `name "web" is used twice`},
+		{svc("  - name: api\n    command: [x]\n    listeners: [{name: a, address: 'tcp://127.0.0.1:80'}]\n"), `services[1] (api): listener a: address tcp://127.0.0.1:80 is also service web's`},
 		{"services: [{name: Web, command: [x], listeners: [{name: a, address: 'tcp://:1'}]}]", `name "Web": use 1-63 characters`},
 		{"services: [{name: web, listeners: [{name: a, address: 'tcp://:1'}]}]", "command: give the program"},
 		{"services: [{name: web, command: [x]}]", "listeners: at least one listener"},

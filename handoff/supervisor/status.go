@@ -80,15 +80,16 @@ func (s *Service) Status() ServiceStatus {
 		s.swapMu.Unlock()
 	}
 	s.mu.Lock()
+	cfg := s.cfg
 	snaps := make([]genSnapshot, len(s.gens))
 	for i, g := range s.gens {
 		snaps[i] = genSnapshot{g: *g, files: append([]*os.File(nil), g.files...)}
 	}
 	s.mu.Unlock()
 
-	st := ServiceStatus{Name: s.cfg.Name, Mode: serviceMode(s.cfg, s.mode), Swapping: swapping,
+	st := ServiceStatus{Name: cfg.Name, Mode: serviceMode(cfg, s.mode), Swapping: swapping,
 		MigratedRequests: s.router.migrated(), Generations: []GenerationStatus{}}
-	for _, l := range s.cfg.Listeners {
+	for _, l := range cfg.Listeners {
 		st.Listeners = append(st.Listeners, ListenerStatus{Name: l.Name, Address: l.Address, Mode: laneMode(l, s.mode)})
 	}
 	var proc *procCounter
@@ -99,7 +100,7 @@ func (s *Service) Status() ServiceStatus {
 			ReadyAt: stamp(g.ready), ActiveAt: stamp(g.active), DrainingAt: stamp(g.draining),
 			ExitedAt: stamp(g.exited), Exit: g.exit, KilledConnections: g.killedConns}
 		if g.state == StateDraining {
-			gs.DrainDeadline = stamp(g.draining.Add(s.cfg.DrainTimeout.Std()))
+			gs.DrainDeadline = stamp(g.draining.Add(cfg.DrainTimeout.Std()))
 		}
 		end := now
 		if !g.exited.IsZero() {
@@ -115,11 +116,13 @@ func (s *Service) Status() ServiceStatus {
 }
 
 // count fills in the connections of a live generation: from the kernel
-// probes when every listener is counted there, else from /proc.
+// probes when every listener is counted there, else from /proc. Callers
+// do not hold s.mu.
 func (s *Service) count(gs *GenerationStatus, files []*os.File, proc **procCounter) {
+	cfg := s.config()
 	var total int64
 	kernel := true
-	for i, l := range s.cfg.Listeners {
+	for i, l := range cfg.Listeners {
 		ls := GenerationListenerStatus{Name: l.Name}
 		if st, ok := s.router.stats(gs.ID, i); ok {
 			ls.Connections, ls.Accepted, ls.Steered = &st.Held, &st.Accepted, &st.Selected
@@ -139,7 +142,7 @@ func (s *Service) count(gs *GenerationStatus, files []*os.File, proc **procCount
 		return
 	}
 	if *proc == nil {
-		pc, err := newProcCounter(tcpPorts(s.cfg))
+		pc, err := newProcCounter(tcpPorts(cfg))
 		if err != nil {
 			s.log.Warn("count connections", "err", err)
 			return

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 )
 
@@ -18,14 +19,28 @@ type Options struct {
 	// Observer, if set, is told about swaps as they happen.
 	Observer Observer
 	Logger   *slog.Logger
+	// LoadConfig reads the config again for ReloadConfig (SIGHUP, POST
+	// /v1/reload-config): the file, with the command line's overrides.
+	// Nil refuses such reloads.
+	LoadConfig func() (*Config, error)
 }
 
 // Supervisor runs all configured services.
 type Supervisor struct {
-	cfg      *Config
-	opts     Options
-	log      *slog.Logger
+	opts Options
+	log  *slog.Logger
+
+	reloadMu sync.Mutex // held for the whole of a reload, and by Stop
+
+	mu       sync.Mutex
+	cfg      *Config // the config that runs: replaced by Reload
 	services []*Service
+	// watches are the file watchers of services with watch paths.
+	watches map[string]*watcher
+	// stopping holds the services removed by a reload until they stopped.
+	stopping map[string]*ServiceConfig
+	closed   bool // Stop was called
+	removals sync.WaitGroup
 }
 
 // New prepares the services of cfg without starting any process.
@@ -33,7 +48,7 @@ func New(cfg *Config, opts Options) (*Supervisor, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Supervisor{cfg: cfg, opts: opts, log: opts.Logger}
+	s := &Supervisor{cfg: cfg, opts: opts, log: opts.Logger, watches: map[string]*watcher{}}
 	for i := range cfg.Services {
 		sc := &cfg.Services[i]
 		r, err := newRouter(sc, opts.Mode, opts.NewSteering)
@@ -63,15 +78,33 @@ func (s *Supervisor) closeRouters() {
 	}
 }
 
-// Start starts the first generation of every service. It stops at the
-// first service that cannot be started and returns why.
+// Start starts the first generation of every service, then watches the
+// files of those that have watch paths. It stops at the first service that
+// cannot be started and returns why.
 func (s *Supervisor) Start(ctx context.Context) error {
-	for _, svc := range s.services {
+	for _, svc := range s.list() {
 		if _, err := svc.Swap(ctx); err != nil {
 			return fmt.Errorf("start service %s: %w", svc.Name(), err)
 		}
 	}
+	for _, svc := range s.list() {
+		s.watch(svc, svc.config())
+	}
 	return nil
+}
+
+// list returns the services that run now.
+func (s *Supervisor) list() []*Service {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.services)
+}
+
+// config returns the config that runs now.
+func (s *Supervisor) config() *Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg
 }
 
 // ErrUnknownService is returned for a service name that is not configured.
@@ -79,7 +112,7 @@ var ErrUnknownService = errors.New("no such service")
 
 // Service returns the named service.
 func (s *Supervisor) Service(name string) (*Service, error) {
-	for _, svc := range s.services {
+	for _, svc := range s.list() {
 		if svc.Name() == name {
 			return svc, nil
 		}
@@ -90,7 +123,7 @@ func (s *Supervisor) Service(name string) (*Service, error) {
 // Status returns the state of every service, or of the named one.
 func (s *Supervisor) Status(name string) (Status, error) {
 	st := Status{Services: []ServiceStatus{}}
-	for _, svc := range s.services {
+	for _, svc := range s.list() {
 		if name == "" || svc.Name() == name {
 			st.Services = append(st.Services, svc.Status())
 		}
@@ -101,14 +134,33 @@ func (s *Supervisor) Status(name string) (Status, error) {
 	return st, nil
 }
 
-// Stop stops all services at once and waits until they have stopped or
-// ctx ends.
+// Stop stops all services at once, and the file watchers, and waits until
+// they have stopped, services removed by a reload included, or ctx ends.
+// A reload under way is let finish first; later ones are refused.
 func (s *Supervisor) Stop(ctx context.Context) error {
-	errs := make([]error, len(s.services))
+	s.reloadMu.Lock()
+	s.mu.Lock()
+	s.closed = true
+	services := slices.Clone(s.services)
+	s.mu.Unlock()
+	s.reloadMu.Unlock()
+	for _, svc := range services {
+		s.unwatch(svc.Name())
+	}
+	errs := make([]error, len(services)+1)
 	var wg sync.WaitGroup
-	for i, svc := range s.services {
+	for i, svc := range services {
 		wg.Go(func() { errs[i] = svc.Stop(ctx) })
 	}
+	wg.Go(func() {
+		done := make(chan struct{})
+		go func() { s.removals.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			errs[len(services)] = fmt.Errorf("stop removed services: %w", ctx.Err())
+		}
+	})
 	wg.Wait()
 	return errors.Join(errs...)
 }
