@@ -20,6 +20,8 @@ import (
 //	POST /v1/services/{name}/swap     SwapResult once the new generation is active;
 //	                                  optional body {"timeout":"30s"}
 //	POST /v1/services/{name}/stop     stop the service's generations
+//	POST /v1/services/{name}/join     Upgrade: handoff-join; the caller becomes the
+//	                                  next generation (see join.go)
 //	POST /v1/services/{name}/reload   ReloadResult: SIGHUP sent to the active generation
 //	POST /v1/reload-config            ConfigChanges: the config file read again and applied
 //	POST /v1/stop                     stop every service, then handoffd
@@ -51,6 +53,7 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/services/{name}/swap", a.swap)
 	mux.HandleFunc("POST /v1/services/{name}/rollback", a.rollback)
 	mux.HandleFunc("POST /v1/services/{name}/stop", a.stopService)
+	mux.HandleFunc("POST /v1/services/{name}/join", a.join)
 	mux.HandleFunc("POST /v1/services/{name}/reload", a.reloadService)
 	mux.HandleFunc("POST /v1/reload-config", a.reloadConfig)
 	mux.HandleFunc("POST /v1/stop", a.stopAll)
