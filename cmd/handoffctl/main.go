@@ -1,5 +1,5 @@
 // Command handoffctl drives handoffd over its control socket: status,
-// swap, stop.
+// swap, stop, reload.
 package main
 
 import (
@@ -45,6 +45,14 @@ func main() {
 			{
 				Name: "stop", Usage: "stop a service, or every service and handoffd", ArgsUsage: "[SERVICE]",
 				Action: stop,
+			},
+			{
+				Name: "reload", Usage: "make the active generation re-read its config (SIGHUP), without a swap", ArgsUsage: "SERVICE",
+				Action: reload,
+			},
+			{
+				Name: "reload-config", Usage: "make handoffd re-read its config file and apply it",
+				Action: reloadConfig,
 			},
 		},
 		HideHelpCommand: true,
@@ -216,6 +224,43 @@ func stop(c *cli.Context) error {
 		what = name
 	}
 	fmt.Println("stopped", strings.TrimSpace(what))
+	return nil
+}
+
+func reload(c *cli.Context) error {
+	name, err := oneService(c)
+	if err != nil {
+		return err
+	}
+	res, err := client(c).Reload(c.Context, name)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: generation %d (pid %d) told to reload (SIGHUP)\n", res.Service, res.Generation, res.PID)
+	return nil
+}
+
+func reloadConfig(c *cli.Context) error {
+	if c.NArg() != 0 {
+		return fmt.Errorf("reload-config takes no argument: handoffd reads the file it was started with")
+	}
+	ch, err := client(c).ReloadConfig(c.Context)
+	if err != nil {
+		return err
+	}
+	if ch.Empty() {
+		fmt.Println("config reloaded: nothing changed")
+		return nil
+	}
+	show := func(what string, names []string) {
+		if len(names) > 0 {
+			fmt.Printf("%s: %s\n", what, strings.Join(names, ", "))
+		}
+	}
+	fmt.Println("config reloaded")
+	show("changed (from the next generation on)", ch.Changed)
+	show("added (generation 1 active)", ch.Added)
+	show("removed (draining)", ch.Removed)
 	return nil
 }
 
