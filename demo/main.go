@@ -37,6 +37,7 @@ func run(args []string) error {
 	drainTimeout := fs.Duration("drain-timeout", 30*time.Second, "longest drain before open connections are cut")
 	accessLog := fs.Bool("access-log", false, "log every request (slows load tests)")
 	idleGrace := fs.Duration("idle-grace", handoff.DefaultIdleGrace, "while draining, close a connection idle for this long")
+	configPath := fs.String("config", "", "config file (greeting: ...); SIGHUP reads it again")
 	faultSpec := fs.String("fault", "", "play a failure on purpose, for tests: KIND@GEN[:DELAY] (see faults.go)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -54,7 +55,11 @@ func run(args []string) error {
 		return err
 	}
 	app := appInfo{Service: handoff.Service(), Generation: handoff.Generation(), PID: os.Getpid(), Version: version}
-	srv := &http.Server{Handler: newEngine(app, *accessLog), ReadHeaderTimeout: 10 * time.Second}
+	conf, err := newLiveSettings(*configPath)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: newEngine(app, conf.greeting, *accessLog), ReadHeaderTimeout: 10 * time.Second}
 	d := handoff.NewDrainer(srv)
 	d.IdleGrace = *idleGrace
 	served := make(chan error, 1)
@@ -62,6 +67,7 @@ func run(args []string) error {
 	slog.Info("serving", "service", app.Service, "generation", app.Generation, "pid", app.PID,
 		"addr", ln.Addr().String(), "version", app.Version)
 
+	handoff.OnReload(conf.reload) // before Ready; the drain ends it
 	stop, unwatch := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer unwatch() // not before the drain ends: a second SIGTERM must not cut requests
 	var cause error

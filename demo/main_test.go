@@ -16,18 +16,18 @@ func serve(t *testing.T, method, target, body string) *httptest.ResponseRecorder
 	t.Helper()
 	gin.SetMode(gin.TestMode)
 	w := httptest.NewRecorder()
-	newEngine(testApp, false).ServeHTTP(w, httptest.NewRequest(method, target, strings.NewReader(body)))
+	newEngine(testApp, func() string { return "hi" }, false).ServeHTTP(w, httptest.NewRequest(method, target, strings.NewReader(body)))
 	return w
 }
 
 func TestRoot(t *testing.T) {
 	w := serve(t, "GET", "/", "")
-	var got appInfo
+	var got rootReply
 	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || w.Code != 200 {
 		t.Fatalf("GET /: %d %s %v", w.Code, w.Body, err)
 	}
-	if got != testApp {
-		t.Errorf("GET / = %+v, want %+v", got, testApp)
+	if want := (rootReply{testApp, "hi"}); got != want {
+		t.Errorf("GET / = %+v, want %+v", got, want)
 	}
 }
 

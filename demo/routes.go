@@ -22,14 +22,21 @@ type appInfo struct {
 	Version    string `json:"version"`
 }
 
-// newEngine returns the demo's routes.
-func newEngine(app appInfo, accessLog bool) *gin.Engine {
+// rootReply is GET /: the process, and the greeting of its config file.
+type rootReply struct {
+	appInfo
+	Greeting string `json:"greeting"`
+}
+
+// newEngine returns the demo's routes; greeting gives the greeting in
+// use, which a reload may change.
+func newEngine(app appInfo, greeting func() string, accessLog bool) *gin.Engine {
 	r := gin.New()
 	r.Use(gin.Recovery())
 	if accessLog {
 		r.Use(logRequests)
 	}
-	r.GET("/", func(c *gin.Context) { c.JSON(http.StatusOK, app) })
+	r.GET("/", func(c *gin.Context) { c.JSON(http.StatusOK, rootReply{app, greeting()}) })
 	r.GET("/healthz", func(c *gin.Context) { c.String(http.StatusOK, "ok") })
 	slow := func(c *gin.Context) { serveSlow(c, app) }
 	r.GET("/slow", slow)
