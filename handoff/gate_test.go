@@ -12,7 +12,10 @@ func TestGateHoldsAcceptUntilReady(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := gated(inner)
+	// A gate of its own: the package's gate may have been opened by an
+	// earlier test's Ready.
+	open := make(chan struct{})
+	ln := &gatedListener{Listener: inner, open: open, closed: make(chan struct{})}
 	defer ln.Close()
 	c, err := net.Dial("tcp", inner.Addr().String())
 	if err != nil {
@@ -32,7 +35,7 @@ func TestGateHoldsAcceptUntilReady(t *testing.T) {
 		t.Fatalf("Accept returned before Ready: %v", err)
 	case <-time.After(100 * time.Millisecond):
 	}
-	openGate()
+	close(open)
 	select {
 	case err := <-accepted:
 		if err != nil {
@@ -64,5 +67,17 @@ func TestGateCloseEndsWaitingAccept(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("Close did not end an Accept waiting for Ready")
+	}
+}
+
+func TestReadyOpensTheGate(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", "")
+	if err := Ready(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gate.open:
+	default:
+		t.Fatal("Ready did not open the gate of handoffd's listeners")
 	}
 }
