@@ -78,6 +78,7 @@ type daemon struct {
 	mode    string
 	metrics string // host:port of /metrics, if served
 	control string
+	config  string // handoffd's config file, which a test may rewrite
 	addr    string
 	client  *supervisor.Client
 	log     *bytes.Buffer
@@ -152,6 +153,7 @@ services:
     probation: %s
 `, d.control, d.metrics, opts.mode, dir, bpfDir, argv, listen, opts.readyTimeout, opts.drainTimeout, opts.probation)
 	cfgPath := filepath.Join(dir, "handoff.yaml")
+	d.config = cfgPath
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
