@@ -183,6 +183,7 @@ func enableBPFStats() (int, error) {
 // progStats is one eBPF program's counters, as its fd's fdinfo shows them.
 type progStats struct {
 	Type      string `json:"type"`
+	LinkType  string `json:"link_type,omitempty"` // set when the fd is a bpf_link, which has no run counters
 	ID        string `json:"id"`
 	RunCount  uint64 `json:"run_count"`
 	RunTimeNS uint64 `json:"run_time_ns"`
@@ -206,6 +207,8 @@ func bpfPrograms(pid int) map[string]progStats {
 			switch k {
 			case "prog_type":
 				p.Type = v
+			case "link_type":
+				p.LinkType = v
 			case "prog_id":
 				p.ID = v
 			case "run_cnt":

@@ -143,11 +143,15 @@ func markdown(res *results) string {
 			}
 			fmt.Fprintf(&b, "| all | | | **%.3f** (cost %.1f%%, %d failed) |\n", c.Ratio, c.CostPercent, c.Failed)
 			for _, p := range c.Programs {
+				if p.Type == "" {
+					fmt.Fprintf(&b, "\neBPF program %s is held through a bpf_link (%s): its run time is not visible from /proc\n", p.ID, p.LinkType)
+					continue
+				}
 				per := "–"
 				if p.RunCount > 0 {
 					per = fmt.Sprintf("%.0f ns/run", float64(p.RunTimeNS)/float64(p.RunCount))
 				}
-				fmt.Fprintf(&b, "\neBPF program %s (%s): %d runs for %d connections, %s\n", p.ID, p.Type, p.RunCount, c.StatsConnections, per)
+				fmt.Fprintf(&b, "\neBPF program %s (type %s): %d runs for %d connections, %s\n", p.ID, p.Type, p.RunCount, c.StatsConnections, per)
 			}
 			if c.StatsError != "" {
 				fmt.Fprintf(&b, "\neBPF run time not measured: %s\n", c.StatsError)
