@@ -160,6 +160,9 @@ services:
 	run := append(append([]string{}, opts.wrap...), filepath.Join(bin, "handoffd"), "--config", cfgPath)
 	d.cmd = exec.Command(run[0], run[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = &lockedWriter{w: d.log}, &lockedWriter{w: d.log}
+	// Generations inherit handoffd's stdout: when handoffd dies before
+	// them, Wait must not wait for them to close it.
+	d.cmd.WaitDelay = time.Second
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +234,7 @@ func (d *daemon) waitFor(what string, limit time.Duration, cond func(supervisor.
 		}
 		select {
 		case <-d.exited:
-			d.t.Fatalf("handoffd exited while waiting for %s:\n%s", what, d.logText())
+			d.t.Fatalf("handoffd exited (%v) while waiting for %s:\n%s", d.cmd.ProcessState, what, d.logText())
 		default:
 		}
 		if time.Now().After(deadline) {

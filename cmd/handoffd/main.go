@@ -65,8 +65,9 @@ func run(c *cli.Context) error {
 		Mode: mode,
 		Launcher: &supervisor.ExecLauncher{Self: "/proc/self/exe", Stdout: os.Stdout, Stderr: os.Stderr,
 			LogDir: filepath.Join(cfg.StateDir, "logs")},
-		Observer: swaps,
-		Logger:   log,
+		Observer:   swaps,
+		Logger:     log,
+		LoadConfig: func() (*supervisor.Config, error) { return loadConfig(c) },
 	}
 	var k *kernel
 	if mode == supervisor.ModeEBPF {
@@ -113,10 +114,13 @@ func run(c *cli.Context) error {
 				}
 				return err
 			case syscall.SIGTERM:
-				log.Info("SIGTERM: handoffd exits; the services keep running")
+				sup.Detach()
+				log.Info("SIGTERM: handoffd exits; the services keep running, and a restarted handoffd re-adopts them")
 				return nil
 			case syscall.SIGHUP:
-				log.Warn("SIGHUP: config reload is not supported yet; restart handoffd to apply a new config")
+				if _, err := sup.ReloadConfig(context.Background()); err != nil {
+					log.Error("SIGHUP: config reload", "err", err)
+				}
 			}
 		}
 	}

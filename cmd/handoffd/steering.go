@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"sync"
 
 	"github.com/handoffd/handoffd/handoff/supervisor"
 	"github.com/handoffd/handoffd/loader"
@@ -14,27 +15,18 @@ import (
 type kernel struct {
 	cfg      *supervisor.Config
 	tracking *loader.Tracking // nil when the probes could not load
-	// bases gives each service's listener its range of tracking slots.
+	log      *slog.Logger
+
+	mu sync.Mutex
+	// bases gives each service's listener its range of tracking slots,
+	// in the order listeners first appear (config reloads add some).
 	bases map[[2]string]uint32
-	log   *slog.Logger
 }
 
 // loadKernel loads the connection-tracking probes; when they cannot load,
 // handoffd still steers and counts connections from /proc instead.
 func loadKernel(cfg *supervisor.Config, log *slog.Logger) *kernel {
 	k := &kernel{cfg: cfg, bases: map[[2]string]uint32{}, log: log}
-	var n uint32
-	for _, s := range cfg.Services {
-		for _, l := range s.Listeners {
-			k.bases[[2]string{s.Name, l.Name}] = n * loader.Slots
-			n++
-		}
-	}
-	if n*loader.Slots > loader.TrackingSlots {
-		log.Warn("too many listeners for the kernel probes; counting connections from /proc", "listeners", n,
-			"max", loader.TrackingSlots/loader.Slots)
-		return k
-	}
 	t, err := loader.LoadTracking(filepath.Join(cfg.BPFDir, "tracking"))
 	if err != nil {
 		log.Warn("connection-tracking probes unavailable; counting connections from /proc", "reason", err)
@@ -44,18 +36,47 @@ func loadKernel(cfg *supervisor.Config, log *slog.Logger) *kernel {
 	return k
 }
 
-// steering loads the steering of one listener, counting if it can.
-func (k *kernel) steering(service, listener string) (supervisor.Steering, error) {
+// steering loads the steering of one listener, counting if it can. With
+// reuse it opens the steering an earlier handoffd pinned, whose sockets
+// and active slot serve the generations being re-adopted.
+func (k *kernel) steering(service, listener string, reuse bool) (supervisor.Steering, error) {
 	dir := filepath.Join(k.cfg.BPFDir, service, listener)
-	if k.tracking == nil {
-		return loader.LoadSteering(dir)
+	base, counted := k.base(service, listener)
+	if !counted && k.tracking != nil {
+		k.log.Warn("too many listeners for the kernel probes; counting this one's connections from /proc",
+			"service", service, "listener", listener, "max", loader.TrackingSlots/loader.Slots)
 	}
-	base := k.bases[[2]string{service, listener}]
-	st, err := loader.LoadSteeringWith(dir, k.tracking, base)
-	if err != nil {
-		return nil, err
+	var st *loader.Steering
+	var err error
+	switch {
+	case reuse:
+		st, err = loader.OpenPinned(dir)
+	case k.tracking == nil || !counted:
+		return loader.LoadSteering(dir)
+	default:
+		st, err = loader.LoadSteeringWith(dir, k.tracking, base)
+	}
+	if err != nil || k.tracking == nil || !counted {
+		return st, err
 	}
 	return &countingSteering{Steering: st, tracking: k.tracking, base: base}, nil
+}
+
+// base returns the first tracking slot of a listener's range, giving it
+// the next free range on first use; false when none is left.
+func (k *kernel) base(service, listener string) (uint32, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	key := [2]string{service, listener}
+	b, ok := k.bases[key]
+	if !ok {
+		b = uint32(len(k.bases)) * loader.Slots
+		if b+loader.Slots > loader.TrackingSlots {
+			return 0, false
+		}
+		k.bases[key] = b
+	}
+	return b, true
 }
 
 // remove detaches the probes and removes their pins.

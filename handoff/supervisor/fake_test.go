@@ -124,6 +124,7 @@ func (r *fakeRouter) close() error                     { return nil }
 func (r *fakeRouter) stats(int, int) (SlotStats, bool) { return SlotStats{Held: 7}, true }
 func (r *fakeRouter) migrated() uint64                 { return 3 }
 func (r *fakeRouter) forget(int)                       {}
+func (r *fakeRouter) adopt(int, []*os.File) error      { return nil }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -112,7 +111,7 @@ func (j *joiner) start(spec LaunchSpec) (Process, error) {
 		unix.Close(pidfd)
 		return nil, fmt.Errorf("send the listeners to pid %d: %w", j.cred.PID, err)
 	}
-	p := newJoinedProcess(int(j.cred.PID), pidfd)
+	p := newPidfdProcess(int(j.cred.PID), pidfd)
 	j.readers.Add(1)
 	go j.readReady(p)
 	return p, nil
@@ -120,7 +119,7 @@ func (j *joiner) start(spec LaunchSpec) (Process, error) {
 
 // readReady reads the peer's lines until READY=1; it ends then, or when
 // the connection closes (the join handler closes it once the swap is over).
-func (j *joiner) readReady(p *joinedProcess) {
+func (j *joiner) readReady(p *pidfdProcess) {
 	defer j.readers.Done()
 	for {
 		line, err := j.r.ReadSlice('\n')
@@ -164,69 +163,6 @@ func peerPidfd(c *net.UnixConn, pid int) (int, error) {
 	return pidfd, nil
 }
 
-// joinedProcess is a generation's process that handoffd did not start: it
-// is watched and signalled through a pidfd, so a reused pid is never hit.
-type joinedProcess struct {
-	pid       int
-	ready     chan struct{}
-	readyOnce sync.Once
-	done      chan struct{}
-
-	mu    sync.Mutex
-	pidfd int // -1 once the process exited
-}
-
-// newJoinedProcess takes pidfd over and watches it until the process
-// exits. A generation that fails is sent SIGKILL, so the watch ends then too.
-func newJoinedProcess(pid, pidfd int) *joinedProcess {
-	p := &joinedProcess{pid: pid, pidfd: pidfd, ready: make(chan struct{}), done: make(chan struct{})}
-	go p.wait()
-	return p
-}
-
-func (p *joinedProcess) Pid() int               { return p.pid }
-func (p *joinedProcess) Ready() <-chan struct{} { return p.ready }
-func (p *joinedProcess) Done() <-chan struct{}  { return p.done }
-
-// ExitStatus is "exited": the process is not handoffd's child, so its
-// status goes to its own parent.
-func (p *joinedProcess) ExitStatus() string {
-	<-p.done
-	return "exited"
-}
-
-func (p *joinedProcess) Signal(sig syscall.Signal) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.pidfd < 0 {
-		return nil
-	}
-	err := unix.PidfdSendSignal(p.pidfd, sig, nil, 0)
-	if errors.Is(err, unix.ESRCH) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("signal pid %d through its pidfd: %w", p.pid, err)
-	}
-	return nil
-}
-
-// wait blocks in poll(2) until the pidfd is readable: the process exited.
-func (p *joinedProcess) wait() {
-	fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
-	for {
-		_, err := unix.Poll(fds, -1)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	p.mu.Lock()
-	unix.Close(p.pidfd)
-	p.pidfd = -1
-	p.mu.Unlock()
-	close(p.done)
-}
-
 // joinPath returns the service named by a join request's path.
 func joinPath(r *http.Request) (string, bool) {
 	if r.Method != http.MethodPost {
@@ -244,15 +180,19 @@ func joinPath(r *http.Request) (string, bool) {
 // access policy admits: the service's user, if it has one.
 func (a *API) joinUser(name string) (uint32, string, bool) {
 	svc, err := a.sup.Service(name)
-	if err != nil || svc.cfg.User == "" {
+	user := ""
+	if err == nil {
+		user = svc.config().User
+	}
+	if user == "" {
 		return 0, "", false
 	}
-	u, err := lookupUser(svc.cfg.User)
+	u, err := lookupUser(user)
 	if err != nil {
 		return 0, "", false
 	}
 	uid, err := strconv.ParseUint(u.Uid, 10, 32)
-	return uint32(uid), svc.cfg.User, err == nil
+	return uint32(uid), user, err == nil
 }
 
 // mayJoin says whether c may join the service that r names as its user.

@@ -22,7 +22,7 @@ func TestJoinedProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newJoinedProcess(cmd.Process.Pid, pidfd)
+	p := newPidfdProcess(cmd.Process.Pid, pidfd)
 	select {
 	case <-p.Done():
 		t.Fatal("Done before the process exited")

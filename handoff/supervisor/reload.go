@@ -249,11 +249,10 @@ func serviceConfig(cfg *Config, name string) *ServiceConfig {
 
 // add starts a service that the running config does not have.
 func (s *Supervisor) add(ctx context.Context, sc *ServiceConfig, control string) error {
-	r, err := newRouter(sc, s.opts.Mode, s.opts.NewSteering)
+	svc, err := s.newService(sc, control, savedState{})
 	if err != nil {
 		return err
 	}
-	svc := newService(sc, s.opts.Mode, control, r, s.opts.Launcher, s.opts.Observer, s.log)
 	if _, err := svc.Swap(ctx); err != nil {
 		// Nothing of it runs: Stop only releases the router.
 		if serr := svc.Stop(context.WithoutCancel(ctx)); serr != nil {

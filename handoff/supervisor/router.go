@@ -26,8 +26,10 @@ type Steering interface {
 	Remove() error
 }
 
-// NewSteering returns the Steering of one listener of a service.
-type NewSteering func(service, listener string) (Steering, error)
+// NewSteering returns the Steering of one listener of a service: a fresh
+// one, or with reuse the one pinned by an earlier handoffd, whose
+// generations are being re-adopted.
+type NewSteering func(service, listener string, reuse bool) (Steering, error)
 
 // router gives generations their listening sockets and moves new
 // connections to the active one.
@@ -45,6 +47,9 @@ type router interface {
 	migrated() uint64
 	// forget drops what the router remembers of an exited generation.
 	forget(gen int)
+	// adopt takes the sockets of a re-adopted active generation
+	// (handoffd's new copies, in listener order).
+	adopt(gen int, files []*os.File) error
 	// close releases what the router holds for the service.
 	close() error
 }
@@ -54,6 +59,7 @@ func slot(gen int) uint32 { return uint32(gen % Slots) }
 // lane is how one listener moves between generations.
 type lane interface {
 	socket(gen int) (*os.File, error)
+	adopt(f *os.File) error
 	activate(gen int) error
 	stats(gen int) (SlotStats, bool)
 	migrated() uint64
@@ -97,6 +103,9 @@ func (s *steeredLane) activate(gen int) error { return s.st.Activate(slot(gen)) 
 func (s *steeredLane) close() error           { return s.st.Remove() }
 func (s *steeredLane) forget(gen int)         { s.base.forget(gen) }
 
+// adopt needs nothing: the socket is in the pinned steering map already.
+func (s *steeredLane) adopt(*os.File) error { return nil }
+
 func (s *steeredLane) stats(gen int) (SlotStats, bool) {
 	cs, ok := s.st.(CountingSteering)
 	if !ok {
@@ -131,6 +140,9 @@ type sharedLane struct {
 }
 
 func (s *sharedLane) socket(int) (*os.File, error) {
+	if s.f == nil {
+		return nil, errors.New("no shared socket: the re-adopted generation did not hand it over")
+	}
 	fd, err := unix.FcntlInt(s.f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("duplicate shared socket: %w", err)
@@ -143,7 +155,20 @@ func (s *sharedLane) stats(int) (SlotStats, bool) { return SlotStats{}, false }
 func (s *sharedLane) migrated() uint64            { return 0 }
 func (s *sharedLane) forget(int)                  {}
 
+// adopt makes a re-adopted generation's socket the shared one again.
+func (s *sharedLane) adopt(f *os.File) error {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("duplicate adopted socket: %w", err)
+	}
+	s.f = os.NewFile(uintptr(fd), f.Name())
+	return nil
+}
+
 func (s *sharedLane) close() error {
+	if s.f == nil {
+		return nil // an adopting lane that never got its socket
+	}
 	var err error
 	if sa, _ := unix.Getsockname(int(s.f.Fd())); sa != nil {
 		if u, ok := sa.(*unix.SockaddrUnix); ok && u.Name != "" && u.Name[0] == '/' {
@@ -161,10 +186,14 @@ type laneRouter struct {
 
 // newRouter builds the lanes of svc: steered in ModeEBPF, except for unix
 // listeners (SO_REUSEPORT does not apply to them), shared in ModeFDPass.
-func newRouter(svc *ServiceConfig, mode Mode, newSteering NewSteering) (*laneRouter, error) {
+//
+// With adopting, the router is for generations that an earlier handoffd
+// started: steering is reopened from its pins and shared sockets are taken
+// from the active generation (adopt) instead of being created.
+func newRouter(svc *ServiceConfig, mode Mode, newSteering NewSteering, adopting bool) (*laneRouter, error) {
 	r := &laneRouter{}
 	for _, l := range svc.Listeners {
-		ln, err := newLane(svc.Name, l, mode, newSteering)
+		ln, err := newLane(svc.Name, l, mode, newSteering, adopting)
 		if err != nil {
 			r.close()
 			return nil, fmt.Errorf("listener %s: %w", l.Name, err)
@@ -175,17 +204,20 @@ func newRouter(svc *ServiceConfig, mode Mode, newSteering NewSteering) (*laneRou
 	return r, nil
 }
 
-func newLane(service string, l ListenerConfig, mode Mode, newSteering NewSteering) (lane, error) {
+func newLane(service string, l ListenerConfig, mode Mode, newSteering NewSteering, adopting bool) (lane, error) {
 	network, _, err := ParseAddress(l.Address)
 	if err != nil {
 		return nil, err
 	}
 	if mode == ModeEBPF && network != "unix" {
-		st, err := newSteering(service, l.Name)
+		st, err := newSteering(service, l.Name, adopting)
 		if err != nil {
 			return nil, fmt.Errorf("load steering: %w", err)
 		}
 		return &steeredLane{l: l, st: st}, nil
+	}
+	if adopting {
+		return &sharedLane{}, nil
 	}
 	f, err := listenShared(l)
 	if err != nil {
@@ -232,6 +264,15 @@ func (r *laneRouter) migrated() uint64 {
 		n += ln.migrated()
 	}
 	return n
+}
+
+func (r *laneRouter) adopt(gen int, files []*os.File) error {
+	for i, ln := range r.lanes {
+		if err := ln.adopt(files[i]); err != nil {
+			return fmt.Errorf("listener %s: %w", r.names[i], err)
+		}
+	}
+	return nil
 }
 
 func (r *laneRouter) forget(gen int) {

@@ -35,6 +35,8 @@ type Generation struct {
 	exit  string
 	// killedConns is what the generation held when drain_timeout killed it.
 	killedConns *int64
+	// startTicks is the process's start time, saved with its pid.
+	startTicks uint64
 	// drain is closed when the generation is told to drain.
 	drain chan struct{}
 
@@ -43,6 +45,9 @@ type Generation struct {
 
 // Service runs the generations of one configured service.
 type Service struct {
+	name string // never changes, unlike cfg
+	// cfg is replaced by a config reload (setConfig, holding swapMu and
+	// mu): read it holding either, or through config().
 	cfg *ServiceConfig
 	// mode is handoffd's mode; a listener that cannot be steered (unix)
 	// is shared even in ModeEBPF.
@@ -65,13 +70,16 @@ type Service struct {
 	stopCh  chan struct{}
 	// watchers counts the goroutines that watch processes; Stop waits for them.
 	watchers sync.WaitGroup
+	// onChange, if set, is called (never blocking) when a generation
+	// changes state, so that the state file follows.
+	onChange func()
 }
 
 func newService(cfg *ServiceConfig, mode Mode, control string, r router, l Launcher, o Observer, log *slog.Logger) *Service {
 	if o == nil {
 		o = nopObserver{}
 	}
-	return &Service{cfg: cfg, mode: mode, control: control, router: r, launcher: l, observer: o,
+	return &Service{name: cfg.Name, cfg: cfg, mode: mode, control: control, router: r, launcher: l, observer: o,
 		log: log.With("service", cfg.Name), stopCh: make(chan struct{})}
 }
 
@@ -103,7 +111,7 @@ func (nopObserver) PhaseDone(string, string, time.Duration) {}
 func (nopObserver) DrainKilled(string, int64)               {}
 
 // Name returns the service's name.
-func (s *Service) Name() string { return s.cfg.Name }
+func (s *Service) Name() string { return s.name }
 
 // SwapResult tells what a successful swap did.
 type SwapResult struct {
@@ -135,7 +143,7 @@ type StartFunc func(spec LaunchSpec) (Process, error)
 // that joins over the control socket becomes the next generation this way.
 func (s *Service) SwapTo(ctx context.Context, start StartFunc) (SwapResult, error) {
 	if !s.swapMu.TryLock() {
-		s.observer.SwapDone(s.cfg.Name, "refused")
+		s.observer.SwapDone(s.name, "refused")
 		return SwapResult{}, ErrSwapInProgress
 	}
 	defer s.swapMu.Unlock()
@@ -144,7 +152,7 @@ func (s *Service) SwapTo(ctx context.Context, start StartFunc) (SwapResult, erro
 	if err != nil {
 		result = "failed"
 	}
-	s.observer.SwapDone(s.cfg.Name, result)
+	s.observer.SwapDone(s.name, result)
 	return res, err
 }
 
@@ -188,10 +196,11 @@ func (s *Service) startGeneration(start StartFunc) (*Generation, error) {
 	if err == nil {
 		g.files = files
 		var p Process
-		p, err = start(LaunchSpec{Service: s.cfg.Name, Generation: id, Config: s.cfg, Files: files, Control: s.control})
+		p, err = start(LaunchSpec{Service: s.name, Generation: id, Config: s.cfg, Files: files, Control: s.control})
 		if err == nil {
 			s.mu.Lock()
 			g.proc, g.pid = p, p.Pid()
+			g.startTicks = procStartTicks(g.pid)
 			s.mu.Unlock()
 			s.watchers.Add(1)
 			go s.watch(g)
@@ -231,11 +240,11 @@ func (s *Service) promote(g *Generation) SwapResult {
 	s.move(g, StateActive)
 	old := s.current
 	s.current = g
-	res := SwapResult{Service: s.cfg.Name, Generation: g.ID, PID: g.pid,
+	res := SwapResult{Service: s.name, Generation: g.ID, PID: g.pid,
 		StartToReady:  g.ready.Sub(g.started).Seconds(),
 		ReadyToActive: g.active.Sub(g.ready).Seconds()}
-	s.observer.PhaseDone(s.cfg.Name, PhaseStartToReady, g.ready.Sub(g.started))
-	s.observer.PhaseDone(s.cfg.Name, PhaseReadyToActive, g.active.Sub(g.ready))
+	s.observer.PhaseDone(s.name, PhaseStartToReady, g.ready.Sub(g.started))
+	s.observer.PhaseDone(s.name, PhaseReadyToActive, g.active.Sub(g.ready))
 	s.log.Info("generation active", "generation", g.ID, "pid", g.pid,
 		"start_to_ready", g.ready.Sub(g.started), "ready_to_active", g.active.Sub(g.ready))
 	if s.standby != nil {
@@ -293,6 +302,7 @@ func (s *Service) fail(g *Generation, reason error) {
 	g.files = nil
 	g.state = StateFailed
 	g.exit = reason.Error()
+	s.changed()
 	g.exited = time.Now()
 	p := g.proc
 	s.prune()
@@ -312,14 +322,15 @@ func (s *Service) watch(g *Generation) {
 		return
 	case <-g.drain:
 	}
-	timer := time.NewTimer(s.cfg.DrainTimeout.Std())
+	cfg := s.config()
+	timer := time.NewTimer(cfg.DrainTimeout.Std())
 	defer timer.Stop()
 	select {
 	case <-g.proc.Done():
 	case <-timer.C:
 		held := GenerationStatus{ID: g.ID, PID: g.pid}
 		var proc *procCounter
-		s.count(&held, nil, &proc)
+		s.count(cfg, &held, nil, &proc)
 		s.mu.Lock()
 		g.killedConns = held.Connections
 		s.mu.Unlock()
@@ -327,9 +338,9 @@ func (s *Service) watch(g *Generation) {
 		if held.Connections != nil {
 			n = *held.Connections
 		}
-		s.observer.DrainKilled(s.cfg.Name, n)
+		s.observer.DrainKilled(s.name, n)
 		s.log.Warn("drain_timeout passed: killing generation", "generation", g.ID, "pid", g.pid,
-			"drain_timeout", s.cfg.DrainTimeout.Std(), "connections", deref(held.Connections))
+			"drain_timeout", cfg.DrainTimeout.Std(), "connections", deref(held.Connections))
 		g.proc.Signal(syscall.SIGKILL)
 		<-g.proc.Done()
 	}
@@ -354,7 +365,7 @@ func (s *Service) exited(g *Generation) {
 		s.watchers.Add(1)
 		go s.replace()
 	case g.state == StateExited && !g.draining.IsZero():
-		s.observer.PhaseDone(s.cfg.Name, PhaseActiveToOldExited, g.exited.Sub(g.draining))
+		s.observer.PhaseDone(s.name, PhaseActiveToOldExited, g.exited.Sub(g.draining))
 		s.log.Info("generation exited", "generation", g.ID, "pid", g.pid, "status", status,
 			"drain", g.exited.Sub(g.draining))
 	}
@@ -428,6 +439,7 @@ func (s *Service) move(g *Generation, to State) {
 		g.exited = now
 	}
 	g.state = to
+	s.changed()
 }
 
 // prune forgets old exited generations. Callers hold s.mu.
@@ -475,10 +487,10 @@ func (s *Service) Stop(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		return fmt.Errorf("stop %s: %w", s.cfg.Name, ctx.Err())
+		return fmt.Errorf("stop %s: %w", s.name, ctx.Err())
 	}
 	if err := s.router.close(); err != nil {
-		return fmt.Errorf("stop %s: %w", s.cfg.Name, err)
+		return fmt.Errorf("stop %s: %w", s.name, err)
 	}
 	s.log.Info("service stopped")
 	return nil

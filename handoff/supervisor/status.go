@@ -108,7 +108,7 @@ func (s *Service) Status() ServiceStatus {
 		}
 		gs.AgeSeconds = end.Sub(g.started).Seconds()
 		if g.state.Live() && g.pid != 0 {
-			s.count(&gs, sn.files, &proc)
+			s.count(cfg, &gs, sn.files, &proc)
 		}
 		st.Generations = append(st.Generations, gs)
 	}
@@ -117,9 +117,8 @@ func (s *Service) Status() ServiceStatus {
 
 // count fills in the connections of a live generation: from the kernel
 // probes when every listener is counted there, else from /proc. Callers
-// do not hold s.mu.
-func (s *Service) count(gs *GenerationStatus, files []*os.File, proc **procCounter) {
-	cfg := s.config()
+// do not hold s.mu; cfg is the service's config as they read it.
+func (s *Service) count(cfg *ServiceConfig, gs *GenerationStatus, files []*os.File, proc **procCounter) {
 	var total int64
 	kernel := true
 	for i, l := range cfg.Listeners {

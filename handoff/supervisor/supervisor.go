@@ -35,6 +35,8 @@ type Supervisor struct {
 	mu       sync.Mutex
 	cfg      *Config // the config that runs: replaced by Reload
 	services []*Service
+	// saver writes StateFile as generations change.
+	saver *stateSaver
 	// watches are the file watchers of services with watch paths.
 	watches map[string]*watcher
 	// stopping holds the services removed by a reload until they stopped.
@@ -49,16 +51,75 @@ func New(cfg *Config, opts Options) (*Supervisor, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Supervisor{cfg: cfg, opts: opts, log: opts.Logger, watches: map[string]*watcher{}}
+	saved, err := loadState(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w (remove it to start afresh)", err)
+	}
 	for i := range cfg.Services {
 		sc := &cfg.Services[i]
-		r, err := newRouter(sc, opts.Mode, opts.NewSteering)
+		svc, err := s.newService(sc, cfg.Control, saved)
 		if err != nil {
 			s.closeRouters()
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 		}
-		s.services = append(s.services, newService(sc, opts.Mode, cfg.Control, r, opts.Launcher, opts.Observer, s.log))
+		s.services = append(s.services, svc)
 	}
+	s.saver = newStateSaver(cfg.StateDir, s.savedState, s.log)
+	for _, svc := range s.services {
+		svc.onChange = s.saver.changed
+	}
+	go s.saver.run()
+	s.saver.changed()
 	return s, nil
+}
+
+// newService builds a service and its router. When saved holds
+// generations of it that still run, in the same mode, it re-adopts them.
+func (s *Supervisor) newService(sc *ServiceConfig, control string, saved savedState) (*Service, error) {
+	ss, _ := saved.service(sc.Name)
+	adopting := false
+	for _, g := range ss.Generations {
+		if procStartTicks(g.PID) == g.StartTicks {
+			adopting = true
+		}
+	}
+	if adopting && saved.Mode != s.opts.Mode {
+		return nil, fmt.Errorf("generations started in mode %s still run, and handoffd now runs in mode %s: stop them, or run in mode %s", saved.Mode, s.opts.Mode, saved.Mode)
+	}
+	r, err := newRouter(sc, s.opts.Mode, s.opts.NewSteering, adopting)
+	if err != nil {
+		return nil, err
+	}
+	svc := newService(sc, s.opts.Mode, control, r, s.opts.Launcher, s.opts.Observer, s.log)
+	if s.saver != nil {
+		svc.onChange = s.saver.changed
+	}
+	if adopting {
+		if err := svc.adopt(ss); err != nil {
+			r.close()
+			return nil, fmt.Errorf("%w; its generations still serve: stop them or fix the config, then start handoffd again", err)
+		}
+	}
+	return svc, nil
+}
+
+// savedState collects what every service records of itself.
+func (s *Supervisor) savedState() savedState {
+	st := savedState{Mode: s.opts.Mode, Services: []savedService{}}
+	for _, svc := range s.list() {
+		st.Services = append(st.Services, svc.saved())
+	}
+	return st
+}
+
+// Detach stops handoffd's own work, the state saver (after a last save)
+// and the file watches, and leaves every generation running and steered:
+// for a handoffd that exits to be restarted, which re-adopts them.
+func (s *Supervisor) Detach() {
+	for _, svc := range s.list() {
+		s.unwatch(svc.Name())
+	}
+	s.saver.close()
 }
 
 // serviceMode is ModeEBPF when every listener of sc is steered, else
@@ -83,6 +144,9 @@ func (s *Supervisor) closeRouters() {
 // cannot be started and returns why.
 func (s *Supervisor) Start(ctx context.Context) error {
 	for _, svc := range s.list() {
+		if svc.hasCurrent() {
+			continue // re-adopted
+		}
 		if _, err := svc.Swap(ctx); err != nil {
 			return fmt.Errorf("start service %s: %w", svc.Name(), err)
 		}
@@ -162,5 +226,6 @@ func (s *Supervisor) Stop(ctx context.Context) error {
 		}
 	})
 	wg.Wait()
+	s.saver.close()
 	return errors.Join(errs...)
 }

@@ -1,0 +1,83 @@
+package test
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handoffd/handoffd/handoff/supervisor"
+)
+
+// restart ends handoffd with sig while its generations keep serving, waits
+// a second with no handoffd at all, then starts a new one on the same
+// config, which must re-adopt them.
+func (d *daemon) restart(sig syscall.Signal) {
+	d.t.Helper()
+	old := d.cmd
+	old.Process.Signal(sig)
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		d.t.Fatalf("handoffd did not exit on %s", sig)
+	}
+	time.Sleep(time.Second)
+	d.cmd = exec.Command(old.Path, old.Args[1:]...)
+	d.cmd.Stdout, d.cmd.Stderr = old.Stdout, old.Stderr
+	d.cmd.WaitDelay = time.Second
+	d.exited = make(chan struct{})
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	exited := d.exited
+	go func() { d.cmd.Wait(); close(exited) }()
+}
+
+// TestRestartLeavesTrafficAlone kills handoffd (SIGKILL), then stops it
+// (SIGTERM), under load: the generations serve on without it, a restarted
+// handoffd re-adopts them (same pids, numbering goes on) and swaps again.
+// Not one request fails.
+func TestRestartLeavesTrafficAlone(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			d := startDaemon(t, daemonOptions{mode: mode})
+			l := startLoad(d.addr, "/slow?ms=2", loadClients, false)
+			gen := 1
+			for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+				time.Sleep(300 * time.Millisecond)
+				out, err := d.ctl("swap", "demo")
+				gen++
+				if err != nil || !strings.Contains(out, fmt.Sprintf("generation %d active", gen)) {
+					t.Fatalf("swap: %v: %s", err, out)
+				}
+				t.Logf("%s: swapped to %d", time.Now().Format("15:04:05.000"), gen)
+				active := d.waitFor("one generation", 10*time.Second, func(st supervisor.ServiceStatus) bool { return liveCount(st) == 1 })
+				pid := active.Generations[len(active.Generations)-1].PID
+				t.Logf("%s: one generation left", time.Now().Format("15:04:05.000"))
+				d.restart(sig)
+				t.Logf("%s: restarted", time.Now().Format("15:04:05.000"))
+				st := d.waitFor("re-adopted generation", 15*time.Second, func(st supervisor.ServiceStatus) bool {
+					last := st.Generations[len(st.Generations)-1]
+					return last.ID == gen && last.State == supervisor.StateActive
+				})
+				if got := st.Generations[len(st.Generations)-1].PID; got != pid {
+					t.Fatalf("after %s: generation %d has pid %d, want the same process %d", sig, gen, got, pid)
+				}
+			}
+			t.Logf("%s: re-adopted", time.Now().Format("15:04:05.000"))
+			// The re-adopted generation is swapped out and drained like any other.
+			out, err := d.ctl("swap", "--wait", "demo")
+			if err != nil || !strings.Contains(out, fmt.Sprintf("generation %d active", gen+1)) || !strings.Contains(out, "drained") {
+				t.Fatalf("swap after restarts: %v: %s", err, out)
+			}
+			time.Sleep(300 * time.Millisecond)
+			res := l.stop()
+			t.Logf("requests: %d ok, %d failed across 3 swaps, a SIGKILL and a SIGTERM of handoffd", res.OK, res.Failed)
+			if res.Failed > 0 {
+				t.Errorf("%d requests failed: %q", res.Failed, res.Failures)
+			}
+		})
+	}
+}
