@@ -35,7 +35,7 @@ fuzz:
 
 # Ten minutes of swaps every 3 s under load; not part of make test.
 soak: build
-	HANDOFF_SOAK=10m $(GO) test -count=1 -v -timeout 20m -run '^TestSoak$$' ./test/
+	HANDOFF_SOAK=10m $(GO) test -tags soak -count=1 -v -timeout 20m -run '^TestSoak$$' ./test/
 
 # Regenerate the eBPF objects and their Go bindings from bpf/*.c.
 generate:

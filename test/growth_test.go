@@ -1,9 +1,6 @@
 package test
 
 import (
-	"fmt"
-	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -65,37 +62,5 @@ func TestNoGrowthOver200Swaps(t *testing.T) {
 	}
 	if res.Failed > 0 {
 		t.Errorf("%d requests failed: %q", res.Failed, res.Failures)
-	}
-}
-
-// TestSoak swaps every 3 s under load for HANDOFF_SOAK (e.g. 10m; run by
-// `make soak`, not by `make test`) and counts failed requests.
-func TestSoak(t *testing.T) {
-	length, err := time.ParseDuration(os.Getenv("HANDOFF_SOAK"))
-	if err != nil {
-		t.Skip("set HANDOFF_SOAK=10m (make soak) to run the soak test")
-	}
-	d := startDaemon(t, daemonOptions{metrics: true})
-	loads := []*load{startLoad(d.addr, "/slow?ms=2", loadClients/2, false), startLoad(d.addr, "/slow?ms=2", loadClients/2, true)}
-	swaps := 0
-	for end := time.Now().Add(length); time.Now().Before(end); swaps++ {
-		time.Sleep(3 * time.Second)
-		if out, err := d.ctl("swap", "demo"); err != nil {
-			t.Errorf("swap %d: %v: %s", swaps+1, err, out)
-		}
-	}
-	var ok, failed int
-	var failures []string
-	for _, l := range loads {
-		r := l.stop()
-		ok, failed = ok+r.OK, failed+r.Failed
-		failures = append(failures, r.Failures...)
-	}
-	summary := fmt.Sprintf("soak %s: %d swaps, %d requests, %d failed; handoffd %v goroutines, %v fds, %.1f MiB RSS",
-		length, swaps, ok+failed, failed, d.gauge("go_goroutines"), d.gauge("process_open_fds"),
-		d.gauge("process_resident_memory_bytes")/(1<<20))
-	t.Log(summary)
-	if failed > 0 {
-		t.Errorf("%d requests failed: %s", failed, strings.Join(failures, "; "))
 	}
 }

@@ -180,14 +180,6 @@ services:
 func (d *daemon) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	var pids []int
-	if st, err := d.client.Status(ctx, "demo"); err == nil {
-		for _, g := range st.Services[0].Generations {
-			if g.State.Live() {
-				pids = append(pids, g.PID)
-			}
-		}
-	}
 	d.cmd.Process.Signal(syscall.SIGINT)
 	select {
 	case <-d.exited:
@@ -196,11 +188,12 @@ func (d *daemon) shutdown() {
 		d.cmd.Process.Kill()
 		<-d.exited
 	}
-	for _, pid := range pids {
-		if syscall.Kill(pid, 0) == nil {
-			d.t.Errorf("generation pid %d still runs after handoffd stopped", pid)
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
+	// Whatever still runs with this daemon's control socket in its
+	// environment is a generation it started (or a test started to join
+	// it): none may outlive handoffd's stop, even when the test failed.
+	for _, pid := range generationsOf(d.control) {
+		d.t.Errorf("generation pid %d still runs after handoffd stopped", pid)
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	if d.t.Failed() {
 		d.t.Logf("handoffd log:\n%s", d.logText())
@@ -288,6 +281,27 @@ func listenersHeld(t *testing.T, pid int, inodes map[string]bool) int {
 		}
 	}
 	return n
+}
+
+// generationsOf lists the live processes whose environment names control
+// as HANDOFF_CONTROL: the generations of the handoffd serving it.
+func generationsOf(control string) []int {
+	ents, _ := os.ReadDir("/proc")
+	want := []byte("HANDOFF_CONTROL=" + control + "\x00")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		zombie := len(stat) > 0 && strings.Contains(string(stat[bytes.LastIndexByte(stat, ')'):]), ") Z ")
+		if err == nil && !zombie && bytes.Contains(env, want) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // zombieChildren lists the children of pid that are zombies.
