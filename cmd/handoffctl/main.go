@@ -139,13 +139,16 @@ func followDrain(ctx context.Context, cl *supervisor.Client, service string, gen
 			return nil
 		}
 		line := drainProgress(service, gen, g)
+		// Without a terminal, a line when the state or the count changes,
+		// not every time the deadline moves by a second.
+		key := fmt.Sprint(g.State, deref(g.Connections))
 		switch {
 		case tty:
 			fmt.Printf("\r\033[K%s, %s elapsed", line, time.Since(start).Round(100*time.Millisecond))
-		case line != last:
+		case key != last:
 			fmt.Printf("%s (%s)\n", line, time.Since(start).Round(time.Millisecond))
 		}
-		last = line
+		last = key
 		select {
 		case <-ctx.Done():
 			fmt.Println()
@@ -166,6 +169,13 @@ func drainProgress(service string, gen int, g supervisor.GenerationStatus) strin
 		line += fmt.Sprintf(", deadline in %s", time.Until(*g.DrainDeadline).Round(time.Second))
 	}
 	return line
+}
+
+func deref(n *int64) any {
+	if n == nil {
+		return "?"
+	}
+	return *n
 }
 
 func isTerminal(f *os.File) bool {
