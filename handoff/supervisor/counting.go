@@ -1,13 +1,14 @@
 package supervisor
 
 import (
-	"bufio"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -85,48 +86,75 @@ func acceptQueue(f *os.File) (uint32, bool) {
 // not there: the server-side TCP sockets on a service's ports that are
 // ESTABLISHED or CLOSE_WAIT, matched with the socket fds a generation
 // holds. It misses connections still in an accept queue (they belong to no
-// process yet). It reads /proc, so it is used at status and scrape time
-// only, never on a connection's path.
+// process yet). It runs at status and scrape time only, never on a
+// connection's path, and asks the kernel (sock_diag) for just those two
+// states, so the thousands of TIME_WAIT sockets of a busy host cost
+// nothing.
 type procCounter struct {
 	// inodes of the sockets that count, read once per status.
 	inodes map[string]bool
 }
 
-// newProcCounter reads the TCP tables of handoffd's network namespace.
+// newProcCounter lists the counted sockets of handoffd's network namespace.
 func newProcCounter(ports map[int]bool) (*procCounter, error) {
 	c := &procCounter{inodes: map[string]bool{}}
-	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		if err := c.read(table, ports); err != nil {
-			return nil, err
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		if err := diagSockets(family, ports, c.inodes); err != nil {
+			return nil, fmt.Errorf("count connections: %w", err)
 		}
 	}
 	return c, nil
 }
 
-func (c *procCounter) read(table string, ports map[int]bool) error {
-	f, err := os.Open(table)
-	if os.IsNotExist(err) {
-		return nil
-	}
+// TCP states, as the kernel numbers them.
+const (
+	tcpEstablished = 1
+	tcpCloseWait   = 8
+)
+
+// diagSockets adds to inodes the TCP sockets of family whose local port is
+// in ports and whose state is ESTABLISHED or CLOSE_WAIT, from one
+// SOCK_DIAG_BY_FAMILY dump (struct inet_diag_req_v2 in, inet_diag_msg out).
+func diagSockets(family uint8, ports map[int]bool, inodes map[string]bool) error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
-		return fmt.Errorf("count connections: %w", err)
+		return fmt.Errorf("sock_diag socket: %w", err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Scan() // header
-	for sc.Scan() {
-		// sl local_address rem_address st ... uid timeout inode
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 || (fields[3] != "01" && fields[3] != "08") {
-			continue
+	defer unix.Close(fd)
+	req := make([]byte, unix.NLMSG_HDRLEN+56)
+	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
+	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	body := req[unix.NLMSG_HDRLEN:]
+	body[0], body[1] = family, unix.IPPROTO_TCP
+	binary.NativeEndian.PutUint32(body[4:], 1<<tcpEstablished|1<<tcpCloseWait)
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("sock_diag request: %w", err)
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return fmt.Errorf("sock_diag answer: %w", err)
 		}
-		_, portHex, _ := strings.Cut(fields[1], ":")
-		port, err := strconv.ParseUint(portHex, 16, 16)
-		if err == nil && ports[int(port)] {
-			c.inodes[fields[9]] = true
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return fmt.Errorf("sock_diag answer: %w", err)
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return nil
+			case unix.NLMSG_ERROR:
+				return fmt.Errorf("sock_diag: %w", syscall.Errno(-int32(binary.NativeEndian.Uint32(m.Data))))
+			}
+			// inet_diag_msg: the local port (big-endian) at 4, the inode at 68.
+			if len(m.Data) < 72 || !ports[int(binary.BigEndian.Uint16(m.Data[4:6]))] {
+				continue
+			}
+			inodes[strconv.FormatUint(uint64(binary.NativeEndian.Uint32(m.Data[68:72])), 10)] = true
 		}
 	}
-	return sc.Err()
 }
 
 // held counts the counted sockets among pid's fds.
