@@ -218,13 +218,8 @@ type SwapRequest struct {
 
 func (a *API) swap(w http.ResponseWriter, r *http.Request) {
 	var req SwapRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
-		return
-	}
-	svc, err := a.sup.Service(r.PathValue("name"))
-	if err != nil {
-		writeError(w, err)
+	svc, ok := a.target(w, r, &req)
+	if !ok {
 		return
 	}
 	ctx := r.Context()
@@ -249,14 +244,24 @@ func (a *API) swap(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-func (a *API) rollback(w http.ResponseWriter, r *http.Request) {
-	if err := decodeBody(r, &struct{}{}); err != nil {
+// target decodes the request's body into body and returns the service its
+// path names; it answers the request itself when either fails.
+func (a *API) target(w http.ResponseWriter, r *http.Request, body any) (*Service, bool) {
+	if err := decodeBody(r, body); err != nil {
 		writeError(w, err)
-		return
+		return nil, false
 	}
 	svc, err := a.sup.Service(r.PathValue("name"))
 	if err != nil {
 		writeError(w, err)
+		return nil, false
+	}
+	return svc, true
+}
+
+func (a *API) rollback(w http.ResponseWriter, r *http.Request) {
+	svc, ok := a.target(w, r, &struct{}{})
+	if !ok {
 		return
 	}
 	res, err := svc.Rollback()
@@ -268,13 +273,8 @@ func (a *API) rollback(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) stopService(w http.ResponseWriter, r *http.Request) {
-	if err := decodeBody(r, &struct{}{}); err != nil {
-		writeError(w, err)
-		return
-	}
-	svc, err := a.sup.Service(r.PathValue("name"))
-	if err != nil {
-		writeError(w, err)
+	svc, ok := a.target(w, r, &struct{}{})
+	if !ok {
 		return
 	}
 	writeDeadline(w, svc.config().DrainTimeout.Std()+apiSlack)
@@ -307,13 +307,8 @@ func (a *API) stopAll(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) reloadService(w http.ResponseWriter, r *http.Request) {
 	writeDeadline(w, apiSlack)
-	if err := decodeBody(r, &struct{}{}); err != nil {
-		writeError(w, err)
-		return
-	}
-	svc, err := a.sup.Service(r.PathValue("name"))
-	if err != nil {
-		writeError(w, err)
+	svc, ok := a.target(w, r, &struct{}{})
+	if !ok {
 		return
 	}
 	res, err := svc.Reload()
