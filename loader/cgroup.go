@@ -124,3 +124,28 @@ func cgroupID(dir string) (uint64, error) {
 	}
 	return st.Ino, nil
 }
+
+// LeaveRootCgroup moves the calling process, if it is in the root cgroup
+// v2, into the child cgroup name (created if needed), and returns the
+// cgroup it is in afterwards. The connection counter is attached to
+// handoffd's cgroup and runs for every socket of it: in the root cgroup
+// that is every TCP socket of the host, clients included; in a cgroup of
+// its own, only those of handoffd and of its generations. A process that
+// is already in a cgroup of its own (a systemd service) is left there.
+func LeaveRootCgroup(name string) (string, error) {
+	cg, err := ownCgroup()
+	if err != nil || cg != "/" {
+		return cg, err
+	}
+	err = inCgroupDir("/", func(dir string) error {
+		child := filepath.Join(dir, name)
+		if err := os.Mkdir(child, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+		return os.WriteFile(filepath.Join(child, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
+	})
+	if err != nil {
+		return cg, fmt.Errorf("move out of the root cgroup into %s: %w", name, err)
+	}
+	return ownCgroup()
+}

@@ -27,6 +27,11 @@ type kernel struct {
 // handoffd still steers and counts connections from /proc instead.
 func loadKernel(cfg *supervisor.Config, log *slog.Logger) *kernel {
 	k := &kernel{cfg: cfg, bases: map[[2]string]uint32{}, log: log}
+	if cg, err := loader.LeaveRootCgroup("handoffd"); err != nil {
+		log.Warn("staying in the root cgroup: the connection counter runs for every socket of the host", "reason", err)
+	} else {
+		log.Info("connection counter attached to handoffd's cgroup", "cgroup", cg)
+	}
 	t, err := loader.LoadTracking(filepath.Join(cfg.BPFDir, "tracking"))
 	if err != nil {
 		log.Warn("connection-tracking probes unavailable; counting connections from /proc", "reason", err)
