@@ -72,6 +72,10 @@ func TestRestartLeavesTrafficAlone(t *testing.T) {
 			if err != nil || !strings.Contains(out, fmt.Sprintf("generation %d active", gen+1)) || !strings.Contains(out, "drained") {
 				t.Fatalf("swap after restarts: %v: %s", err, out)
 			}
+			// The new handoffd follows the re-adopted generation's stderr.
+			if want := fmt.Sprintf("drain end generation=%d", gen); !strings.Contains(d.logText(), want) {
+				t.Errorf("handoffd's log lacks the re-adopted generation's %q", want)
+			}
 			time.Sleep(300 * time.Millisecond)
 			res := l.stop()
 			t.Logf("requests: %d ok, %d failed across 3 swaps, a SIGKILL and a SIGTERM of handoffd", res.OK, res.Failed)

@@ -59,10 +59,16 @@ func (s *Service) adopt(ss savedService) error {
 		s.retire(s.standby)
 		s.standby = nil
 	}
+	resume, _ := s.launcher.(interface {
+		Resume(service string, gen int, done <-chan struct{})
+	})
 	for _, g := range s.gens {
 		if g.state.Live() {
 			s.watchers.Add(1)
 			go s.watch(g)
+			if resume != nil {
+				resume.Resume(s.name, g.ID, g.proc.Done())
+			}
 		}
 	}
 	return nil

@@ -106,7 +106,7 @@ func (l *ExecLauncher) Start(spec LaunchSpec) (Process, error) {
 	}
 	p := &execProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{}), stderr: errLog}
 	if errLog != nil {
-		go errLog.follow(l.Stderr)
+		go errLog.follow(l.Stderr, false)
 	}
 	go p.readNotify(notify)
 	go p.wait(notify)

@@ -35,11 +35,15 @@ const maxStderrLog = 16 << 20
 
 const tailBytes = 2048
 
+func stderrPath(dir, service string, gen int) string {
+	return filepath.Join(dir, fmt.Sprintf("%s.%d.stderr", service, gen))
+}
+
 func openStderrLog(dir, service string, gen int) (*stderrLog, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create log directory: %w", err)
 	}
-	path := filepath.Join(dir, fmt.Sprintf("%s.%d.stderr", service, gen))
+	path := stderrPath(dir, service, gen)
 	child, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open stderr log: %w", err)
@@ -48,8 +52,10 @@ func openStderrLog(dir, service string, gen int) (*stderrLog, error) {
 }
 
 // follow copies the log to dst until the process has exited, then removes
-// the file. It is the goroutine that owns the read side.
-func (l *stderrLog) follow(dst io.Writer) {
+// the file. It is the goroutine that owns the read side. fromEnd skips
+// what is there already (a re-adopted generation's earlier output, which
+// the previous handoffd copied).
+func (l *stderrLog) follow(dst io.Writer, fromEnd bool) {
 	defer close(l.done)
 	defer os.Remove(l.path)
 	r, err := os.Open(l.path)
@@ -57,6 +63,9 @@ func (l *stderrLog) follow(dst io.Writer) {
 		return
 	}
 	defer r.Close()
+	if fromEnd {
+		r.Seek(0, io.SeekEnd)
+	}
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -114,4 +123,23 @@ func (l *stderrLog) tail(n int) string {
 		lines[i] = strings.TrimSpace(lines[i])
 	}
 	return strings.Join(lines, " | ")
+}
+
+// Resume follows the stderr file of a generation that an earlier handoffd
+// started and this one re-adopted, until done is closed (the process
+// exited), then removes it.
+func (l *ExecLauncher) Resume(service string, gen int, done <-chan struct{}) {
+	if l.LogDir == "" {
+		return
+	}
+	path := stderrPath(l.LogDir, service, gen)
+	if _, err := os.Stat(path); err != nil {
+		return
+	}
+	log := &stderrLog{path: path, stop: make(chan struct{}), done: make(chan struct{})}
+	go log.follow(l.Stderr, true)
+	go func() {
+		<-done
+		log.finish()
+	}()
 }
