@@ -98,10 +98,11 @@ func checkOnlyInFlightFailed(t *testing.T, res loadResult) {
 }
 
 // TestProbationRollback: with probation, a swap keeps generation 1 in
-// standby. A rollback by hand loses nothing; a new generation that dies
-// within probation is rolled back to at once, without starting anything.
+// standby. A rollback by hand loses nothing; handoffctl drain ends a
+// probation early; a new generation that dies within probation is rolled
+// back from at once, without starting anything.
 func TestProbationRollback(t *testing.T) {
-	d := startDaemon(t, daemonOptions{probation: "30s", demoArgs: []string{"--fault", "crash@3:1s"}})
+	d := startDaemon(t, daemonOptions{probation: "30s", demoArgs: []string{"--fault", "crash@4:1s"}})
 	l := startLoad(d.addr, "/slow?ms=2", loadClients, false)
 	time.Sleep(300 * time.Millisecond)
 	if out, err := d.ctl("swap", "demo"); err != nil {
@@ -124,21 +125,33 @@ func TestProbationRollback(t *testing.T) {
 		t.Errorf("second rollback: %v: %s", err, out)
 	}
 
-	// Generation 3 crashes a second after it is active: steering flips
-	// back to generation 1, which was in standby.
-	l = startLoad(d.addr, "/slow?ms=2", loadClients, false)
-	time.Sleep(300 * time.Millisecond)
-	if out, err := d.ctl("swap", "demo"); err != nil || !strings.Contains(out, "generation 3 active") {
+	// handoffctl drain ends a probation early: the standby drains.
+	if out, err := d.ctl("swap", "demo"); err != nil {
 		t.Fatalf("swap: %v: %s", err, out)
 	}
-	st := d.waitFor("rollback to generation 1", 10*time.Second, func(st supervisor.ServiceStatus) bool {
-		return st.Generations[0].State == supervisor.StateActive && st.Generations[len(st.Generations)-1].State == supervisor.StateExited
+	if out, err := d.ctl("drain", "demo"); err != nil || !strings.Contains(out, "generation 1 drains") {
+		t.Fatalf("drain: %v: %s", err, out)
+	}
+	d.waitFor("generation 1 drained", 10*time.Second, func(st supervisor.ServiceStatus) bool {
+		return st.Generations[0].State == supervisor.StateExited
+	})
+
+	// Generation 4 crashes a second after it is active: steering flips
+	// back to generation 3, which was in standby.
+	l = startLoad(d.addr, "/slow?ms=2", loadClients, false)
+	time.Sleep(300 * time.Millisecond)
+	if out, err := d.ctl("swap", "demo"); err != nil || !strings.Contains(out, "generation 4 active") {
+		t.Fatalf("swap: %v: %s", err, out)
+	}
+	st := d.waitFor("rollback to generation 3", 10*time.Second, func(st supervisor.ServiceStatus) bool {
+		g3, g4 := st.Generations[len(st.Generations)-2], st.Generations[len(st.Generations)-1]
+		return g3.ID == 3 && g3.State == supervisor.StateActive && g4.State == supervisor.StateExited
 	})
 	time.Sleep(500 * time.Millisecond)
 	res = l.stop()
 	checkOnlyInFlightFailed(t, res)
-	if n := len(st.Generations); n != 3 {
-		t.Errorf("%d generations; a rollback must not start a new one", n)
+	if last := st.Generations[len(st.Generations)-1]; last.ID != 4 {
+		t.Errorf("generation %d is the newest; a rollback must not start a new one", last.ID)
 	}
 }
 

@@ -43,6 +43,10 @@ func main() {
 				Action: rollback,
 			},
 			{
+				Name: "drain", Usage: "end the probation now: the standby generation drains", ArgsUsage: "SERVICE",
+				Action: drainStandby,
+			},
+			{
 				Name: "stop", Usage: "stop a service, or every service and handoffd", ArgsUsage: "[SERVICE]",
 				Action: stop,
 			},
@@ -221,6 +225,19 @@ func rollback(c *cli.Context) error {
 		return err
 	}
 	fmt.Printf("%s: rolled back to generation %d (pid %d); generation %d drains\n", res.Service, res.Generation, res.PID, res.Previous)
+	return nil
+}
+
+func drainStandby(c *cli.Context) error {
+	name, err := oneService(c)
+	if err != nil {
+		return err
+	}
+	res, err := client(c).DrainStandby(c.Context, name)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: generation %d drains; no rollback is left\n", res.Service, res.Generation)
 	return nil
 }
 

@@ -52,6 +52,7 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/status", a.status)
 	mux.HandleFunc("POST /v1/services/{name}/swap", a.swap)
 	mux.HandleFunc("POST /v1/services/{name}/rollback", a.rollback)
+	mux.HandleFunc("POST /v1/services/{name}/drain", a.drainStandby)
 	mux.HandleFunc("POST /v1/services/{name}/stop", a.stopService)
 	mux.HandleFunc("POST /v1/services/{name}/join", a.join)
 	mux.HandleFunc("POST /v1/services/{name}/reload", a.reloadService)
@@ -272,6 +273,26 @@ func (a *API) rollback(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
+// DrainResult says which generation POST /v1/services/{name}/drain sent
+// to drain.
+type DrainResult struct {
+	Service    string `json:"service"`
+	Generation int    `json:"generation"`
+}
+
+func (a *API) drainStandby(w http.ResponseWriter, r *http.Request) {
+	svc, ok := a.target(w, r, &struct{}{})
+	if !ok {
+		return
+	}
+	id, err := svc.DrainStandby()
+	if err != nil {
+		writeError(w, fmt.Errorf("drain %s: %w", svc.Name(), err))
+		return
+	}
+	writeJSON(w, http.StatusOK, DrainResult{Service: svc.Name(), Generation: id})
+}
+
 func (a *API) stopService(w http.ResponseWriter, r *http.Request) {
 	svc, ok := a.target(w, r, &struct{}{})
 	if !ok {
@@ -425,6 +446,12 @@ func (c *Client) Swap(ctx context.Context, service string) (SwapResult, error) {
 func (c *Client) Rollback(ctx context.Context, service string) (SwapResult, error) {
 	var res SwapResult
 	return res, c.call(ctx, http.MethodPost, "/v1/services/"+service+"/rollback", &res)
+}
+
+// DrainStandby ends the service's probation: its standby generation drains.
+func (c *Client) DrainStandby(ctx context.Context, service string) (DrainResult, error) {
+	var res DrainResult
+	return res, c.call(ctx, http.MethodPost, "/v1/services/"+service+"/drain", &res)
 }
 
 // Stop stops the named service, or every service and handoffd when

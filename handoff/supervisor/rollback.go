@@ -73,3 +73,17 @@ func (s *Service) rollbackLocked() error {
 	s.retire(replaced)
 	return nil
 }
+
+// DrainStandby ends the probation at once: the generation in standby
+// drains now, and no rollback is left. It returns that generation's id.
+func (s *Service) DrainStandby() (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.standby == nil {
+		return 0, ErrNoStandby
+	}
+	g := s.standby
+	s.standby = nil
+	s.retire(g)
+	return g.ID, nil
+}

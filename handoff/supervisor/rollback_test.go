@@ -81,3 +81,18 @@ func TestSwapDuringProbationRetiresStandby(t *testing.T) {
 		t.Fatalf("generation 1 got %v, want SIGTERM", got)
 	}
 }
+
+func TestDrainStandbyEndsProbation(t *testing.T) {
+	s, l, r := probationService(t, time.Minute)
+	id, err := s.DrainStandby()
+	if err != nil || id != 1 {
+		t.Fatalf("DrainStandby = %d, %v; want 1", id, err)
+	}
+	eventually(t, "generation 1 drained", func() bool { return slices.Equal(states(s), []string{"1:exited", "2:active"}) })
+	if got := l.proc(0).got(); !slices.Equal(got, []syscall.Signal{syscall.SIGTERM}) || r.activeGen() != 2 {
+		t.Fatalf("generation 1 got %v, steering at %d; want SIGTERM and 2", got, r.activeGen())
+	}
+	if _, err := s.Rollback(); !errors.Is(err, ErrNoStandby) {
+		t.Fatalf("rollback after drain = %v, want ErrNoStandby", err)
+	}
+}
