@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -59,6 +60,9 @@ type Service struct {
 	log      *slog.Logger
 
 	swapMu sync.Mutex // held for the whole of a swap
+	// swapping is true while a swap holds swapMu; status reads it instead
+	// of probing swapMu, which would refuse a swap that starts meanwhile.
+	swapping atomic.Bool
 
 	mu      sync.Mutex
 	gens    []*Generation
@@ -147,6 +151,8 @@ func (s *Service) SwapTo(ctx context.Context, start StartFunc) (SwapResult, erro
 		return SwapResult{}, ErrSwapInProgress
 	}
 	defer s.swapMu.Unlock()
+	s.swapping.Store(true)
+	defer s.swapping.Store(false)
 	res, err := s.swap(ctx, start)
 	result := "ok"
 	if err != nil {
@@ -194,7 +200,9 @@ func (s *Service) startGeneration(start StartFunc) (*Generation, error) {
 
 	files, err := s.router.prepare(id)
 	if err == nil {
+		s.mu.Lock() // status copies g.files under it
 		g.files = files
+		s.mu.Unlock()
 		var p Process
 		p, err = start(LaunchSpec{Service: s.name, Generation: id, Config: s.cfg, Files: files, Control: s.control})
 		if err == nil {

@@ -219,3 +219,32 @@ func TestPruneKeepsLiveGenerations(t *testing.T) {
 		t.Fatalf("last generation = %+v, want 20 active", last)
 	}
 }
+
+// TestStatusDuringSwaps polls status as fast as it can while swapping,
+// under the race detector (make test runs unit tests with -race): status
+// reads generations that a swap is filling in, and reading whether a swap
+// is under way must not make one look under way.
+func TestStatusDuringSwaps(t *testing.T) {
+	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
+	s := testService(t, l, r)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				s.Status()
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	// Fewer swaps than slots: a slot's reuse waits for its old generation.
+	for i := range Slots - 1 {
+		if _, err := s.Swap(context.Background()); err != nil {
+			t.Fatalf("swap %d: %v", i+1, err)
+		}
+	}
+}

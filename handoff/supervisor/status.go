@@ -75,10 +75,7 @@ type genSnapshot struct {
 // (kernel maps, socket options, /proc) happens outside the service's lock,
 // so a status never holds up a swap.
 func (s *Service) Status() ServiceStatus {
-	swapping := !s.swapMu.TryLock()
-	if !swapping {
-		s.swapMu.Unlock()
-	}
+	swapping := s.swapping.Load()
 	s.mu.Lock()
 	cfg := s.cfg
 	snaps := make([]genSnapshot, len(s.gens))
