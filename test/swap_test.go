@@ -58,13 +58,7 @@ func swapUnderLoad(t *testing.T, mode string, keepAlive bool) {
 	res := l.stop()
 	last := swapCount + 1
 	st := d.waitFor("every old generation exited", 40*time.Second, func(st supervisor.ServiceStatus) bool {
-		live := 0
-		for _, g := range st.Generations {
-			if g.State.Live() {
-				live++
-			}
-		}
-		return live == 1 && st.Generations[len(st.Generations)-1].ID == last &&
+		return liveCount(st) == 1 && st.Generations[len(st.Generations)-1].ID == last &&
 			st.Generations[len(st.Generations)-1].State == supervisor.StateActive
 	})
 	remember(st)

@@ -143,11 +143,7 @@ func (s *sharedLane) socket(int) (*os.File, error) {
 	if s.f == nil {
 		return nil, errors.New("no shared socket: the re-adopted generation did not hand it over")
 	}
-	fd, err := unix.FcntlInt(s.f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("duplicate shared socket: %w", err)
-	}
-	return os.NewFile(uintptr(fd), s.f.Name()), nil
+	return dupFile(s.f)
 }
 
 func (s *sharedLane) activate(int) error          { return nil }
@@ -157,12 +153,19 @@ func (s *sharedLane) forget(int)                  {}
 
 // adopt makes a re-adopted generation's socket the shared one again.
 func (s *sharedLane) adopt(f *os.File) error {
+	dup, err := dupFile(f)
+	s.f = dup
+	return err
+}
+
+// dupFile returns a close-on-exec duplicate of f: closing either never
+// closes the socket while the other is open.
+func dupFile(f *os.File) (*os.File, error) {
 	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("duplicate adopted socket: %w", err)
+		return nil, fmt.Errorf("duplicate socket %s: %w", f.Name(), err)
 	}
-	s.f = os.NewFile(uintptr(fd), f.Name())
-	return nil
+	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
 func (s *sharedLane) close() error {
