@@ -132,3 +132,16 @@ func (c *countingSteering) Stats(slot uint32) (supervisor.SlotStats, error) {
 	}
 	return supervisor.SlotStats{Held: held, Accepted: accepted, Selected: counts.Selected, Migrated: counts.Migrated}, nil
 }
+
+// Migrated implements supervisor.CountingSteering.
+func (c *countingSteering) Migrated() (uint64, error) {
+	var n uint64
+	for slot := range uint32(loader.Slots) {
+		counts, err := c.Steering.Counters(slot)
+		if err != nil {
+			return n, err
+		}
+		n += counts.Migrated
+	}
+	return n, nil
+}

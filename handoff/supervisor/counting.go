@@ -31,6 +31,10 @@ type SlotStats struct {
 type CountingSteering interface {
 	Steering
 	Stats(slot uint32) (SlotStats, error)
+	// Migrated returns the requests migrated into any slot since load:
+	// the sum of Stats(s).Migrated over the slots, read without the
+	// per-slot connection counts.
+	Migrated() (uint64, error)
 }
 
 // Where a generation's connection count comes from.

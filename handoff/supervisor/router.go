@@ -123,12 +123,7 @@ func (s *steeredLane) migrated() uint64 {
 	if !ok {
 		return 0
 	}
-	var n uint64
-	for i := range uint32(Slots) {
-		if st, err := cs.Stats(i); err == nil {
-			n += st.Migrated
-		}
-	}
+	n, _ := cs.Migrated()
 	return n
 }
 
