@@ -9,13 +9,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/handoffd/handoffd/internal/joinproto"
 	"golang.org/x/sys/unix"
 )
 
 // fakeHandoffd returns the client end of a socketpair whose server end
 // answers one join request with the 101, then offer with files attached,
 // and a channel closed once the server end and the files are closed.
-func fakeHandoffd(t *testing.T, offer JoinOffer, files ...*os.File) (*net.UnixConn, <-chan struct{}) {
+func fakeHandoffd(t *testing.T, offer joinproto.Offer, files ...*os.File) (*net.UnixConn, <-chan struct{}) {
 	t.Helper()
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -38,7 +39,7 @@ func fakeHandoffd(t *testing.T, offer JoinOffer, files ...*os.File) (*net.UnixCo
 		defer close(done)
 		defer server.Close()
 		req, err := http.ReadRequest(bufio.NewReader(server))
-		if err != nil || req.URL.Path != "/v1/services/demo/join" || req.Header.Get("Upgrade") != JoinProtocol {
+		if err != nil || req.URL.Path != "/v1/services/demo/join" || req.Header.Get("Upgrade") != joinproto.Protocol {
 			t.Errorf("join request: %v %+v", err, req)
 			return
 		}
@@ -108,7 +109,7 @@ func TestJoinRejectsWhatIsNotAListener(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := openFDs(t)
-			c, served := fakeHandoffd(t, JoinOffer{Generation: 2, Listeners: []string{"http"}, Addresses: []string{tc.address}}, tc.file())
+			c, served := fakeHandoffd(t, joinproto.Offer{Generation: 2, Listeners: []string{"http"}, Addresses: []string{tc.address}}, tc.file())
 			_, _, _, err := join(c, "demo")
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), `listener "http"`) {
 				t.Fatalf("join: %v, want an error about listener \"http\" that says %q", err, tc.want)
@@ -124,7 +125,7 @@ func TestJoinRejectsWhatIsNotAListener(t *testing.T) {
 
 func TestJoinTakesListener(t *testing.T) {
 	f, addr := listenerFile(t)
-	c, _ := fakeHandoffd(t, JoinOffer{Generation: 7, Listeners: []string{"http"}, Addresses: []string{"tcp://" + addr}}, f)
+	c, _ := fakeHandoffd(t, joinproto.Offer{Generation: 7, Listeners: []string{"http"}, Addresses: []string{"tcp://" + addr}}, f)
 	offer, fds, _, err := join(c, "demo")
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package handoff
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -9,7 +8,7 @@ import (
 	"strings"
 	"sync"
 
-	"golang.org/x/sys/unix"
+	"github.com/handoffd/handoffd/kernel"
 )
 
 // listenFDsStart is the first inherited fd (SD_LISTEN_FDS_START); tests
@@ -39,7 +38,7 @@ var inherited struct {
 // A process started outside handoffd, with HANDOFF_CONTROL and
 // HANDOFF_SERVICE in its environment but no LISTEN_FDS, joins the service
 // instead: the first Listen asks handoffd over its control socket for the
-// service's listening sockets (see JoinProtocol) and checks that each is a
+// service's listening sockets (see internal/joinproto) and checks that each is a
 // listening stream socket of the configured address family; Ready then
 // makes the process the service's next generation.
 //
@@ -128,7 +127,7 @@ func readInherited() {
 			inherited.err = fmt.Errorf("handoff: LISTEN_FDNAMES=%q names %q twice", names, name)
 			return
 		}
-		unix.CloseOnExec(fd)
+		kernel.CloseOnExec(fd)
 		inherited.fds[name] = fd
 	}
 }
@@ -138,7 +137,7 @@ func readInherited() {
 // open after the app closes its listener, so the kernel would neither stop
 // steering to it nor migrate its queued connections.
 func fileListener(fd int, name string) (net.Listener, error) {
-	if err := checkListening(fd); err != nil {
+	if _, err := kernel.CheckListening(fd); err != nil {
 		return nil, fmt.Errorf("handoff: inherited listener %q (fd %d): %w", name, fd, err)
 	}
 	f := os.NewFile(uintptr(fd), "LISTEN_FDS:"+name)
@@ -148,27 +147,6 @@ func fileListener(fd int, name string) (net.Listener, error) {
 		return nil, fmt.Errorf("handoff: inherited listener %q (fd %d): %w", name, fd, err)
 	}
 	return ln, nil
-}
-
-func checkListening(fd int) error {
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	if errors.Is(err, unix.ENOTSOCK) || errors.Is(err, unix.EBADF) {
-		return fmt.Errorf("not a socket: %w", err)
-	}
-	if err != nil {
-		return fmt.Errorf("read SO_TYPE: %w", err)
-	}
-	if typ != unix.SOCK_STREAM {
-		return fmt.Errorf("not a stream socket (SO_TYPE %d)", typ)
-	}
-	acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
-	if err != nil {
-		return fmt.Errorf("read SO_ACCEPTCONN: %w", err)
-	}
-	if acc != 1 {
-		return errors.New("socket is not listening (SO_ACCEPTCONN is 0)")
-	}
-	return nil
 }
 
 func describeNames(names []string) string {

@@ -14,7 +14,7 @@ import (
 
 // Slots is the number of listening sockets one Steering holds; generation
 // g uses slot uint32(g % Slots).
-const Slots = 64
+const Slots = bpf.Slots
 
 // Names of the pins in a Steering's directory: the program and each map
 // under its name in steer.c.
@@ -39,6 +39,10 @@ type Steering struct {
 	active    *ebpf.Map
 	counters  *ebpf.Map
 	fallbacks *ebpf.Map
+	// tracking, when not nil, counts the connections of the sockets,
+	// in tracking slots base to base+Slots-1.
+	tracking *Tracking
+	base     uint32
 }
 
 // SlotCounters counts what the steering program did for one slot.
@@ -93,6 +97,8 @@ func loadSteeringObjs(dir string, t *Tracking, base uint32) (*Steering, error) {
 		active:    objs.Active,
 		counters:  objs.Counters,
 		fallbacks: objs.Fallbacks,
+		tracking:  t,
+		base:      base,
 	}
 	if err := s.pin(); err != nil {
 		s.Close()
@@ -130,8 +136,12 @@ func loadSteerObjects(t *Tracking, base uint32) (*bpf.SteerObjects, error) {
 	return &objs, nil
 }
 
-// pin replaces whatever is pinned under the Steering's names in its dir.
+// pin replaces whatever is pinned under the Steering's names in its dir,
+// and pins the tracking base of a counted Steering (or removes a stale one).
 func (s *Steering) pin() error {
+	if err := s.pinBase(); err != nil {
+		return err
+	}
 	pinners := map[string]interface{ Pin(string) error }{
 		pinProgram:   s.prog,
 		pinSockets:   s.sockets,
@@ -151,11 +161,31 @@ func (s *Steering) pin() error {
 	return nil
 }
 
+func (s *Steering) pinBase() error {
+	path := filepath.Join(s.dir, pinBase)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove old pin: %w", err)
+	}
+	if s.tracking == nil {
+		return nil
+	}
+	m, err := newBaseMap(s.base)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := m.Pin(path); err != nil {
+		return fmt.Errorf("pin %s: %w", pinBase, err)
+	}
+	return nil
+}
+
 // OpenPinned opens the steering that an earlier LoadSteering pinned under
 // dir, without replacing anything: the program, the sockets in its slots
 // and the counters stay as they are. It fails if a pin is missing or does
-// not match the program this build carries.
-func OpenPinned(dir string) (*Steering, error) {
+// not match the program this build carries. With t, a Steering that was
+// counted is counted again, in the tracking slots its pinned base names.
+func OpenPinned(dir string, t *Tracking) (*Steering, error) {
 	spec, err := bpf.LoadSteer()
 	if err != nil {
 		return nil, err
@@ -180,6 +210,16 @@ func OpenPinned(dir string) (*Steering, error) {
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open pinned steering in %s: %w", dir, err)
+	}
+	if t != nil {
+		base, err := readBase(filepath.Join(dir, pinBase))
+		switch {
+		case err == nil:
+			s.tracking, s.base = t, base
+		case !errors.Is(err, os.ErrNotExist):
+			s.Close()
+			return nil, fmt.Errorf("open pinned steering in %s: %w", dir, err)
+		}
 	}
 	return s, nil
 }
@@ -216,9 +256,23 @@ func (s *Steering) Attach(fd int) error {
 // attached to. The map holds its own reference: fd may be closed after.
 // A socket that is closed leaves its slot by itself. A socket can be in
 // the sockets map of one Steering only; the kernel answers EBUSY otherwise.
+//
+// In a counted Steering the slot's tracking counts are reset first (what
+// the slot's previous socket left), then fd is tagged, so that every
+// connection it accepts counts in the slot, then it goes into the map:
+// a connection can reach the socket only once it is in the map, so none
+// escapes the count, and none of the previous socket's counts remain.
 func (s *Steering) Insert(slot uint32, fd int) error {
 	if err := checkSlot(slot); err != nil {
 		return fmt.Errorf("insert socket in slot %d: %w", slot, err)
+	}
+	if s.tracking != nil {
+		if _, err := s.tracking.ResetSlot(s.base + slot); err != nil {
+			return fmt.Errorf("reset tracking slot %d: %w", s.base+slot, err)
+		}
+		if err := s.tracking.Tag(fd, s.base+slot); err != nil {
+			return err
+		}
 	}
 	if err := s.sockets.Update(slot, uint64(fd), ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("insert socket in slot %d: %w", slot, err)
@@ -304,7 +358,7 @@ func (s *Steering) Close() error {
 // to remove the directory.
 func (s *Steering) Remove() error {
 	errs := []error{s.Close()}
-	for _, name := range pinNames {
+	for _, name := range append(pinNames, pinBase) {
 		err := os.Remove(filepath.Join(s.dir, name))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)

@@ -16,10 +16,10 @@ import (
 
 // TrackingSlots is the number of counters a Tracking keeps. A Steering
 // loaded with LoadSteeringWith(dir, t, base) counts its slot s in tracking
-// slot base+s, so each service of a daemon takes its own range of Slots
-// counters: service k uses base k*Slots, and generation g of it tracking
-// slot k*Slots + g%Slots.
-const TrackingSlots = 4096
+// slot base+s, so each counted listener takes its own range of Slots
+// counters: one with base b counts generation g in tracking slot
+// b + g%Slots. Kernel hands the ranges out and pins them.
+const TrackingSlots = bpf.TrackingSlots
 
 // Names of the pins in a Tracking's directory.
 const (

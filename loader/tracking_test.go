@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoffd/handoffd/kernel"
 	"golang.org/x/sys/unix"
 )
 
@@ -277,7 +278,7 @@ func TestTrackingCounts(t *testing.T) {
 	waitKernelHeld(t, p, 40)
 	waitHeld(t, tr, 2, 0)
 	checkAccepted(t, tr, 1, 40)
-	if n, max, err := AcceptQueue(ln1); err != nil || n != 40 || max != 128 {
+	if n, max, err := kernel.AcceptQueue(ln1); err != nil || n != 40 || max != 128 {
 		t.Errorf("AcceptQueue = %d, %d, %v; want 40, 128", n, max, err)
 	}
 
@@ -345,7 +346,7 @@ func TestTrackingMigration(t *testing.T) {
 		}
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for q, _, _ := AcceptQueue(ln1); q < n && time.Now().Before(deadline); q, _, _ = AcceptQueue(ln1) {
+	for q, _, _ := kernel.AcceptQueue(ln1); q < n && time.Now().Before(deadline); q, _, _ = kernel.AcceptQueue(ln1) {
 		time.Sleep(time.Millisecond)
 	}
 	waitHeld(t, tr, base+1, n)
@@ -396,7 +397,7 @@ func TestTrackingTenThousand(t *testing.T) {
 	}
 	t.Logf("%d connections opened in %v", n, time.Since(start))
 	for i, want := range []uint32{first, n - first} {
-		if q, _, err := AcceptQueue([]int{ln1, ln2}[i]); err != nil || q != want {
+		if q, _, err := kernel.AcceptQueue([]int{ln1, ln2}[i]); err != nil || q != want {
 			t.Fatalf("accept queue of socket %d = %d, %v; want %d", i+1, q, err, want)
 		}
 	}
@@ -553,7 +554,7 @@ func TestAcceptQueueNotListening(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	if _, _, err := AcceptQueue(fd); err == nil {
+	if _, _, err := kernel.AcceptQueue(fd); err == nil {
 		t.Error("AcceptQueue of a socket that does not listen succeeded")
 	}
 }

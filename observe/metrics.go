@@ -10,15 +10,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 )
 
 const namespace = "handoff"
 
-// StatusSource is what Collector reads at scrape time; *supervisor.Supervisor
+// StatusSource is what Collector reads at scrape time; *lifecycle.Supervisor
 // implements it.
 type StatusSource interface {
-	Status(service string) (supervisor.Status, error)
+	Status(service string) (api.Status, error)
 }
 
 var (
@@ -48,12 +48,12 @@ var (
 // Collector exports the supervisor's state at scrape time.
 type Collector struct {
 	src  StatusSource
-	mode supervisor.Mode
+	mode api.Mode
 	log  *slog.Logger
 }
 
 // NewCollector returns a collector over src; mode is handoffd's mode.
-func NewCollector(src StatusSource, mode supervisor.Mode, log *slog.Logger) *Collector {
+func NewCollector(src StatusSource, mode api.Mode, log *slog.Logger) *Collector {
 	return &Collector{src: src, mode: mode, log: log}
 }
 
@@ -74,7 +74,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	for _, svc := range st.Services {
-		if svc.Mode == supervisor.ModeEBPF {
+		if svc.Mode == api.ModeEBPF {
 			ch <- prometheus.MustNewConstMetric(migrated, prometheus.CounterValue, float64(svc.MigratedRequests), svc.Name)
 		}
 		for _, g := range svc.Generations {
@@ -85,7 +85,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-func collectGeneration(ch chan<- prometheus.Metric, service string, g supervisor.GenerationStatus) {
+func collectGeneration(ch chan<- prometheus.Metric, service string, g api.GenerationStatus) {
 	gen := strconv.Itoa(g.ID)
 	ch <- prometheus.MustNewConstMetric(generationInfo, prometheus.GaugeValue, 1, service, gen, strconv.Itoa(g.PID), g.State.String())
 	if g.Connections != nil {
@@ -109,7 +109,7 @@ func collectGeneration(ch chan<- prometheus.Metric, service string, g supervisor
 	}
 }
 
-// Swaps records swap results and phases; it implements supervisor.Observer.
+// Swaps records swap results and phases; it implements lifecycle.Observer.
 type Swaps struct {
 	total  *prometheus.CounterVec
 	phases *prometheus.HistogramVec
@@ -141,7 +141,7 @@ func NewSwaps() *Swaps {
 	}
 }
 
-// DrainKilled implements supervisor.Observer.
+// DrainKilled implements lifecycle.Observer.
 func (s *Swaps) DrainKilled(service string, held int64) {
 	s.kills.WithLabelValues(service).Inc()
 	if held > 0 {
@@ -149,10 +149,10 @@ func (s *Swaps) DrainKilled(service string, held int64) {
 	}
 }
 
-// SwapDone implements supervisor.Observer.
+// SwapDone implements lifecycle.Observer.
 func (s *Swaps) SwapDone(service, result string) { s.total.WithLabelValues(service, result).Inc() }
 
-// PhaseDone implements supervisor.Observer.
+// PhaseDone implements lifecycle.Observer.
 func (s *Swaps) PhaseDone(service, phase string, d time.Duration) {
 	s.phases.WithLabelValues(service, phase).Observe(d.Seconds())
 }

@@ -10,30 +10,30 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 )
 
-type fakeSource supervisor.Status
+type fakeSource api.Status
 
-func (f fakeSource) Status(string) (supervisor.Status, error) { return supervisor.Status(f), nil }
+func (f fakeSource) Status(string) (api.Status, error) { return api.Status(f), nil }
 
 func ptr[T any](v T) *T { return &v }
 
 func testStatus() fakeSource {
-	return fakeSource{Services: []supervisor.ServiceStatus{{
-		Name: "demo", Mode: supervisor.ModeEBPF, MigratedRequests: 5,
-		Generations: []supervisor.GenerationStatus{
-			{ID: 1, PID: 100, State: supervisor.StateExited},
-			{ID: 2, PID: 200, State: supervisor.StateDraining, Connections: ptr(int64(40)), ConnectionsSource: "ebpf",
-				Listeners: []supervisor.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(40)), Accepted: ptr(uint64(90)), Steered: ptr(uint64(95))}}},
-			{ID: 3, PID: 300, State: supervisor.StateActive, Connections: ptr(int64(0)), ConnectionsSource: "ebpf",
-				Listeners: []supervisor.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(0)), Accepted: ptr(uint64(0)), Steered: ptr(uint64(2)), AcceptQueue: ptr(uint32(2))}}},
+	return fakeSource{Services: []api.ServiceStatus{{
+		Name: "demo", Mode: api.ModeEBPF, MigratedRequests: 5,
+		Generations: []api.GenerationStatus{
+			{ID: 1, PID: 100, State: api.StateExited},
+			{ID: 2, PID: 200, State: api.StateDraining, Connections: ptr(int64(40)), ConnectionsSource: "ebpf",
+				Listeners: []api.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(40)), Accepted: ptr(uint64(90)), Steered: ptr(uint64(95))}}},
+			{ID: 3, PID: 300, State: api.StateActive, Connections: ptr(int64(0)), ConnectionsSource: "ebpf",
+				Listeners: []api.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(0)), Accepted: ptr(uint64(0)), Steered: ptr(uint64(2)), AcceptQueue: ptr(uint32(2))}}},
 		},
 	}}}
 }
 
 func TestCollector(t *testing.T) {
-	c := NewCollector(testStatus(), supervisor.ModeEBPF, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := NewCollector(testStatus(), api.ModeEBPF, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	want := `
 # HELP handoff_connections_active TCP connections a generation holds (ESTABLISHED or CLOSE_WAIT, accepted or queued); source=ebpf when counted by the kernel probes, proc when matched from the generation's fds.
 # TYPE handoff_connections_active gauge
@@ -71,8 +71,8 @@ func TestSwapsAndHandler(t *testing.T) {
 	s := NewSwaps()
 	s.Known("demo")
 	s.SwapDone("demo", "ok")
-	s.PhaseDone("demo", supervisor.PhaseReadyToActive, 20*time.Microsecond)
-	h, err := Handler(slog.Default(), s, NewCollector(testStatus(), supervisor.ModeEBPF, slog.Default()))
+	s.PhaseDone("demo", api.PhaseReadyToActive, 20*time.Microsecond)
+	h, err := Handler(slog.Default(), s, NewCollector(testStatus(), api.ModeEBPF, slog.Default()))
 	if err != nil {
 		t.Fatal(err)
 	}

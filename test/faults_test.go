@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 )
 
 // Faults under load: every test keeps 32 POST clients running (a new
@@ -42,14 +42,14 @@ func TestFailedSwapsLoseNothing(t *testing.T) {
 			if res.Failed > 0 {
 				t.Errorf("%d of %d requests failed: %q", res.Failed, res.OK+res.Failed, res.Failures)
 			}
-			st := d.waitFor("generation 1 drained", 10*time.Second, func(st supervisor.ServiceStatus) bool {
-				return st.Generations[0].State == supervisor.StateExited
+			st := d.waitFor("generation 1 drained", 10*time.Second, func(st api.ServiceStatus) bool {
+				return st.Generations[0].State == api.StateExited
 			})
 			if g := st.Generations[0]; g.PID != first.PID || g.Exit != "exit status 0" {
 				t.Errorf("generation 1: %+v; want the first process, drained by the successful swap", g)
 			}
 			for _, g := range st.Generations[1:3] {
-				if g.State != supervisor.StateFailed {
+				if g.State != api.StateFailed {
 					t.Errorf("generation %d is %s, want failed", g.ID, g.State)
 				}
 			}
@@ -69,9 +69,9 @@ func TestCrashedActiveRefusesNothing(t *testing.T) {
 	if out, err := d.ctl("swap", "demo"); err != nil {
 		t.Fatalf("swap: %v: %s", err, out)
 	}
-	d.waitFor("generation 3 replaced the crashed one", 15*time.Second, func(st supervisor.ServiceStatus) bool {
+	d.waitFor("generation 3 replaced the crashed one", 15*time.Second, func(st api.ServiceStatus) bool {
 		last := st.Generations[len(st.Generations)-1]
-		return last.ID == 3 && last.State == supervisor.StateActive
+		return last.ID == 3 && last.State == api.StateActive
 	})
 	time.Sleep(500 * time.Millisecond)
 	res := l.stop()
@@ -108,7 +108,7 @@ func TestProbationRollback(t *testing.T) {
 	if out, err := d.ctl("swap", "demo"); err != nil {
 		t.Fatalf("swap: %v: %s", err, out)
 	}
-	if st := d.status(); st.Generations[0].State != supervisor.StateStandby {
+	if st := d.status(); st.Generations[0].State != api.StateStandby {
 		t.Fatalf("generation 1 is %s after the swap, want standby", st.Generations[0].State)
 	}
 	time.Sleep(500 * time.Millisecond)
@@ -132,8 +132,8 @@ func TestProbationRollback(t *testing.T) {
 	if out, err := d.ctl("drain", "demo"); err != nil || !strings.Contains(out, "generation 1 drains") {
 		t.Fatalf("drain: %v: %s", err, out)
 	}
-	d.waitFor("generation 1 drained", 10*time.Second, func(st supervisor.ServiceStatus) bool {
-		return st.Generations[0].State == supervisor.StateExited
+	d.waitFor("generation 1 drained", 10*time.Second, func(st api.ServiceStatus) bool {
+		return st.Generations[0].State == api.StateExited
 	})
 
 	// Generation 4 crashes a second after it is active: steering flips
@@ -143,9 +143,9 @@ func TestProbationRollback(t *testing.T) {
 	if out, err := d.ctl("swap", "demo"); err != nil || !strings.Contains(out, "generation 4 active") {
 		t.Fatalf("swap: %v: %s", err, out)
 	}
-	st := d.waitFor("rollback to generation 3", 10*time.Second, func(st supervisor.ServiceStatus) bool {
+	st := d.waitFor("rollback to generation 3", 10*time.Second, func(st api.ServiceStatus) bool {
 		g3, g4 := st.Generations[len(st.Generations)-2], st.Generations[len(st.Generations)-1]
-		return g3.ID == 3 && g3.State == supervisor.StateActive && g4.State == supervisor.StateExited
+		return g3.ID == 3 && g3.State == api.StateActive && g4.State == api.StateExited
 	})
 	time.Sleep(500 * time.Millisecond)
 	res = l.stop()
@@ -168,7 +168,7 @@ func TestDrainTimeoutKillCounted(t *testing.T) {
 			errs <- err
 		}()
 	}
-	d.waitFor("5 connections on generation 1", 5*time.Second, func(st supervisor.ServiceStatus) bool {
+	d.waitFor("5 connections on generation 1", 5*time.Second, func(st api.ServiceStatus) bool {
 		return connections(st)[1] == held
 	})
 	out, err := d.ctl("swap", "--wait", "demo")

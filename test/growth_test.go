@@ -4,11 +4,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 )
 
 // liveCount counts the generations that still have a process.
-func liveCount(st supervisor.ServiceStatus) int {
+func liveCount(st api.ServiceStatus) int {
 	n := 0
 	for _, g := range st.Generations {
 		if g.State.Live() {
@@ -42,7 +42,7 @@ func TestNoGrowthOver200Swaps(t *testing.T) {
 	// settled waits until only the active generation runs, so that no
 	// draining generation's watcher is counted.
 	settled := func() {
-		d.waitFor("old generations exited", 20*time.Second, func(st supervisor.ServiceStatus) bool { return liveCount(st) == 1 })
+		d.waitFor("old generations exited", 20*time.Second, func(st api.ServiceStatus) bool { return liveCount(st) == 1 })
 		time.Sleep(300 * time.Millisecond)
 	}
 	swapN(20)

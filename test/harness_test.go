@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/loader"
 )
 
@@ -80,7 +80,7 @@ type daemon struct {
 	control string
 	config  string // handoffd's config file, which a test may rewrite
 	addr    string
-	client  *supervisor.Client
+	client  *api.Client
 	log     *bytes.Buffer
 	exited  chan struct{}
 }
@@ -167,10 +167,10 @@ services:
 		t.Fatal(err)
 	}
 	go func() { d.cmd.Wait(); close(d.exited) }()
-	d.client = supervisor.NewClient(d.control)
+	d.client = api.NewClient(d.control)
 	t.Cleanup(func() { d.shutdown(); os.RemoveAll(bpfDir) })
-	d.waitFor("generation 1 active", 15*time.Second, func(st supervisor.ServiceStatus) bool {
-		return len(st.Generations) == 1 && st.Generations[0].State == supervisor.StateActive
+	d.waitFor("generation 1 active", 15*time.Second, func(st api.ServiceStatus) bool {
+		return len(st.Generations) == 1 && st.Generations[0].State == api.StateActive
 	})
 	return d
 }
@@ -204,7 +204,7 @@ func (d *daemon) logText() string {
 	return d.cmd.Stdout.(*lockedWriter).String()
 }
 
-func (d *daemon) status() supervisor.ServiceStatus {
+func (d *daemon) status() api.ServiceStatus {
 	d.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -215,7 +215,7 @@ func (d *daemon) status() supervisor.ServiceStatus {
 	return st.Services[0]
 }
 
-func (d *daemon) waitFor(what string, limit time.Duration, cond func(supervisor.ServiceStatus) bool) supervisor.ServiceStatus {
+func (d *daemon) waitFor(what string, limit time.Duration, cond func(api.ServiceStatus) bool) api.ServiceStatus {
 	d.t.Helper()
 	deadline := time.Now().Add(limit)
 	for {

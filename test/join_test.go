@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 )
 
 // requireRoot skips a test that needs root, or fails it when CI=true.
@@ -86,15 +86,15 @@ func joinFromOutside(t *testing.T, mode string, keepAlive bool) {
 	time.Sleep(500 * time.Millisecond)
 
 	o := startOutsider(t, d, filepath.Join(bin, "demo"), nil)
-	st := d.waitFor("the outside process active as generation 2", 15*time.Second, func(st supervisor.ServiceStatus) bool {
+	st := d.waitFor("the outside process active as generation 2", 15*time.Second, func(st api.ServiceStatus) bool {
 		g := st.Generations[len(st.Generations)-1]
-		return g.ID == 2 && g.State == supervisor.StateActive
+		return g.ID == 2 && g.State == api.StateActive
 	})
 	if g := st.Generations[len(st.Generations)-1]; g.PID != o.cmd.Process.Pid {
 		t.Errorf("generation 2 has pid %d, want the outside process's %d", g.PID, o.cmd.Process.Pid)
 	}
-	d.waitFor("generation 1 exited", 15*time.Second, func(st supervisor.ServiceStatus) bool {
-		return st.Generations[0].ID == 1 && st.Generations[0].State == supervisor.StateExited
+	d.waitFor("generation 1 exited", 15*time.Second, func(st api.ServiceStatus) bool {
+		return st.Generations[0].ID == 1 && st.Generations[0].State == api.StateExited
 	})
 	time.Sleep(700 * time.Millisecond)
 
@@ -108,10 +108,10 @@ func joinFromOutside(t *testing.T, mode string, keepAlive bool) {
 	}
 	time.Sleep(500 * time.Millisecond)
 	res := l.stop()
-	st = d.waitFor("generation 2 exited", 15*time.Second, func(st supervisor.ServiceStatus) bool {
+	st = d.waitFor("generation 2 exited", 15*time.Second, func(st api.ServiceStatus) bool {
 		for _, g := range st.Generations {
 			if g.ID == 2 {
-				return g.State == supervisor.StateExited
+				return g.State == api.StateExited
 			}
 		}
 		return false
@@ -158,7 +158,7 @@ func TestJoinRefusesStranger(t *testing.T) {
 		}
 	}
 	st := d.status()
-	if len(st.Generations) != 1 || st.Generations[0].State != supervisor.StateActive {
+	if len(st.Generations) != 1 || st.Generations[0].State != api.StateActive {
 		t.Errorf("after a refused join: %+v, want generation 1 alone and active", st.Generations)
 	}
 }
@@ -174,7 +174,7 @@ func TestAutoModeWithoutBPF(t *testing.T) {
 	}
 	d := startDaemon(t, daemonOptions{mode: "auto",
 		wrap: []string{setpriv, "--bounding-set", "-bpf,-sys_admin,-perfmon,-net_admin", "--inh-caps", "-all", "--"}})
-	if st := d.status(); st.Mode != supervisor.ModeFDPass {
+	if st := d.status(); st.Mode != api.ModeFDPass {
 		t.Errorf("status mode %q, want fdpass", st.Mode)
 	}
 	log := d.logText()
@@ -191,7 +191,7 @@ func TestUnixListenerSwap(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			requireRoot(t)
 			d := startDaemon(t, daemonOptions{mode: mode, unixSocket: filepath.Join(t.TempDir(), "demo.sock")})
-			if st := d.status(); st.Listeners[0].Mode != supervisor.ModeFDPass {
+			if st := d.status(); st.Listeners[0].Mode != api.ModeFDPass {
 				t.Errorf("unix listener handed over in mode %q, want fdpass", st.Listeners[0].Mode)
 			}
 			swapsUnderLoad(t, d, 5, true)

@@ -16,7 +16,7 @@ import (
 	"github.com/prometheus/common/model"
 	"golang.org/x/sys/unix"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 )
 
 // scrape fetches /metrics and returns the value of every series of name,
@@ -70,7 +70,7 @@ func (d *daemon) port() string {
 }
 
 // connections returns the connections status reports per generation.
-func connections(st supervisor.ServiceStatus) map[int]int64 {
+func connections(st api.ServiceStatus) map[int]int64 {
 	out := map[int]int64{}
 	for _, g := range st.Generations {
 		if g.Connections != nil {
@@ -102,13 +102,13 @@ func drainProgressCounted(t *testing.T, mode string) {
 			}
 		})
 	}
-	d.waitFor("40 connections on generation 1", 5*time.Second, func(st supervisor.ServiceStatus) bool {
+	d.waitFor("40 connections on generation 1", 5*time.Second, func(st api.ServiceStatus) bool {
 		return connections(st)[1] == held
 	})
 	if out, err := d.ctl("swap", "demo"); err != nil {
 		t.Fatalf("swap: %v: %s", err, out)
 	}
-	source := map[string]string{"ebpf": supervisor.SourceEBPF, "fdpass": supervisor.SourceProc}[mode]
+	source := map[string]string{"ebpf": api.SourceEBPF, "fdpass": api.SourceProc}[mode]
 	active, _ := d.scrape("handoff_connections_active")
 	st := d.status()
 	if active["1"] != held || active["2"] != 0 || len(active) != 2 {
@@ -151,7 +151,7 @@ func drainProgressCounted(t *testing.T, mode string) {
 	if active["2"] != 0 {
 		t.Errorf("generation 2 holds %v connections, want 0", active["2"])
 	}
-	if g := d.status().Generations[0]; g.State != supervisor.StateExited {
+	if g := d.status().Generations[0]; g.State != api.StateExited {
 		t.Errorf("generation 1 is %s after its series went, want exited", g.State)
 	}
 }
@@ -180,7 +180,7 @@ func TestTenThousandConnections(t *testing.T) {
 			c.Close()
 		}
 	}()
-	d.waitFor("5,000 connections on each generation", 20*time.Second, func(st supervisor.ServiceStatus) bool {
+	d.waitFor("5,000 connections on each generation", 20*time.Second, func(st api.ServiceStatus) bool {
 		c := connections(st)
 		return c[1] == perGen && c[2] == perGen
 	})

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 )
 
 // rootReply is what the demo answers to GET /.
@@ -104,7 +104,7 @@ func reloadAppUnderLoad(t *testing.T, mode string) {
 		t.Error("no request succeeded: the load did not run")
 	}
 	st := d.status()
-	if len(st.Generations) != 1 || st.Generations[0].PID != before.PID || st.Generations[0].State != supervisor.StateActive {
+	if len(st.Generations) != 1 || st.Generations[0].PID != before.PID || st.Generations[0].State != api.StateActive {
 		t.Errorf("after reloads: generations %+v; want generation 1 (pid %d) alone and active: a reload is no swap", st.Generations, before.PID)
 	}
 	if after.PID != before.PID || after.Generation != 1 {
@@ -128,12 +128,12 @@ func webService(addr string) string {
 `, filepath.Join(bin, "demo"), addr)
 }
 
-func serviceStatus(d *daemon, name string) (supervisor.ServiceStatus, error) {
+func serviceStatus(d *daemon, name string) (api.ServiceStatus, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	st, err := d.client.Status(ctx, name)
 	if err != nil {
-		return supervisor.ServiceStatus{}, err
+		return api.ServiceStatus{}, err
 	}
 	return st.Services[0], nil
 }
@@ -152,10 +152,10 @@ func TestReloadConfig(t *testing.T) {
 
 	writeFile(t, d.config, string(base)+webService(webAddr))
 	d.cmd.Process.Signal(syscall.SIGHUP)
-	var web supervisor.ServiceStatus
+	var web api.ServiceStatus
 	if !eventuallyTrue(15*time.Second, func() bool {
 		web, err = serviceStatus(d, "web")
-		return err == nil && len(web.Generations) == 1 && web.Generations[0].State == supervisor.StateActive
+		return err == nil && len(web.Generations) == 1 && web.Generations[0].State == api.StateActive
 	}) {
 		t.Fatalf("web not started by SIGHUP: %+v, %v\n%s", web, err, d.logText())
 	}
@@ -181,7 +181,7 @@ func TestReloadConfig(t *testing.T) {
 	}
 	for name, pid := range map[string]int{"demo": demoPID, "web": webPID} {
 		st, err := serviceStatus(d, name)
-		if err != nil || len(st.Generations) != 1 || st.Generations[0].PID != pid || st.Generations[0].State != supervisor.StateActive {
+		if err != nil || len(st.Generations) != 1 || st.Generations[0].PID != pid || st.Generations[0].State != api.StateActive {
 			t.Errorf("%s after refused reloads: %+v, %v; want pid %d still active", name, st, err, pid)
 		}
 	}
@@ -245,9 +245,9 @@ func TestWatchSwapsOnce(t *testing.T) {
 	for i, step := range steps {
 		want := i + 2
 		step.change()
-		d.waitFor(fmt.Sprintf("generation %d active after %s", want, step.what), 10*time.Second, func(st supervisor.ServiceStatus) bool {
+		d.waitFor(fmt.Sprintf("generation %d active after %s", want, step.what), 10*time.Second, func(st api.ServiceStatus) bool {
 			last := st.Generations[len(st.Generations)-1]
-			return last.ID >= want && last.State == supervisor.StateActive
+			return last.ID >= want && last.State == api.StateActive
 		})
 		time.Sleep(1500 * time.Millisecond) // three times the quiet period: no second swap
 		st := d.status()

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 )
 
 // restart ends handoffd with sig while its generations keep serving, waits
@@ -53,14 +53,14 @@ func TestRestartLeavesTrafficAlone(t *testing.T) {
 					t.Fatalf("swap: %v: %s", err, out)
 				}
 				t.Logf("%s: swapped to %d", time.Now().Format("15:04:05.000"), gen)
-				active := d.waitFor("one generation", 10*time.Second, func(st supervisor.ServiceStatus) bool { return liveCount(st) == 1 })
+				active := d.waitFor("one generation", 10*time.Second, func(st api.ServiceStatus) bool { return liveCount(st) == 1 })
 				pid := active.Generations[len(active.Generations)-1].PID
 				t.Logf("%s: one generation left", time.Now().Format("15:04:05.000"))
 				d.restart(sig)
 				t.Logf("%s: restarted", time.Now().Format("15:04:05.000"))
-				st := d.waitFor("re-adopted generation", 15*time.Second, func(st supervisor.ServiceStatus) bool {
+				st := d.waitFor("re-adopted generation", 15*time.Second, func(st api.ServiceStatus) bool {
 					last := st.Generations[len(st.Generations)-1]
-					return last.ID == gen && last.State == supervisor.StateActive
+					return last.ID == gen && last.State == api.StateActive
 				})
 				if got := st.Generations[len(st.Generations)-1].PID; got != pid {
 					t.Fatalf("after %s: generation %d has pid %d, want the same process %d", sig, gen, got, pid)

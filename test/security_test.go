@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 )
 
 // nobody is the unprivileged uid (and nogroup the gid) the security tests
@@ -88,10 +88,10 @@ services:
 		t.Fatal(err)
 	}
 	go func() { d.cmd.Wait(); close(d.exited) }()
-	d.client = supervisor.NewClient(d.control)
+	d.client = api.NewClient(d.control)
 	t.Cleanup(func() { d.shutdown(); os.RemoveAll(bpfDir) })
-	d.waitFor("generation 1 active", 15*time.Second, func(st supervisor.ServiceStatus) bool {
-		return len(st.Generations) == 1 && st.Generations[0].State == supervisor.StateActive
+	d.waitFor("generation 1 active", 15*time.Second, func(st api.ServiceStatus) bool {
+		return len(st.Generations) == 1 && st.Generations[0].State == api.StateActive
 	})
 	return d, port, bpfDir
 }
@@ -153,7 +153,7 @@ func TestGenerationUnprivileged(t *testing.T) {
 	if out, err := d.ctl("swap", "demo"); err != nil {
 		t.Fatalf("swap: %v: %s", err, out)
 	}
-	st := d.waitFor("generation 1 exited", 15*time.Second, func(st supervisor.ServiceStatus) bool {
+	st := d.waitFor("generation 1 exited", 15*time.Second, func(st api.ServiceStatus) bool {
 		return len(st.Generations) == 2 && !st.Generations[0].State.Live()
 	})
 	pid := st.Generations[1].PID

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 )
 
 const (
@@ -39,8 +39,8 @@ var modes = []string{"ebpf", "fdpass"}
 func swapUnderLoad(t *testing.T, mode string, keepAlive bool) {
 	d := startDaemon(t, daemonOptions{mode: mode})
 	l := startLoad(d.addr, "/slow?ms=2", loadClients, keepAlive)
-	seen := map[int]supervisor.GenerationStatus{}
-	remember := func(st supervisor.ServiceStatus) {
+	seen := map[int]api.GenerationStatus{}
+	remember := func(st api.ServiceStatus) {
 		for _, g := range st.Generations {
 			seen[g.ID] = g
 		}
@@ -57,9 +57,9 @@ func swapUnderLoad(t *testing.T, mode string, keepAlive bool) {
 	time.Sleep(500 * time.Millisecond)
 	res := l.stop()
 	last := swapCount + 1
-	st := d.waitFor("every old generation exited", 40*time.Second, func(st supervisor.ServiceStatus) bool {
+	st := d.waitFor("every old generation exited", 40*time.Second, func(st api.ServiceStatus) bool {
 		return liveCount(st) == 1 && st.Generations[len(st.Generations)-1].ID == last &&
-			st.Generations[len(st.Generations)-1].State == supervisor.StateActive
+			st.Generations[len(st.Generations)-1].State == api.StateActive
 	})
 	remember(st)
 
@@ -80,7 +80,7 @@ func swapUnderLoad(t *testing.T, mode string, keepAlive bool) {
 }
 
 // reportPhases logs the swap phases as the test measured them.
-func reportPhases(t *testing.T, seen map[int]supervisor.GenerationStatus, res loadResult, last int) {
+func reportPhases(t *testing.T, seen map[int]api.GenerationStatus, res loadResult, last int) {
 	var ready, activate, drain, first []time.Duration
 	for gen := 2; gen <= last; gen++ {
 		g, old := seen[gen], seen[gen-1]
@@ -115,7 +115,7 @@ func spread(ds []time.Duration) string {
 
 // checkNoLeaks checks that each process holds only its own listener, that
 // the old generations' sockets are gone, and that handoffd left no zombie.
-func checkNoLeaks(t *testing.T, d *daemon, st supervisor.ServiceStatus) {
+func checkNoLeaks(t *testing.T, d *daemon, st api.ServiceStatus) {
 	_, portStr, _ := net.SplitHostPort(d.addr)
 	port, _ := strconv.Atoi(portStr)
 	inodes := listeningInodes(t, port)
@@ -182,7 +182,7 @@ func slowRequestsSurviveSwap(t *testing.T, mode string) {
 		}
 	}
 	st := d.status()
-	if g := st.Generations[0]; g.State != supervisor.StateExited || g.Exit != "exit status 0" {
+	if g := st.Generations[0]; g.State != api.StateExited || g.Exit != "exit status 0" {
 		t.Errorf("generation 1 is %s (%s), want exited with status 0", g.State, g.Exit)
 	}
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 )
 
 func main() {
@@ -67,7 +67,7 @@ func main() {
 	}
 }
 
-func client(c *cli.Context) *supervisor.Client { return supervisor.NewClient(c.String("control")) }
+func client(c *cli.Context) *api.Client { return api.NewClient(c.String("control")) }
 
 func oneService(c *cli.Context) (string, error) {
 	if c.NArg() != 1 {
@@ -123,7 +123,7 @@ func swap(c *cli.Context) error {
 
 // followDrain shows the old generation's drain until it has exited: a
 // live line on a terminal, a line per change otherwise, then a summary.
-func followDrain(ctx context.Context, cl *supervisor.Client, service string, gen int) error {
+func followDrain(ctx context.Context, cl *api.Client, service string, gen int) error {
 	start := time.Now()
 	tty := isTerminal(os.Stdout)
 	last := ""
@@ -164,7 +164,7 @@ func followDrain(ctx context.Context, cl *supervisor.Client, service string, gen
 
 // drainProgress is one line on a draining generation: what it still holds
 // and how long drain_timeout leaves it.
-func drainProgress(service string, gen int, g supervisor.GenerationStatus) string {
+func drainProgress(service string, gen int, g api.GenerationStatus) string {
 	line := fmt.Sprintf("%s: generation %d %s", service, gen, g.State)
 	if g.Connections != nil {
 		line += fmt.Sprintf(": %d connections left", *g.Connections)
@@ -189,7 +189,7 @@ func isTerminal(f *os.File) bool {
 
 // drainSummary says how the drain of gen ended, timed by handoffd's own
 // stamps rather than by this command's polling.
-func drainSummary(service string, gen int, g supervisor.GenerationStatus, found bool, waited time.Duration) string {
+func drainSummary(service string, gen int, g api.GenerationStatus, found bool, waited time.Duration) string {
 	if !found {
 		return fmt.Sprintf("%s: generation %d is gone (waited %s)", service, gen, waited.Round(time.Millisecond))
 	}
@@ -204,7 +204,7 @@ func drainSummary(service string, gen int, g supervisor.GenerationStatus, found 
 	return s
 }
 
-func findGeneration(st supervisor.Status, id int) (supervisor.GenerationStatus, bool) {
+func findGeneration(st api.Status, id int) (api.GenerationStatus, bool) {
 	for _, s := range st.Services {
 		for _, g := range s.Generations {
 			if g.ID == id {
@@ -212,7 +212,7 @@ func findGeneration(st supervisor.Status, id int) (supervisor.GenerationStatus, 
 			}
 		}
 	}
-	return supervisor.GenerationStatus{}, false
+	return api.GenerationStatus{}, false
 }
 
 func rollback(c *cli.Context) error {

@@ -16,14 +16,18 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
+	"github.com/handoffd/handoffd/internal/config"
+	"github.com/handoffd/handoffd/internal/control"
+	"github.com/handoffd/handoffd/internal/host"
+	"github.com/handoffd/handoffd/internal/lifecycle"
 	"github.com/handoffd/handoffd/loader"
 	"github.com/handoffd/handoffd/observe"
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == supervisor.ExecArg {
-		err := supervisor.ExecGeneration(os.Args[2:])
+	if len(os.Args) > 1 && os.Args[1] == host.ExecArg {
+		err := host.ExecGeneration(os.Args[2:])
 		fmt.Fprintf(os.Stderr, "handoffd: start generation: %v\n", err)
 		os.Exit(127)
 	}
@@ -31,7 +35,7 @@ func main() {
 		Name:  "handoffd",
 		Usage: "zero-downtime generation swaps for TCP services",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Value: supervisor.DefaultConfigPath, Usage: "config file"},
+			&cli.StringFlag{Name: "config", Value: config.DefaultConfigPath, Usage: "config file"},
 			&cli.StringFlag{Name: "control", Usage: "control socket (overrides the config)"},
 			&cli.StringFlag{Name: "metrics", Usage: "Prometheus listen address (overrides the config)"},
 			&cli.StringFlag{Name: "mode", Usage: "auto, ebpf or fdpass (overrides the config)"},
@@ -61,20 +65,24 @@ func run(c *cli.Context) error {
 		return err
 	}
 	swaps := observe.NewSwaps()
-	opts := supervisor.Options{
+	opts := lifecycle.Options{
 		Mode: mode,
-		Launcher: &supervisor.ExecLauncher{Self: "/proc/self/exe", Stdout: os.Stdout, Stderr: os.Stderr,
+		Launcher: &host.ExecLauncher{Self: "/proc/self/exe", Stdout: os.Stdout, Stderr: os.Stderr,
 			LogDir: filepath.Join(cfg.StateDir, "logs")},
+		Counter:    host.Counter{},
 		Observer:   swaps,
 		Logger:     log,
-		LoadConfig: func() (*supervisor.Config, error) { return loadConfig(c) },
+		LoadConfig: func() (*config.Config, error) { return loadConfig(c) },
+		NewRouter:  host.NewRouter(mode, 0, nil),
 	}
-	var k *kernel
-	if mode == supervisor.ModeEBPF {
-		k = loadKernel(cfg, log)
-		opts.NewSteering = k.steering
+	var k *loader.Kernel
+	if mode == api.ModeEBPF {
+		k = loader.LoadKernel(cfg.BPFDir, log)
+		opts.NewRouter = host.NewRouter(mode, loader.Slots, func(service, listener string, reuse bool) (host.Steering, error) {
+			return k.Steering(service, listener, reuse)
+		})
 	}
-	sup, err := supervisor.New(cfg, opts)
+	sup, err := lifecycle.New(cfg, opts)
 	if err != nil {
 		return err
 	}
@@ -82,15 +90,15 @@ func run(c *cli.Context) error {
 		return err
 	}
 	stopped := make(chan struct{})
-	control := supervisor.NewAPI(sup, func() { close(stopped) })
-	ln, err := control.Listen()
+	ctl := control.NewAPI(sup, func() { close(stopped) })
+	ln, err := ctl.Listen()
 	if err != nil {
 		return err
 	}
 	defer os.Remove(cfg.Control)
-	api := control.Server()
-	go api.Serve(ln)
-	defer api.Close()
+	srv := ctl.Server()
+	go srv.Serve(ln)
+	defer srv.Close()
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -110,7 +118,9 @@ func run(c *cli.Context) error {
 				log.Info("SIGINT: stopping every service, then handoffd")
 				err := stopAll(sup)
 				if k != nil && err == nil {
-					k.remove()
+					if err := k.Remove(); err != nil {
+						log.Error("remove connection-tracking probes", "err", err)
+					}
 				}
 				return err
 			case syscall.SIGTERM:
@@ -127,7 +137,7 @@ func run(c *cli.Context) error {
 }
 
 // serveMetrics serves /metrics on cfg.Metrics, if set.
-func serveMetrics(cfg *supervisor.Config, sup *supervisor.Supervisor, mode supervisor.Mode, swaps *observe.Swaps, log *slog.Logger) error {
+func serveMetrics(cfg *config.Config, sup *lifecycle.Supervisor, mode api.Mode, swaps *observe.Swaps, log *slog.Logger) error {
 	if cfg.Metrics == "" {
 		return nil
 	}
@@ -151,7 +161,7 @@ func serveMetrics(cfg *supervisor.Config, sup *supervisor.Supervisor, mode super
 	return nil
 }
 
-func stopAll(sup *supervisor.Supervisor) error {
+func stopAll(sup *lifecycle.Supervisor) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	return sup.Stop(ctx)
@@ -167,8 +177,8 @@ func newLogger(format string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: use text or json", format)
 }
 
-func loadConfig(c *cli.Context) (*supervisor.Config, error) {
-	cfg, err := supervisor.LoadConfig(c.String("config"))
+func loadConfig(c *cli.Context) (*config.Config, error) {
+	cfg, err := config.LoadConfig(c.String("config"))
 	if err != nil {
 		return nil, err
 	}
@@ -179,7 +189,7 @@ func loadConfig(c *cli.Context) (*supervisor.Config, error) {
 		cfg.Metrics = v
 	}
 	if v := c.String("mode"); v != "" {
-		cfg.Mode = supervisor.Mode(v)
+		cfg.Mode = api.Mode(v)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", c.String("config"), err)
@@ -188,17 +198,17 @@ func loadConfig(c *cli.Context) (*supervisor.Config, error) {
 }
 
 // resolveMode probes the kernel for what ebpf mode needs.
-func resolveMode(mode supervisor.Mode, log *slog.Logger) (supervisor.Mode, error) {
-	if mode == supervisor.ModeFDPass {
+func resolveMode(mode api.Mode, log *slog.Logger) (api.Mode, error) {
+	if mode == api.ModeFDPass {
 		return mode, nil
 	}
 	err := loader.Probe()
 	if err == nil {
-		return supervisor.ModeEBPF, nil
+		return api.ModeEBPF, nil
 	}
-	if mode == supervisor.ModeEBPF {
+	if mode == api.ModeEBPF {
 		return "", fmt.Errorf("mode ebpf: %w", err)
 	}
 	log.Warn("eBPF steering unavailable; using fdpass", "reason", err)
-	return supervisor.ModeFDPass, nil
+	return api.ModeFDPass, nil
 }

@@ -1,0 +1,42 @@
+package api
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestImportGraph keeps the rooms of docs/ARCHITECTURE.md apart: what a
+// package must never link, directly or through another package.
+func TestImportGraph(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list")
+	}
+	const mod = "github.com/handoffd/handoffd/"
+	heavy := []string{"go.yaml.in/yaml", "github.com/fsnotify/fsnotify", "github.com/cilium/ebpf",
+		"github.com/prometheus/client_golang", mod + "internal/lifecycle", mod + "internal/host",
+		mod + "internal/control", mod + "internal/config", mod + "loader"}
+	for pkg, banned := range map[string][]string{
+		"./api":            append(heavy, "golang.org/x/sys"),
+		"./cmd/handoffctl": heavy,
+		"./observe":        append(heavy[:3:3], heavy[4:]...),
+		"./handoff":        heavy,
+		"./kernel":         heavy,
+		// The lifecycle reaches the OS through its interfaces only
+		// (fsnotify, for watched files, is the exception).
+		"./internal/lifecycle": {"github.com/cilium/ebpf", "github.com/prometheus/client_golang", mod + "loader",
+			mod + "kernel", mod + "internal/host", mod + "internal/control"},
+	} {
+		out, err := exec.Command("go", "list", "-deps", "../"+strings.TrimPrefix(pkg, "./")).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list -deps %s: %v\n%s", pkg, err, out)
+		}
+		for dep := range strings.FieldsSeq(string(out)) {
+			for _, b := range banned {
+				if dep == b || strings.HasPrefix(dep, b+"/") {
+					t.Errorf("%s links %s", pkg, dep)
+				}
+			}
+		}
+	}
+}

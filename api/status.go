@@ -1,0 +1,84 @@
+package api
+
+import "time"
+
+// Mode says how a service's listeners move from one generation to the next.
+type Mode string
+
+const (
+	// ModeAuto picks ModeEBPF when the kernel allows it, else ModeFDPass.
+	ModeAuto Mode = "auto"
+	// ModeEBPF gives each generation its own SO_REUSEPORT socket and steers
+	// new connections with an SK_REUSEPORT program.
+	ModeEBPF Mode = "ebpf"
+	// ModeFDPass shares one listening socket per listener between generations.
+	ModeFDPass Mode = "fdpass"
+)
+
+// Where a generation's connection count comes from
+// (GenerationStatus.ConnectionsSource).
+const (
+	SourceEBPF = "ebpf" // the kernel probes (loader's tracking)
+	SourceProc = "proc" // the generation's fds matched with the kernel's socket table
+)
+
+// Status is what GET /v1/status answers and `handoffctl status --json`
+// prints.
+type Status struct {
+	Services []ServiceStatus `json:"services"`
+}
+
+// ServiceStatus is the state of one service.
+type ServiceStatus struct {
+	Name      string           `json:"name"`
+	Mode      Mode             `json:"mode"`
+	Swapping  bool             `json:"swapping"`
+	Listeners []ListenerStatus `json:"listeners"`
+	// MigratedRequests counts requests the kernel moved from a closing
+	// listener's queue to the active one (ebpf mode).
+	MigratedRequests uint64             `json:"migrated_requests"`
+	Generations      []GenerationStatus `json:"generations"`
+}
+
+// ListenerStatus is one listener of a service and how it is handed over.
+type ListenerStatus struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	Mode    Mode   `json:"mode"`
+}
+
+// GenerationStatus is the state of one generation.
+type GenerationStatus struct {
+	ID    int   `json:"id"`
+	PID   int   `json:"pid"`
+	State State `json:"state"`
+	// Connections is the number of connections the generation holds
+	// (live generations only), counted as ConnectionsSource says.
+	Connections       *int64 `json:"connections,omitempty"`
+	ConnectionsSource string `json:"connections_source,omitempty"`
+	// Listeners details the generation's listeners (live generations).
+	Listeners  []GenerationListenerStatus `json:"listeners,omitempty"`
+	StartedAt  time.Time                  `json:"started_at"`
+	ReadyAt    *time.Time                 `json:"ready_at,omitempty"`
+	ActiveAt   *time.Time                 `json:"active_at,omitempty"`
+	DrainingAt *time.Time                 `json:"draining_at,omitempty"`
+	ExitedAt   *time.Time                 `json:"exited_at,omitempty"`
+	// DrainDeadline is when drain_timeout ends a draining generation.
+	DrainDeadline *time.Time `json:"drain_deadline,omitempty"`
+	AgeSeconds    float64    `json:"age_seconds"`
+	// KilledConnections is how many connections the generation still held
+	// when drain_timeout ended it with SIGKILL.
+	KilledConnections *int64 `json:"killed_connections,omitempty"`
+	// Exit says how the process ended, or why the generation failed.
+	Exit string `json:"exit,omitempty"`
+}
+
+// GenerationListenerStatus is what one listener of a generation did.
+// Fields the kernel probes do not count in this mode are absent.
+type GenerationListenerStatus struct {
+	Name        string  `json:"name"`
+	Connections *int64  `json:"connections,omitempty"`
+	Accepted    *uint64 `json:"accepted,omitempty"`
+	Steered     *uint64 `json:"steered,omitempty"`
+	AcceptQueue *uint32 `json:"accept_queue,omitempty"`
+}

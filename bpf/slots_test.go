@@ -1,0 +1,48 @@
+package bpf
+
+import (
+	"os"
+	"regexp"
+	"strconv"
+	"testing"
+)
+
+// TestSlotsMatchTheSources keeps the Go constants, the C sources and the
+// compiled objects in step: a change to one without the others fails here.
+func TestSlotsMatchTheSources(t *testing.T) {
+	for _, tc := range []struct {
+		file, define string
+		want         int
+	}{
+		{"steer.c", "SLOTS", Slots},
+		{"tracking.h", "TRACKING_SLOTS", TrackingSlots},
+	} {
+		src, err := os.ReadFile(tc.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := regexp.MustCompile(`(?m)^#define ` + tc.define + `\s+(\d+)\b`).FindSubmatch(src)
+		if m == nil {
+			t.Fatalf("%s: no #define %s", tc.file, tc.define)
+		}
+		if n, _ := strconv.Atoi(string(m[1])); n != tc.want {
+			t.Errorf("%s: %s is %d, Go says %d", tc.file, tc.define, n, tc.want)
+		}
+	}
+	steer, err := LoadSteer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{SteerMapSockets, SteerMapCounters} {
+		if n := steer.Maps[name].MaxEntries; n != Slots {
+			t.Errorf("compiled steer map %s has %d entries, want Slots = %d", name, n, Slots)
+		}
+	}
+	track, err := LoadTrack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := track.Maps[TrackMapConnCounts].MaxEntries; n != TrackingSlots {
+		t.Errorf("compiled track map %s has %d entries, want TrackingSlots = %d", TrackMapConnCounts, n, TrackingSlots)
+	}
+}

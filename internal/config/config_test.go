@@ -1,0 +1,206 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handoffd/handoffd/api"
+)
+
+const designExample = `
+control: /run/handoff/handoffd.sock
+metrics: 127.0.0.1:9370
+mode: auto
+state_dir: /run/handoff
+services:
+  - name: demo
+    command: ["./bin/demo", "--config", "demo/demo.yaml"]
+    dir: .
+    env: ["GIN_MODE=release"]
+    user: ""
+    listeners:
+      - name: http
+        address: tcp://127.0.0.1:8080
+        backlog: 4096
+    ready_timeout: 10s
+    drain_timeout: 30s
+    stop_signal: SIGTERM
+    watch: []
+`
+
+func TestParseConfigDesignExample(t *testing.T) {
+	cfg, err := ParseConfig([]byte(designExample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Services[0]
+	if cfg.Mode != api.ModeAuto || s.Name != "demo" || s.ReadyTimeout.Std() != 10*time.Second ||
+		s.DrainTimeout.Std() != 30*time.Second || s.StopSignal.Std() != syscall.SIGTERM ||
+		s.Listeners[0].Backlog != 4096 || len(s.Command) != 3 {
+		t.Fatalf("parsed %+v", cfg)
+	}
+}
+
+func TestParseConfigDefaults(t *testing.T) {
+	cfg, err := ParseConfig([]byte("services: [{name: web, command: [web], listeners: [{name: http, address: 'tcp6://[::1]:80'}]}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Services[0]
+	if cfg.Control != "/run/handoff/handoffd.sock" || cfg.Mode != api.ModeAuto || cfg.BPFDir != "/sys/fs/bpf/handoff" ||
+		s.Dir != "." || s.ReadyTimeout.Std() != 10*time.Second || s.StopSignal.Std() != syscall.SIGTERM ||
+		s.Listeners[0].Backlog != 4096 {
+		t.Fatalf("defaults not applied: %+v", cfg)
+	}
+}
+
+func TestDemoConfigParses(t *testing.T) {
+	if _, err := os.Stat("../../demo/handoff.yaml"); err != nil {
+		t.Skip("demo config not present")
+	}
+	// The demo's paths are relative to the repository root and its binary
+	// is built later than unit tests run: check the document only.
+	data, err := os.ReadFile("../../demo/handoff.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseConfig(data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	svc := func(s string) string {
+		return "services:\n  - name: web\n    command: [web]\n    listeners: [{name: http, address: 'tcp://127.0.0.1:80'}]\n" + s
+	}
+	for _, tc := range []struct{ doc, want string }{
+		{"", "services: at least one service is needed"},
+		{"mode: magic\n" + svc(""), `mode "magic": use auto, ebpf or fdpass`},
+		{"control: rel.sock\n" + svc(""), "must be an absolute path"},
+		{"contrl: /x\n" + svc(""), "field contrl not found"},
+		{svc("    ready_timeout: soon\n"), `"soon" is not a duration`},
+		{svc("    stop_signal: SIGFOO\n"), `unknown signal "SIGFOO"`},
+		{svc("    env: [NOEQUALS]\n"), `env "NOEQUALS": write NAME=value`},
+		{svc("  - name: web\n    command: [x]\n    listeners: [{name: a, address: 'tcp://:1'}]\n"), `name "web" is used twice`},
+		{svc("  - name: api\n    command: [x]\n    listeners: [{name: a, address: 'tcp://127.0.0.1:80'}]\n"), `services[1] (api): listener a: address tcp://127.0.0.1:80 is also service web's`},
+		{"services: [{name: Web, command: [x], listeners: [{name: a, address: 'tcp://:1'}]}]", `name "Web": use 1-63 characters`},
+		{"services: [{name: web, listeners: [{name: a, address: 'tcp://:1'}]}]", "command: give the program"},
+		{"services: [{name: web, command: [x]}]", "listeners: at least one listener"},
+		{"services: [{name: web, command: [x], listeners: [{name: a, address: '127.0.0.1:80'}]}]", "write tcp://HOST:PORT"},
+		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'tcp://127.0.0.1'}]}]", "write tcp://HOST:PORT"},
+		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'udp://:1'}]}]", `unknown scheme "udp"`},
+		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'tcp://:1', backlog: -1}]}]", "backlog -1: use 1..65535"},
+		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'tcp://:1'}, {name: a, address: 'tcp://:2'}]}]", `name "a" is used twice`},
+		{"services: [", "did not find expected"},
+	} {
+		_, err := ParseConfig([]byte(tc.doc))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("config %q: error = %v, want it to say %q", tc.doc, err, tc.want)
+			continue
+		}
+		if strings.Contains(err.Error(), "\n") {
+			t.Errorf("error is not one line: %q", err)
+		}
+	}
+}
+
+// loadDoc writes doc to a file and loads it as handoffd would, host
+// checks included.
+func loadDoc(t *testing.T, doc string) (*Config, error) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "handoff.yaml")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return LoadConfig(path)
+}
+
+func TestLoadConfigHostErrors(t *testing.T) {
+	dir := t.TempDir()
+	prog := filepath.Join(dir, "prog")
+	notExec := filepath.Join(dir, "data")
+	for path, mode := range map[string]os.FileMode{prog: 0o755, notExec: 0o644} {
+		if err := os.WriteFile(path, []byte("#!/bin/true\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc := func(extra string) string {
+		return fmt.Sprintf("services:\n  - name: web\n    command: [%q]\n    dir: %q\n    listeners: [{name: http, address: 'tcp://127.0.0.1:80'}]\n%s", prog, dir, extra)
+	}
+	for _, tc := range []struct{ doc, want string }{
+		{svc(""), ""},
+		{svc("    user: nobody\n    group: nogroup\n"), ""},
+		{svc("    user: no-such-user-here\n"), `services[0] (web): user: unknown user "no-such-user-here"`},
+		{svc("    group: no-such-group-here\n"), `services[0] (web): group: unknown group "no-such-group-here"`},
+		{"group: no-such-group-here\n" + svc(""), `group: unknown group "no-such-group-here"`},
+		{"read_group: no-such-group-here\n" + svc(""), `read_group: unknown group "no-such-group-here"`},
+		{strings.Replace(svc(""), "dir: \""+dir, "dir: \""+dir+"/missing", 1), `services[0] (web): dir "` + dir + `/missing": no such file or directory`},
+		{strings.Replace(svc(""), "dir: \""+dir, "dir: \""+prog, 1), `dir "` + prog + `": not a directory`},
+		{strings.Replace(svc(""), prog, "./missing", 1), `command[0] "./missing": no such file or directory`},
+		{strings.Replace(svc(""), prog, "./data", 1), `command[0] "./data": not an executable file`},
+		{svc("    watch: [/no/such/dir/file]\n"), `watch[0] "/no/such/dir/file": directory /no/such/dir does not exist`},
+	} {
+		_, err := loadDoc(t, tc.doc)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("config %q: %v", tc.doc, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("config %q: error = %v, want it to say %q", tc.doc, err, tc.want)
+		case err != nil && strings.Contains(err.Error(), "\n"):
+			t.Errorf("error is not one line: %q", err)
+		}
+	}
+}
+
+// TestLoadConfigListsEveryError checks that one bad file reports all of
+// its problems at once, on one line.
+func TestLoadConfigListsEveryError(t *testing.T) {
+	_, err := loadDoc(t, `mode: magic
+services:
+  - name: web
+    command: [./nowhere]
+    dir: /no/such/dir
+    user: no-such-user-here
+    group: no-such-group-here
+    listeners: [{name: http, address: 'tcp://127.0.0.1:70000'}]
+`)
+	if err == nil {
+		t.Fatal("bad config accepted")
+	}
+	for _, want := range []string{`mode "magic"`, `port 70000: use 1..65535`, `dir "/no/such/dir"`,
+		`command[0] "./nowhere"`, `user: unknown user`, `group: unknown group`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "\n") || strings.Count(err.Error(), "; ") < 5 {
+		t.Errorf("want every problem on one line, separated by \"; \": %q", err)
+	}
+}
+
+func TestParseConfigFieldErrors(t *testing.T) {
+	svc := func(s string) string {
+		return "services:\n  - name: web\n    command: [web]\n    listeners: [{name: http, address: 'tcp://127.0.0.1:80'}]\n" + s
+	}
+	for _, tc := range []struct{ doc, want string }{
+		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'tcp://127.0.0.1:65536'}]}]", "port 65536: use 1..65535"},
+		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'tcp://127.0.0.1:0'}]}]", "port 0: use 1..65535"},
+		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'tcp://127.0.0.1:http'}]}]", "listeners[0] (a)"},
+		{"metrics: nowhere\n" + svc(""), `metrics "nowhere"`},
+		{"state_dir: run\n" + svc(""), `state_dir "run": must be an absolute path`},
+		{"bpf_dir: bpf\n" + svc(""), `bpf_dir "bpf": must be an absolute path`},
+		{svc("    env: [LISTEN_FDS=9]\n"), `env "LISTEN_FDS=9": LISTEN_FDS is set by handoffd`},
+		{svc("    env: ['=x']\n"), `env "=x": the name must be`},
+		{svc("    watch: ['']\n"), `watch[0] "": give a path`},
+	} {
+		_, err := ParseConfig([]byte(tc.doc))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("config %q: error = %v, want it to say %q", tc.doc, err, tc.want)
+		}
+	}
+}

@@ -1,0 +1,286 @@
+package host
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/handoffd/handoffd/internal/config"
+	"github.com/handoffd/handoffd/internal/lifecycle"
+	"github.com/handoffd/handoffd/kernel"
+)
+
+// ExecArg is the first argument with which handoffd re-executes itself to
+// start a generation; see ExecGeneration.
+const ExecArg = "__handoffd_exec_generation"
+
+// ExecLauncher starts generations as child processes of handoffd.
+//
+// It runs the command through handoffd itself (ExecArg): the child sets
+// LISTEN_PID to its own pid, which os/exec cannot know before the fork,
+// then execs the command in the same process.
+type ExecLauncher struct {
+	// Self is the handoffd binary; /proc/self/exe works even after the
+	// file was replaced by an upgrade.
+	Self           string
+	Stdout, Stderr io.Writer
+	// LogDir, if set, holds each generation's stderr file (see
+	// stderrLog); its last lines then explain a failed start. Without
+	// it, generations write to Stderr directly.
+	LogDir string
+}
+
+// Start starts one generation and returns once the process runs.
+func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, error) {
+	notify, err := listenNotify(spec.Service, spec.Generation)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(l.Self, append([]string{ExecArg}, spec.Config.Command...)...)
+	cmd.Args[0] = spec.Config.Command[0]
+	cmd.Dir = spec.Config.Dir
+	cmd.Env = childEnv(spec, notify.LocalAddr().String())
+	cmd.ExtraFiles = spec.Files
+	cmd.Stdout, cmd.Stderr = l.Stdout, l.Stderr
+	var errLog *stderrLog
+	if l.LogDir != "" {
+		if errLog, err = openStderrLog(l.LogDir, spec.Service, spec.Generation); err != nil {
+			notify.Close()
+			return nil, err
+		}
+		defer errLog.child.Close() // the child has its own copy
+		cmd.Stderr = errLog.child
+	}
+	// Its own process group: a Ctrl-C meant for handoffd must not reach
+	// the generations, which handoffd stops in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if spec.Config.User != "" || spec.Config.Group != "" {
+		cred, err := lookupCredential(spec.Config.User, spec.Config.Group)
+		if err != nil {
+			notify.Close()
+			return nil, err
+		}
+		cmd.SysProcAttr.Credential = cred
+	}
+	if err := cmd.Start(); err != nil {
+		notify.Close()
+		if errLog != nil {
+			os.Remove(errLog.path)
+		}
+		return nil, fmt.Errorf("start %s: %w", spec.Config.Command[0], err)
+	}
+	p := &execProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{}), stderr: errLog}
+	if errLog != nil {
+		go errLog.follow(l.Stderr, false)
+	}
+	go p.readNotify(notify)
+	go p.wait(notify)
+	return p, nil
+}
+
+// DefaultPath is the PATH of a generation whose env does not set one.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// childEnv is the whole environment of a generation: PATH, the service's
+// env, and the variables of socket activation and of handoff. Nothing of
+// handoffd's own environment leaks into it. LISTEN_PID is added by
+// ExecGeneration, in the child.
+func childEnv(spec lifecycle.LaunchSpec, notifySocket string) []string {
+	var env []string
+	hasPath := false
+	for _, e := range spec.Config.Env {
+		name, _, _ := strings.Cut(e, "=")
+		if config.ReservedEnv(name) {
+			continue
+		}
+		hasPath = hasPath || name == "PATH"
+		env = append(env, e)
+	}
+	if !hasPath {
+		env = append([]string{"PATH=" + DefaultPath}, env...)
+	}
+	names := make([]string, len(spec.Config.Listeners))
+	for i, l := range spec.Config.Listeners {
+		names[i] = l.Name
+	}
+	return append(env,
+		"LISTEN_FDS="+strconv.Itoa(len(spec.Files)),
+		"LISTEN_FDNAMES="+strings.Join(names, ":"),
+		"NOTIFY_SOCKET="+notifySocket,
+		"HANDOFF_SERVICE="+spec.Service,
+		"HANDOFF_GENERATION="+strconv.Itoa(spec.Generation),
+		"HANDOFF_CONTROL="+spec.Control,
+	)
+}
+
+// lookupCredential returns the credential a generation runs with: the
+// user's uid, primary gid and supplementary groups, and the group's gid as
+// primary gid when group is set. An empty user keeps uid 0. A non-zero uid
+// set this way leaves the process no capabilities: the kernel clears them
+// when all uids leave 0.
+func lookupCredential(userName, groupName string) (*syscall.Credential, error) {
+	cred := &syscall.Credential{Groups: []uint32{}}
+	if userName != "" {
+		u, err := config.LookupUser(userName)
+		if err != nil {
+			return nil, fmt.Errorf("user: %w", err)
+		}
+		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+		cred.Uid, cred.Gid = uint32(uid), uint32(gid)
+		ids, err := u.GroupIds()
+		if err != nil {
+			return nil, fmt.Errorf("user %q: supplementary groups: %w", userName, err)
+		}
+		for _, id := range ids {
+			if g, err := strconv.ParseUint(id, 10, 32); err == nil {
+				cred.Groups = append(cred.Groups, uint32(g))
+			}
+		}
+	}
+	if groupName != "" {
+		gid, err := config.LookupGroup(groupName)
+		if err != nil {
+			return nil, fmt.Errorf("group: %w", err)
+		}
+		cred.Gid = gid
+	}
+	return cred, nil
+}
+
+// listenNotify opens the generation's NOTIFY_SOCKET: an abstract unixgram
+// socket, with SO_PASSCRED so that the kernel tells who sent each message.
+func listenNotify(service string, gen int) (*net.UnixConn, error) {
+	name := fmt.Sprintf("@handoffd/%d/%s/%d", os.Getpid(), service, gen)
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
+	if err != nil {
+		return nil, fmt.Errorf("open notify socket: %w", err)
+	}
+	if err := kernel.PassCred(c); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("notify socket: %w", err)
+	}
+	return c, nil
+}
+
+type execProcess struct {
+	cmd       *exec.Cmd
+	ready     chan struct{}
+	readyOnce sync.Once
+	done      chan struct{}
+	stderr    *stderrLog // nil without a log directory
+}
+
+// StderrTail returns the last lines the process wrote to stderr, on one
+// line; complete once Done is closed.
+func (p *execProcess) StderrTail() string {
+	if p.stderr == nil {
+		return ""
+	}
+	return p.stderr.tail(3)
+}
+
+func (p *execProcess) Pid() int               { return p.cmd.Process.Pid }
+func (p *execProcess) Ready() <-chan struct{} { return p.ready }
+func (p *execProcess) Done() <-chan struct{}  { return p.done }
+
+func (p *execProcess) ExitStatus() string {
+	<-p.done
+	return p.cmd.ProcessState.String()
+}
+
+// Signal signals the process; os.Process uses a pidfd where the kernel has
+// them, so a reused pid is never hit.
+func (p *execProcess) Signal(sig syscall.Signal) error {
+	err := p.cmd.Process.Signal(sig)
+	if errors.Is(err, os.ErrProcessDone) {
+		return nil
+	}
+	return err
+}
+
+func (p *execProcess) wait(notify *net.UnixConn) {
+	p.cmd.Wait()
+	notify.Close() // ends readNotify
+	if p.stderr != nil {
+		p.stderr.finish()
+	}
+	close(p.done)
+}
+
+// readNotify reads sd_notify datagrams until the socket is closed. Only
+// the generation's own process may say it is ready.
+func (p *execProcess) readNotify(c *net.UnixConn) {
+	buf := make([]byte, 4096)
+	oob := make([]byte, kernel.CredSpace())
+	for {
+		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		if err != nil {
+			return
+		}
+		if kernel.SenderPID(oob[:oobn]) != p.Pid() {
+			continue
+		}
+		if parseNotify(buf[:n]) {
+			p.readyOnce.Do(func() { close(p.ready) })
+		}
+	}
+}
+
+// parseNotify reads one sd_notify datagram, newline-separated VAR=value
+// assignments, and says whether it holds READY=1.
+func parseNotify(msg []byte) (ready bool) {
+	for line := range bytes.SplitSeq(msg, []byte("\n")) {
+		if string(line) == "READY=1" {
+			return true
+		}
+	}
+	return false
+}
+
+// ExecGeneration is run by handoffd re-executed with ExecArg: it sets
+// no_new_privs, lets no fd but stdio and the listeners through, sets LISTEN_PID to this process's pid and replaces itself
+// with argv. It only
+// returns an error.
+func ExecGeneration(argv []string) error {
+	if len(argv) == 0 {
+		return errors.New("no command to run")
+	}
+	path := argv[0]
+	if !strings.Contains(path, "/") {
+		var err error
+		if path, err = exec.LookPath(path); err != nil {
+			return err
+		}
+	}
+	// No exec from here on may gain privileges (setuid bits, file
+	// capabilities): a generation has at most what it starts with.
+	if err := kernel.NoNewPrivs(); err != nil {
+		return err
+	}
+	if err := keepOnlyListeners(); err != nil {
+		return err
+	}
+	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	if err := syscall.Exec(path, argv, os.Environ()); err != nil {
+		return fmt.Errorf("exec %s: %w", filepath.Clean(path), err)
+	}
+	return nil
+}
+
+// keepOnlyListeners marks close-on-exec every fd above stdio and the
+// LISTEN_FDS listeners: what handoffd itself inherited without
+// close-on-exec from whoever started it must not reach the command.
+func keepOnlyListeners() error {
+	n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	return kernel.CloseOnExecFrom(3 + max(n, 0))
+}

@@ -1,0 +1,59 @@
+package host
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/handoffd/handoffd/internal/config"
+	"github.com/handoffd/handoffd/internal/lifecycle"
+)
+
+func TestChildEnvIsOnlyWhatTheConfigGives(t *testing.T) {
+	t.Setenv("SECRET_OF_HANDOFFD", "x")
+	spec := lifecycle.LaunchSpec{Service: "web", Generation: 3, Control: "/run/handoff/handoffd.sock",
+		Config: &config.ServiceConfig{Env: []string{"GIN_MODE=release", "LISTEN_FDS=9"},
+			Listeners: []config.ListenerConfig{{Name: "http"}, {Name: "admin"}}}}
+	got := childEnv(spec, "@notify")
+	want := []string{"PATH=" + DefaultPath, "GIN_MODE=release", "LISTEN_FDS=0", "LISTEN_FDNAMES=http:admin",
+		"NOTIFY_SOCKET=@notify", "HANDOFF_SERVICE=web", "HANDOFF_GENERATION=3", "HANDOFF_CONTROL=/run/handoff/handoffd.sock"}
+	if !slices.Equal(got, want) {
+		t.Errorf("env\n got %q\nwant %q", got, want)
+	}
+	spec.Config.Env = []string{"PATH=/opt/bin"}
+	if got := childEnv(spec, "@n"); got[0] != "PATH=/opt/bin" || slices.Contains(got, "PATH="+DefaultPath) {
+		t.Errorf("the config's PATH must replace the default: %q", got)
+	}
+}
+
+func TestParseNotify(t *testing.T) {
+	for msg, want := range map[string]bool{
+		"READY=1":                    true,
+		"STATUS=warming up\nREADY=1": true,
+		"READY=1\n":                  true,
+		"READY=0":                    false,
+		"READY=10":                   false,
+		" READY=1":                   false,
+		"STOPPING=1":                 false,
+		"":                           false,
+	} {
+		if got := parseNotify([]byte(msg)); got != want {
+			t.Errorf("parseNotify(%q) = %v, want %v", msg, got, want)
+		}
+	}
+}
+
+func TestLookupCredential(t *testing.T) {
+	cred, err := lookupCredential("nobody", "")
+	if err != nil {
+		t.Skipf("no user nobody here: %v", err)
+	}
+	if cred.Uid != 65534 || cred.Groups == nil {
+		t.Errorf("nobody: %+v", cred)
+	}
+	if cred, err := lookupCredential("nobody", "0"); err != nil || cred.Gid != 0 || cred.Uid != 65534 {
+		t.Errorf("nobody with group 0: %+v, %v", cred, err)
+	}
+	if _, err := lookupCredential("no-such-user-here", ""); err == nil {
+		t.Error("unknown user accepted")
+	}
+}

@@ -1,0 +1,76 @@
+package host
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/handoffd/handoffd/kernel"
+)
+
+// PidfdProcess is a generation's process that handoffd did not start (it
+// joined from outside), or no longer has as a child (it was re-adopted
+// after a restart): it is watched and signalled through a pidfd, so a
+// reused pid is never hit.
+type PidfdProcess struct {
+	pid       int
+	ready     chan struct{}
+	readyOnce sync.Once
+	done      chan struct{}
+
+	mu    sync.Mutex
+	pidfd *kernel.Pidfd // nil once the process exited
+}
+
+// NewPidfdProcess takes pidfd over and watches it until the process
+// exits. A generation that fails is sent SIGKILL, so the watch ends then
+// too.
+func NewPidfdProcess(pidfd *kernel.Pidfd) *PidfdProcess {
+	p := &PidfdProcess{pid: pidfd.Pid(), pidfd: pidfd, ready: make(chan struct{}), done: make(chan struct{})}
+	go p.wait()
+	return p
+}
+
+func (p *PidfdProcess) Pid() int               { return p.pid }
+func (p *PidfdProcess) Ready() <-chan struct{} { return p.ready }
+func (p *PidfdProcess) Done() <-chan struct{}  { return p.done }
+
+// SetReady records that the process said READY=1.
+func (p *PidfdProcess) SetReady() { p.readyOnce.Do(func() { close(p.ready) }) }
+
+// ExitStatus is "exited": the process is not handoffd's child, so its
+// status goes to its own parent.
+func (p *PidfdProcess) ExitStatus() string {
+	<-p.done
+	return "exited"
+}
+
+func (p *PidfdProcess) Signal(sig syscall.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pidfd == nil {
+		return nil
+	}
+	return p.pidfd.Signal(sig)
+}
+
+// wait blocks until the process exited, then releases the pidfd.
+func (p *PidfdProcess) wait() {
+	p.pidfd.Wait()
+	p.mu.Lock()
+	p.pidfd.Close()
+	p.pidfd = nil
+	p.mu.Unlock()
+	close(p.done)
+}
+
+// getfd copies the process's fd target into handoffd (pidfd_getfd).
+func (p *PidfdProcess) getfd(target int) (*os.File, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pidfd == nil {
+		return nil, fmt.Errorf("pid %d exited", p.pid)
+	}
+	return p.pidfd.GetFD(target)
+}

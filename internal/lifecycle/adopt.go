@@ -1,0 +1,84 @@
+package lifecycle
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/handoffd/handoffd/api"
+	"github.com/handoffd/handoffd/internal/config"
+)
+
+// A handoffd that restarts (after SIGTERM, a crash or SIGKILL) finds the
+// generations its predecessor left running in StateFile and takes them
+// over: the data path never depended on it (steering is pinned in the
+// kernel, and each generation holds its own listener), so re-adopting is
+// bookkeeping: a pidfd to watch and signal each process, handoffd's own
+// copies of the active generation's listening sockets (pidfd_getfd), and
+// the pinned steering maps.
+
+// adopt takes over the generations of ss that still run. The router must
+// have been built for adopting. A generation that was still starting when
+// the previous handoffd died is stopped: it never was active.
+func (s *Service) adopt(ss savedService) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastID = ss.LastID
+	for _, sg := range ss.Generations {
+		current := sg.ID == ss.Current && sg.State == api.StateActive
+		var listeners []config.ListenerConfig
+		if current {
+			listeners = s.cfg.Listeners
+		}
+		p, files, err := s.launcher.Adopt(s.name, sg.ID, sg.PID, sg.StartTicks, listeners)
+		if errors.Is(err, ErrGone) {
+			s.log.Warn("saved generation is gone", "generation", sg.ID, "pid", sg.PID, "err", err)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("re-adopt generation %d: %w", sg.ID, err)
+		}
+		g := &Generation{ID: sg.ID, state: sg.State, pid: sg.PID, proc: p, startTicks: sg.StartTicks,
+			started: sg.Started, ready: sg.Ready, active: sg.Active, draining: sg.Draining, drain: make(chan struct{})}
+		switch {
+		case g.state == api.StateStarting || g.state == api.StateReady:
+			p.Signal(syscall.SIGKILL)
+			g.state, g.exit = api.StateFailed, "handoffd restarted before it was active"
+		case g.state == api.StateDraining:
+			close(g.drain) // drain_timeout counts again from now
+		case current:
+			if err := s.router.Adopt(g.ID, files); err != nil {
+				closeFiles(files)
+				return fmt.Errorf("re-adopt generation %d: %w", g.ID, err)
+			}
+			g.files = files
+			s.current = g
+		case sg.ID == ss.Standby && g.state == api.StateStandby:
+			// Its probation timer died with the old handoffd: no
+			// rollback window is left, so it drains.
+			s.standby = g
+		}
+		s.gens = append(s.gens, g)
+		s.log.Info("generation re-adopted", "generation", g.ID, "pid", g.pid, "state", g.state)
+	}
+	if s.standby != nil {
+		if err := s.retire(s.standby); err != nil {
+			return err
+		}
+		s.standby = nil
+	}
+	for _, g := range s.gens {
+		if g.state.Live() {
+			s.goroutines.Add(1)
+			go s.awaitExit(g)
+		}
+	}
+	return nil
+}
+
+// hasCurrent reports whether a generation receives the new connections.
+func (s *Service) hasCurrent() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current != nil
+}

@@ -1,0 +1,201 @@
+package lifecycle
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/handoffd/handoffd/internal/config"
+)
+
+// fakeProcess is a generation whose readiness and exit the test drives.
+type fakeProcess struct {
+	pid     int
+	ready   chan struct{}
+	done    chan struct{}
+	mu      sync.Mutex
+	signals []syscall.Signal
+	// exitOn makes the process exit when it receives one of these.
+	exitOn map[syscall.Signal]bool
+	status string
+}
+
+func (p *fakeProcess) Pid() int               { return p.pid }
+func (p *fakeProcess) Ready() <-chan struct{} { return p.ready }
+func (p *fakeProcess) Done() <-chan struct{}  { return p.done }
+func (p *fakeProcess) ExitStatus() string     { <-p.done; return p.status }
+
+func (p *fakeProcess) Signal(sig syscall.Signal) error {
+	p.mu.Lock()
+	p.signals = append(p.signals, sig)
+	exit := p.exitOn[sig] || sig == syscall.SIGKILL
+	p.mu.Unlock()
+	if exit {
+		p.exit("signal: " + sig.String())
+	}
+	return nil
+}
+
+func (p *fakeProcess) exit(status string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.done:
+	default:
+		p.status = status
+		close(p.done)
+	}
+}
+
+func (p *fakeProcess) got() []syscall.Signal {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]syscall.Signal(nil), p.signals...)
+}
+
+// fakeLauncher hands out fakeProcesses; ready says whether they become
+// ready at once.
+type fakeLauncher struct {
+	mu    sync.Mutex
+	procs []*fakeProcess
+	ready bool
+	// ignoreStop makes processes ignore the stop signal.
+	ignoreStop bool
+}
+
+func (l *fakeLauncher) Start(spec LaunchSpec) (Process, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := &fakeProcess{pid: 1000 + spec.Generation, ready: make(chan struct{}), done: make(chan struct{}),
+		exitOn: map[syscall.Signal]bool{syscall.SIGTERM: !l.ignoreStop}}
+	if l.ready {
+		close(p.ready)
+	}
+	l.procs = append(l.procs, p)
+	return p, nil
+}
+
+// Adopt finds nothing: no earlier handoffd ran in a unit test.
+func (l *fakeLauncher) Adopt(string, int, int, uint64, []config.ListenerConfig) (Process, []*os.File, error) {
+	return nil, nil, ErrGone
+}
+
+// StartTicks gives every fake process the same start time.
+func (l *fakeLauncher) StartTicks(pid int) uint64 { return 1 }
+
+func (l *fakeLauncher) proc(i int) *fakeProcess {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.procs[i]
+}
+
+func (l *fakeLauncher) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.procs)
+}
+
+// fakeRouter records the active generation. Its sockets are real files
+// (one end of a socket pair per listener), so that -race and fd bugs show.
+type fakeRouter struct {
+	mu       sync.Mutex
+	active   int
+	prepared []int
+	failAt   int // activate fails for this generation
+	// listeners is how many sockets Prepare returns (default 1).
+	listeners int
+}
+
+func (r *fakeRouter) Prepare(gen int) ([]*os.File, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.prepared = append(r.prepared, gen)
+	var files []*os.File
+	for range max(r.listeners, 1) {
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			closeFiles(files)
+			return nil, err
+		}
+		syscall.Close(fds[1])
+		files = append(files, os.NewFile(uintptr(fds[0]), fmt.Sprintf("gen %d", gen)))
+	}
+	return files, nil
+}
+
+func (r *fakeRouter) Activate(gen int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if gen == r.failAt {
+		return fmt.Errorf("map update refused")
+	}
+	r.active = gen
+	return nil
+}
+
+func (r *fakeRouter) activeGen() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.active
+}
+
+func (r *fakeRouter) Close() error                     { return nil }
+func (r *fakeRouter) Stats(int, int) (SlotStats, bool) { return SlotStats{Held: 7}, true }
+func (r *fakeRouter) Migrated() uint64                 { return 3 }
+func (r *fakeRouter) Forget(int)                       {}
+func (r *fakeRouter) Adopt(int, []*os.File) error      { return nil }
+func (r *fakeRouter) Slots() int                       { return 64 }
+
+// fakeCounter reads each socket's fd as the real one does, and counts 5
+// connections per process.
+type fakeCounter struct{}
+
+func (fakeCounter) AcceptQueue(f *os.File) (uint32, bool) {
+	var st syscall.Stat_t
+	return 0, syscall.Fstat(int(f.Fd()), &st) == nil
+}
+
+func (fakeCounter) Connections(*config.ServiceConfig) (Held, error) { return fakeHeld{}, nil }
+
+type fakeHeld struct{}
+
+func (fakeHeld) Held(int) (int64, error) { return 5, nil }
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// fakeObserver records swap results and phase names in order.
+type fakeObserver struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (o *fakeObserver) SwapDone(_, result string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.events = append(o.events, result)
+}
+
+func (o *fakeObserver) PhaseDone(_, phase string, _ time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.events = append(o.events, phase)
+}
+
+func (o *fakeObserver) DrainKilled(_ string, held int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.events = append(o.events, fmt.Sprintf("killed %d", held))
+}
+
+func (o *fakeObserver) got() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.events...)
+}
+
+// fakeRouters is a NewRouter of fakeRouters.
+func fakeRouters(*config.ServiceConfig, bool) (Router, error) { return &fakeRouter{}, nil }

@@ -1,0 +1,117 @@
+package lifecycle
+
+import (
+	"errors"
+	"os"
+	"syscall"
+
+	"github.com/handoffd/handoffd/internal/config"
+)
+
+// What the lifecycle needs from the operating system and the kernel, as
+// small interfaces: package host implements them for real, the unit tests
+// with fakes that hand out real files.
+
+// Process is a running generation as the lifecycle sees it.
+type Process interface {
+	Pid() int
+	// Ready is closed when the process said READY=1.
+	Ready() <-chan struct{}
+	// Done is closed when the process has exited and was reaped.
+	Done() <-chan struct{}
+	// ExitStatus says how the process ended; valid once Done is closed.
+	ExitStatus() string
+	Signal(sig syscall.Signal) error
+}
+
+// LaunchSpec is what a generation is started with.
+type LaunchSpec struct {
+	Service    string
+	Generation int
+	Config     *config.ServiceConfig
+	// Files are the listening sockets, in the order of Config.Listeners;
+	// the child gets them as fds 3, 4, ...
+	Files   []*os.File
+	Control string
+}
+
+// ErrGone is returned by Launcher.Adopt for a process that is gone, or
+// that is another process now under the same pid.
+var ErrGone = errors.New("the process is gone")
+
+// Launcher starts the processes of generations, and finds again those
+// that an earlier handoffd started.
+type Launcher interface {
+	Start(spec LaunchSpec) (Process, error)
+	// Adopt returns a handle on the process of generation gen of service
+	// that an earlier handoffd started, if pid still is the process that
+	// started at startTicks. With listeners, it also returns copies of
+	// the process's listening sockets bound to their addresses, in their
+	// order.
+	Adopt(service string, gen, pid int, startTicks uint64, listeners []config.ListenerConfig) (Process, []*os.File, error)
+	// StartTicks returns when process pid started, in clock ticks since
+	// boot, or 0 when it is gone: with the pid, it names one process.
+	StartTicks(pid int) uint64
+}
+
+// SlotStats is what the kernel counted for one generation on one steered
+// listener.
+type SlotStats struct {
+	// Held is the number of connections the generation's socket holds
+	// now: ESTABLISHED or CLOSE_WAIT, accepted or still in the accept queue.
+	Held int64
+	// Accepted counts connections that reached ESTABLISHED on it.
+	Accepted uint64
+	// Selected counts new connections the steering program sent to it.
+	Selected uint64
+	// Migrated counts requests moved to it from a closing listener.
+	Migrated uint64
+}
+
+// Router gives generations their listening sockets and moves new
+// connections to the active one.
+type Router interface {
+	// Prepare returns handoffd's copies of the sockets of generation gen,
+	// in the order of the service's listeners. Closing them is the
+	// caller's job and never affects another generation.
+	Prepare(gen int) ([]*os.File, error)
+	// Activate makes gen the generation that receives new connections.
+	Activate(gen int) error
+	// Stats returns what the kernel counted for generation gen on the
+	// i-th listener; false when that listener is not counted.
+	Stats(gen, i int) (SlotStats, bool)
+	// Migrated returns the requests migrated on all listeners since load.
+	Migrated() uint64
+	// Forget drops what the router remembers of an exited generation.
+	Forget(gen int)
+	// Adopt takes the sockets of a re-adopted active generation
+	// (handoffd's new copies, in listener order).
+	Adopt(gen int, files []*os.File) error
+	// Close releases what the router holds for the service.
+	Close() error
+	// Slots is how many generations may hold sockets at once: generation
+	// g takes slot g % Slots, and a slot is never given to a generation
+	// while another one that had it is live. 0: no limit.
+	Slots() int
+}
+
+// NewRouter builds the Router of a service's listeners. With adopting,
+// the router is for generations that an earlier handoffd started: their
+// steering is reopened from its pins, and shared sockets come from the
+// active generation (Router.Adopt) instead of being created.
+type NewRouter func(svc *config.ServiceConfig, adopting bool) (Router, error)
+
+// Counter counts what the steering program does not: accept queues, and
+// a process's connections when the kernel probes are not there.
+type Counter interface {
+	// AcceptQueue returns the length of a listening socket's accept queue.
+	AcceptQueue(f *os.File) (uint32, bool)
+	// Connections lists once the connections on the TCP ports of svc's
+	// listeners; Held of the result counts those a process holds.
+	Connections(svc *config.ServiceConfig) (Held, error)
+}
+
+// Held counts the connections a process holds.
+type Held interface {
+	Held(pid int) (int64, error)
+}

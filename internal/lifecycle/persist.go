@@ -1,0 +1,170 @@
+package lifecycle
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/handoffd/handoffd/api"
+)
+
+// StateFile is the file in state_dir where handoffd records the
+// generations that run, so that a restarted handoffd re-adopts them.
+const StateFile = "state.json"
+
+// savedState is what StateFile holds.
+type savedState struct {
+	Mode     api.Mode       `json:"mode"`
+	Services []savedService `json:"services"`
+}
+
+type savedService struct {
+	Name    string `json:"name"`
+	LastID  int    `json:"last_id"`
+	Current int    `json:"current"`
+	Standby int    `json:"standby,omitempty"`
+	// Generations are the live ones only.
+	Generations []savedGeneration `json:"generations"`
+}
+
+type savedGeneration struct {
+	ID    int       `json:"id"`
+	PID   int       `json:"pid"`
+	State api.State `json:"state"`
+	// StartTicks is the process's start time (/proc/PID/stat): with the
+	// pid, it tells the same process from a later one with a reused pid.
+	StartTicks uint64    `json:"start_ticks"`
+	Started    time.Time `json:"started"`
+	Ready      time.Time `json:"ready"`
+	Active     time.Time `json:"active"`
+	Draining   time.Time `json:"draining"`
+}
+
+func (st savedState) service(name string) (savedService, bool) {
+	for _, s := range st.Services {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return savedService{}, false
+}
+
+// saved returns what the service records of itself.
+func (s *Service) saved() savedService {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ss := savedService{Name: s.cfg.Name, LastID: s.lastID, Generations: []savedGeneration{}}
+	if s.current != nil {
+		ss.Current = s.current.ID
+	}
+	if s.standby != nil {
+		ss.Standby = s.standby.ID
+	}
+	for _, g := range s.gens {
+		if g.state.Live() && g.pid != 0 {
+			ss.Generations = append(ss.Generations, savedGeneration{ID: g.ID, PID: g.pid, State: g.state,
+				StartTicks: g.startTicks, Started: g.started, Ready: g.ready, Active: g.active, Draining: g.draining})
+		}
+	}
+	return ss
+}
+
+// changed tells the state saver that something worth saving changed. It
+// never blocks, so it may be called with s.mu held.
+func (s *Service) changed() {
+	if s.onChange != nil {
+		s.onChange()
+	}
+}
+
+// stateSaver writes StateFile after changes, coalescing bursts, from one
+// goroutine that Supervisor owns.
+type stateSaver struct {
+	path    string
+	collect func() savedState
+	log     *slog.Logger
+	kick    chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+}
+
+func newStateSaver(dir string, collect func() savedState, log *slog.Logger) *stateSaver {
+	return &stateSaver{path: filepath.Join(dir, StateFile), collect: collect, log: log,
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+func (w *stateSaver) changed() {
+	if w == nil {
+		return
+	}
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (w *stateSaver) run() {
+	defer close(w.done)
+	for {
+		select {
+		case <-w.kick:
+			w.write()
+		case <-w.stop:
+			w.write()
+			return
+		}
+	}
+}
+
+// close writes the state one last time and ends run. A nil saver (a
+// Supervisor built without New, in tests) saves nothing.
+func (w *stateSaver) close() {
+	if w == nil {
+		return
+	}
+	w.once.Do(func() { close(w.stop) })
+	<-w.done
+}
+
+func (w *stateSaver) write() {
+	data, err := json.MarshalIndent(w.collect(), "", "  ")
+	if err == nil {
+		err = writeFileAtomic(w.path, append(data, '\n'))
+	}
+	if err != nil {
+		w.log.Error("save state", "path", w.path, "err", err)
+	}
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// loadState reads StateFile from dir; a missing file is an empty state.
+func loadState(dir string) (savedState, error) {
+	data, err := os.ReadFile(filepath.Join(dir, StateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return savedState{}, nil
+	}
+	if err != nil {
+		return savedState{}, fmt.Errorf("read state: %w", err)
+	}
+	var st savedState
+	if err := json.Unmarshal(data, &st); err != nil {
+		return savedState{}, fmt.Errorf("state %s: %w", filepath.Join(dir, StateFile), err)
+	}
+	return st, nil
+}

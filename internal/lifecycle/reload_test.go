@@ -1,0 +1,209 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handoffd/handoffd/api"
+	"github.com/handoffd/handoffd/internal/config"
+)
+
+func TestServiceReload(t *testing.T) {
+	l := &fakeLauncher{ready: true}
+	s := testService(t, l, &fakeRouter{})
+	if _, err := s.Reload(); !errors.Is(err, ErrNoActive) {
+		t.Fatalf("reload before any generation: %v, want ErrNoActive", err)
+	}
+	s.Swap(context.Background())
+	s.Swap(context.Background())
+	res, err := s.Reload()
+	if err != nil || res.Generation != 2 || res.PID != 1002 {
+		t.Fatalf("reload = %+v, %v; want generation 2, pid 1002", res, err)
+	}
+	if got := l.proc(1).got(); !slices.Equal(got, []syscall.Signal{syscall.SIGHUP}) {
+		t.Errorf("active generation got %v, want [SIGHUP]", got)
+	}
+	if got := l.proc(0).got(); slices.Contains(got, syscall.SIGHUP) {
+		t.Errorf("draining generation got %v: a reload is for the active one only", got)
+	}
+	if n := l.count(); n != 2 {
+		t.Errorf("%d generations started, want 2: a reload starts none", n)
+	}
+}
+
+// specLauncher is a fakeLauncher that records what each generation was
+// started with.
+type specLauncher struct {
+	fakeLauncher
+	specs []LaunchSpec
+}
+
+func (l *specLauncher) Start(spec LaunchSpec) (Process, error) {
+	p, err := l.fakeLauncher.Start(spec)
+	l.mu.Lock()
+	l.specs = append(l.specs, spec)
+	l.mu.Unlock()
+	return p, err
+}
+
+func (l *specLauncher) started(service string) []LaunchSpec {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []LaunchSpec
+	for _, s := range l.specs {
+		if s.Service == service {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// testSupervisor runs cfg in fdpass mode (real loopback sockets on free
+// ports, fake processes): nothing here needs root.
+func testSupervisor(t *testing.T, cfg *config.Config) (*Supervisor, *specLauncher) {
+	t.Helper()
+	l := &specLauncher{fakeLauncher: fakeLauncher{ready: true}}
+	sup, err := New(cfg, Options{Mode: api.ModeFDPass, NewRouter: fakeRouters, Launcher: l, Counter: fakeCounter{}, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sup.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := sup.Stop(ctx); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	})
+	return sup, l
+}
+
+func freeAddress(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return "tcp://" + ln.Addr().String()
+}
+
+func serviceDoc(name, env, addr string) string {
+	return fmt.Sprintf(`
+  - name: %s
+    command: [%s]
+    env: [%s]
+    listeners: [{name: http, address: %q}]
+    ready_timeout: 1s
+    drain_timeout: 1s`, name, name, env, addr)
+}
+
+func parse(t *testing.T, doc string) *config.Config {
+	t.Helper()
+	cfg, err := config.ParseConfig([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func liveGens(sup *Supervisor, name string) []string {
+	st, err := sup.Status(name)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, g := range st.Services[0].Generations {
+		if g.State.Live() {
+			out = append(out, fmt.Sprintf("%d:%s", g.ID, g.State))
+		}
+	}
+	return out
+}
+
+func TestSupervisorReload(t *testing.T) {
+	demoAddr, webAddr := freeAddress(t), freeAddress(t)
+	head := "control: /run/handoff/handoffd.sock\nservices:"
+	sup, l := testSupervisor(t, parse(t, head+serviceDoc("demo", "V=1", demoAddr)))
+
+	// Changed: applies from the next generation on, no swap forced.
+	ch, err := sup.Reload(context.Background(), parse(t, head+serviceDoc("demo", "V=2", demoAddr)))
+	if err != nil || !slices.Equal(ch.Changed, []string{"demo"}) || len(ch.Added)+len(ch.Removed) != 0 {
+		t.Fatalf("reload with a changed env = %+v, %v", ch, err)
+	}
+	if got := liveGens(sup, "demo"); !slices.Equal(got, []string{"1:active"}) {
+		t.Fatalf("after reload demo runs %v, want generation 1 only: no swap", got)
+	}
+	svc, _ := sup.Service("demo")
+	if _, err := svc.Swap(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	specs := l.started("demo")
+	if len(specs) != 2 || !slices.Equal(specs[0].Config.Env, []string{"V=1"}) || !slices.Equal(specs[1].Config.Env, []string{"V=2"}) {
+		t.Fatalf("generations started with %+v, want env V=1 then V=2", specs)
+	}
+
+	// Invalid, or needing a restart: refused, nothing changes.
+	for _, doc := range []string{
+		head + serviceDoc("demo", "V=3", demoAddr) + "\n    ready_timeout: -1s",
+		head + serviceDoc("demo", "V=3", demoAddr) + serviceDoc("demo", "V=3", webAddr),
+		"control: /tmp/elsewhere.sock\nservices:" + serviceDoc("demo", "V=3", demoAddr),
+	} {
+		cfg, err := config.ParseConfig([]byte(doc))
+		if err == nil {
+			_, err = sup.Reload(context.Background(), cfg)
+		} else {
+			// What handoffd does with a file that does not parse.
+			err = fmt.Errorf("%w: %w", ErrConfigRefused, err)
+		}
+		if !errors.Is(err, ErrConfigRefused) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("reload of a bad config: %v, want ErrConfigRefused on one line", err)
+		}
+	}
+	if got := svc.Config().Env; !slices.Equal(got, []string{"V=2"}) {
+		t.Errorf("a refused reload changed the config: env %v", got)
+	}
+
+	// Added and removed.
+	ch, err = sup.Reload(context.Background(), parse(t, head+serviceDoc("web", "W=1", webAddr)))
+	if err != nil || !slices.Equal(ch.Added, []string{"web"}) || !slices.Equal(ch.Removed, []string{"demo"}) {
+		t.Fatalf("reload adding web, removing demo = %+v, %v", ch, err)
+	}
+	if got := liveGens(sup, "web"); !slices.Equal(got, []string{"1:active"}) {
+		t.Fatalf("added service runs %v, want generation 1 active", got)
+	}
+	if _, err := sup.Service("demo"); !errors.Is(err, ErrUnknownService) {
+		t.Fatalf("removed service still known: %v", err)
+	}
+	eventually(t, "demo's generations stopped", func() bool {
+		return slices.Contains(l.proc(1).got(), syscall.SIGTERM) && len(sup.Config().Services) == 1
+	})
+}
+
+func TestSupervisorReloadAddFails(t *testing.T) {
+	head := "control: /run/handoff/handoffd.sock\nservices:"
+	demo := serviceDoc("demo", "V=1", freeAddress(t))
+	sup, l := testSupervisor(t, parse(t, head+demo))
+	l.mu.Lock()
+	l.ready = false // web's generation 1 never becomes ready
+	l.mu.Unlock()
+	_, err := sup.Reload(context.Background(), parse(t, head+demo+serviceDoc("web", "W=1", freeAddress(t))))
+	if err == nil || !strings.Contains(err.Error(), "service web not started") {
+		t.Fatalf("reload with a service that does not start: %v", err)
+	}
+	if _, err := sup.Service("web"); err == nil {
+		t.Fatal("a service that did not start is kept")
+	}
+	if n := len(sup.Config().Services); n != 1 {
+		t.Fatalf("running config has %d services, want 1: a later reload must try web again", n)
+	}
+}

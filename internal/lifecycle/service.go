@@ -1,0 +1,534 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/handoffd/handoffd/api"
+	"github.com/handoffd/handoffd/internal/config"
+)
+
+var (
+	// ErrSwapInProgress is returned when a swap of the service is already
+	// under way; swaps of one service never overlap.
+	ErrSwapInProgress = errors.New("a swap is already in progress")
+	// ErrStopped is returned for a service that was stopped.
+	ErrStopped = errors.New("service is stopped")
+)
+
+// keepExited is how many exited or failed generations status still shows.
+const keepExited = 8
+
+// Generation is one process of a service, numbered from 1.
+type Generation struct {
+	ID    int
+	state api.State
+	pid   int
+	proc  Process
+	// files are handoffd's copies of the generation's listening sockets.
+	// They are held until the next generation is active, so that
+	// connections that arrive while the process is gone wait in the queue.
+	files []*os.File
+	exit  string
+	// killedConns is what the generation held when drain_timeout killed it.
+	killedConns *int64
+	// startTicks is the process's start time, saved with its pid.
+	startTicks uint64
+	// drain is closed when the generation is told to drain.
+	drain chan struct{}
+
+	started, ready, active, draining, exited time.Time
+}
+
+// Service runs the generations of one configured service.
+type Service struct {
+	name string // never changes, unlike cfg
+	// cfg is replaced by a config reload (setConfig, holding swapMu and
+	// mu): read it holding either, or through config().
+	cfg *config.ServiceConfig
+	// mode is handoffd's mode; a listener that cannot be steered (unix)
+	// is shared even in api.ModeEBPF.
+	mode     api.Mode
+	control  string
+	router   Router
+	launcher Launcher
+	counter  Counter
+	observer Observer
+	log      *slog.Logger
+
+	swapMu sync.Mutex // held for the whole of a swap
+	// swapping is true while a swap holds swapMu; status reads it instead
+	// of probing swapMu, which would refuse a swap that starts meanwhile.
+	swapping atomic.Bool
+
+	mu      sync.Mutex
+	gens    []*Generation
+	current *Generation // the generation that receives new connections
+	// standby is the generation current replaced, kept during probation.
+	standby *Generation
+	lastID  int
+	stopped bool
+	stopCh  chan struct{}
+	// goroutines counts what the service runs in the background: each
+	// live generation's awaitExit, replacements and probation timers.
+	// Stop waits for them.
+	goroutines sync.WaitGroup
+	// broken holds invariants found broken in the background (invariant).
+	broken []error
+	// onChange, if set, is called (never blocking) when a generation
+	// changes state, so that the state file follows.
+	onChange func()
+}
+
+func newService(cfg *config.ServiceConfig, mode api.Mode, control string, r Router, l Launcher, c Counter, o Observer, log *slog.Logger) *Service {
+	if o == nil {
+		o = nopObserver{}
+	}
+	return &Service{name: cfg.Name, cfg: cfg, mode: mode, control: control, router: r, launcher: l, counter: c, observer: o,
+		log: log.With("service", cfg.Name), stopCh: make(chan struct{})}
+}
+
+// Observer is told about swaps as they happen; observe.Metrics implements
+// it. Its methods must not block.
+type Observer interface {
+	// SwapDone is called once per swap with result "ok", "failed", or
+	// "refused" when another swap of the service was under way.
+	SwapDone(service, result string)
+	// PhaseDone is called with the length of each phase of a swap:
+	// api.PhaseStartToReady, api.PhaseReadyToActive, api.PhaseActiveToOldExited.
+	PhaseDone(service, phase string, d time.Duration)
+	// DrainKilled is called when drain_timeout ended a generation with
+	// SIGKILL; held is what it still held (-1 when unknown).
+	DrainKilled(service string, held int64)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) SwapDone(string, string)                 {}
+func (nopObserver) PhaseDone(string, string, time.Duration) {}
+func (nopObserver) DrainKilled(string, int64)               {}
+
+// Name returns the service's name.
+func (s *Service) Name() string { return s.name }
+
+// Swap starts the next generation, waits until it is ready, makes it
+// active and tells the previous one to drain. It returns once the new
+// generation is active, or with an error when it could not be made ready;
+// the previous generation then stays active, untouched. Swap gives up when
+// ctx ends or the service's ready_timeout passes. It does not wait for the
+// old generation to exit: that is for status to follow.
+func (s *Service) Swap(ctx context.Context) (api.SwapResult, error) {
+	return s.SwapTo(ctx, s.launcher.Start)
+}
+
+// StartFunc starts the process of a new generation on the sockets in spec.
+type StartFunc func(spec LaunchSpec) (Process, error)
+
+// SwapTo is Swap with the new generation's process started by start
+// instead of the service's Launcher: a process started by someone else
+// that joins over the control socket becomes the next generation this way.
+func (s *Service) SwapTo(ctx context.Context, start StartFunc) (api.SwapResult, error) {
+	if !s.swapMu.TryLock() {
+		s.observer.SwapDone(s.name, "refused")
+		return api.SwapResult{}, ErrSwapInProgress
+	}
+	defer s.swapMu.Unlock()
+	s.swapping.Store(true)
+	defer s.swapping.Store(false)
+	res, err := s.swap(ctx, start)
+	result := "ok"
+	if err != nil {
+		result = "failed"
+	}
+	s.observer.SwapDone(s.name, result)
+	return res, err
+}
+
+func (s *Service) swap(ctx context.Context, start StartFunc) (api.SwapResult, error) {
+	g, err := s.startGeneration(start)
+	if err != nil {
+		return api.SwapResult{}, err
+	}
+	if err := s.awaitReady(ctx, g); err != nil {
+		err = fmt.Errorf("generation %d: %w", g.ID, err)
+		return api.SwapResult{}, errors.Join(err, s.fail(g, err))
+	}
+	if err := s.router.Activate(g.ID); err != nil {
+		err = fmt.Errorf("activate generation %d: %w", g.ID, err)
+		s.restoreSteering()
+		return api.SwapResult{}, errors.Join(err, s.fail(g, err))
+	}
+	return s.promote(g)
+}
+
+func (s *Service) startGeneration(start StartFunc) (*Generation, error) {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return nil, ErrStopped
+	}
+	id := s.lastID + 1
+	if n := s.router.Slots(); n > 0 {
+		for _, g := range s.gens {
+			if g.state.Live() && g.ID%n == id%n {
+				s.mu.Unlock()
+				return nil, fmt.Errorf("generation %d still runs in slot %d; wait until it exits", g.ID, id%n)
+			}
+		}
+	}
+	s.lastID = id
+	g := &Generation{ID: id, state: api.StateStarting, started: time.Now(), drain: make(chan struct{})}
+	s.gens = append(s.gens, g)
+	s.mu.Unlock()
+
+	files, err := s.router.Prepare(id)
+	if err == nil {
+		s.mu.Lock() // status copies g.files under it
+		g.files = files
+		s.mu.Unlock()
+		var p Process
+		p, err = start(LaunchSpec{Service: s.name, Generation: id, Config: s.cfg, Files: files, Control: s.control})
+		if err == nil {
+			s.mu.Lock()
+			g.proc, g.pid = p, p.Pid()
+			g.startTicks = s.launcher.StartTicks(g.pid)
+			s.mu.Unlock()
+			s.goroutines.Add(1)
+			go s.awaitExit(g)
+			s.log.Info("generation started", "generation", id, "pid", g.pid)
+			return g, nil
+		}
+	}
+	err = fmt.Errorf("start generation %d: %w", id, err)
+	return nil, errors.Join(err, s.fail(g, err))
+}
+
+func (s *Service) awaitReady(ctx context.Context, g *Generation) error {
+	timer := time.NewTimer(s.cfg.ReadyTimeout.Std())
+	defer timer.Stop()
+	select {
+	case <-g.proc.Ready():
+	case <-g.proc.Done():
+		return fmt.Errorf("exited before it was ready: %s%s", g.proc.ExitStatus(), stderrTail(g.proc))
+	case <-timer.C:
+		return fmt.Errorf("not ready within ready_timeout %s%s", s.cfg.ReadyTimeout.Std(), stderrTail(g.proc))
+	case <-ctx.Done():
+		return fmt.Errorf("swap abandoned before it was ready: %w", ctx.Err())
+	case <-s.stopCh:
+		return ErrStopped
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.move(g, api.StateReady)
+}
+
+// promote records g as active and sends the previous generation to drain.
+func (s *Service) promote(g *Generation) (api.SwapResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.move(g, api.StateActive); err != nil {
+		return api.SwapResult{}, err
+	}
+	old := s.current
+	s.current = g
+	res := api.SwapResult{Service: s.name, Generation: g.ID, PID: g.pid,
+		StartToReady:  g.ready.Sub(g.started).Seconds(),
+		ReadyToActive: g.active.Sub(g.ready).Seconds()}
+	s.observer.PhaseDone(s.name, api.PhaseStartToReady, g.ready.Sub(g.started))
+	s.observer.PhaseDone(s.name, api.PhaseReadyToActive, g.active.Sub(g.ready))
+	s.log.Info("generation active", "generation", g.ID, "pid", g.pid,
+		"start_to_ready", g.ready.Sub(g.started), "ready_to_active", g.active.Sub(g.ready))
+	var errs []error
+	if s.standby != nil {
+		// A swap during probation: the standby is two generations old now.
+		errs = append(errs, s.retire(s.standby))
+		s.standby = nil
+	}
+	if old != nil {
+		res.Previous = old.ID
+		if p := s.cfg.Probation.Std(); p > 0 && old.state == api.StateActive {
+			errs = append(errs, s.holdInStandby(old, g, p))
+		} else {
+			errs = append(errs, s.retire(old))
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+// retire drops handoffd's copies of g's sockets and, if g still runs,
+// sends it the stop signal. Once g closes its listeners too, the kernel
+// migrates what still waits in their queues to the active generation.
+// Callers hold s.mu.
+func (s *Service) retire(g *Generation) error {
+	closeFiles(g.files)
+	g.files = nil
+	if g.state != api.StateActive && g.state != api.StateStandby {
+		return nil
+	}
+	if err := s.move(g, api.StateDraining); err != nil {
+		return err
+	}
+	close(g.drain)
+	if err := g.proc.Signal(s.cfg.StopSignal.Std()); err != nil {
+		s.log.Error("signal generation to drain", "generation", g.ID, "err", err)
+	}
+	s.log.Info("generation draining", "generation", g.ID, "pid", g.pid, "signal", s.cfg.StopSignal.Std().String())
+	return nil
+}
+
+// restoreSteering points steering back at the current generation after a
+// failed activation, which may have moved some listeners already.
+func (s *Service) restoreSteering() {
+	s.mu.Lock()
+	cur := s.current
+	s.mu.Unlock()
+	if cur == nil {
+		return
+	}
+	if err := s.router.Activate(cur.ID); err != nil {
+		s.log.Error("restore steering", "generation", cur.ID, "err", err)
+	}
+}
+
+// fail stops a generation that never became active.
+func (s *Service) fail(g *Generation, reason error) error {
+	s.mu.Lock()
+	closeFiles(g.files)
+	g.files = nil
+	err := s.move(g, api.StateFailed)
+	g.exit = reason.Error()
+	p := g.proc
+	s.prune()
+	s.mu.Unlock()
+	if p != nil {
+		p.Signal(syscall.SIGKILL)
+	}
+	s.log.Error("generation failed", "generation", g.ID, "err", reason)
+	return err
+}
+
+// awaitExit waits for g's process to exit and enforces drain_timeout.
+func (s *Service) awaitExit(g *Generation) {
+	defer s.goroutines.Done()
+	select {
+	case <-g.proc.Done():
+		s.exited(g)
+		return
+	case <-g.drain:
+	}
+	cfg := s.Config()
+	timer := time.NewTimer(cfg.DrainTimeout.Std())
+	defer timer.Stop()
+	select {
+	case <-g.proc.Done():
+	case <-timer.C:
+		held := api.GenerationStatus{ID: g.ID, PID: g.pid}
+		var counted Held
+		s.count(cfg, &held, nil, &counted)
+		s.mu.Lock()
+		g.killedConns = held.Connections
+		s.mu.Unlock()
+		n := int64(-1)
+		if held.Connections != nil {
+			n = *held.Connections
+		}
+		s.observer.DrainKilled(s.name, n)
+		s.log.Warn("drain_timeout passed: killing generation", "generation", g.ID, "pid", g.pid,
+			"drain_timeout", cfg.DrainTimeout.Std(), "connections", deref(held.Connections))
+		g.proc.Signal(syscall.SIGKILL)
+		<-g.proc.Done()
+	}
+	s.exited(g)
+}
+
+func (s *Service) exited(g *Generation) {
+	status := g.proc.ExitStatus()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	wasActive := g.state == api.StateActive
+	if canMove(g.state, api.StateExited) {
+		s.invariant(s.move(g, api.StateExited))
+		g.exit = status
+	}
+	switch {
+	case wasActive && !s.stopped && s.standby != nil:
+		s.log.Error("active generation exited during probation; rolling back", "generation", g.ID, "pid", g.pid, "status", status)
+		if err := s.rollbackLocked(); err != nil {
+			s.log.Error("automatic rollback", "err", err)
+		}
+	case wasActive && !s.stopped:
+		s.log.Error("active generation exited; starting a replacement", "generation", g.ID, "pid", g.pid, "status", status)
+		s.goroutines.Add(1)
+		go s.replace()
+	case g.state == api.StateExited && !g.draining.IsZero():
+		s.observer.PhaseDone(s.name, api.PhaseActiveToOldExited, g.exited.Sub(g.draining))
+		s.log.Info("generation exited", "generation", g.ID, "pid", g.pid, "status", status,
+			"drain", g.exited.Sub(g.draining))
+	}
+	s.router.Forget(g.ID)
+	s.prune()
+}
+
+// replace starts a new generation after the active one died, with
+// backoff. handoffd still holds the dead generation's sockets, so new
+// connections wait in their queues and move to the replacement.
+func (s *Service) replace() {
+	defer s.goroutines.Done()
+	backoff := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			select {
+			case <-s.stopCh:
+			case <-ctx.Done():
+			}
+			cancel()
+		}()
+		_, err := s.Swap(ctx)
+		cancel()
+		if err == nil || errors.Is(err, ErrStopped) || errors.Is(err, ErrSwapInProgress) {
+			return
+		}
+		s.log.Error("replace crashed generation", "err", err, "retry_in", backoff)
+		select {
+		case <-s.stopCh:
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// stderrTail returns ", stderr: <last lines>" for a process that keeps
+// them, else "".
+func stderrTail(p Process) string {
+	if t, ok := p.(interface{ StderrTail() string }); ok {
+		if tail := t.StderrTail(); tail != "" {
+			return ", stderr: " + tail
+		}
+	}
+	return ""
+}
+
+func deref(n *int64) any {
+	if n == nil {
+		return "unknown"
+	}
+	return *n
+}
+
+// move changes g's state and stamps the time, or returns a
+// *TransitionError when the state machine does not allow the move.
+// Callers hold s.mu.
+func (s *Service) move(g *Generation, to api.State) error {
+	if !canMove(g.state, to) {
+		return &TransitionError{Generation: g.ID, From: g.state, To: to}
+	}
+	now := time.Now()
+	switch to {
+	case api.StateReady:
+		g.ready = now
+	case api.StateActive:
+		g.active = now
+	case api.StateDraining:
+		g.draining = now
+	case api.StateExited, api.StateFailed:
+		g.exited = now
+	}
+	g.state = to
+	s.changed()
+	return nil
+}
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// invariant records err, a broken invariant of the lifecycle found where
+// nobody waits for an answer (a process's exit, a timer): it is logged
+// and kept for Invariants, which the tests check. Callers hold s.mu.
+func (s *Service) invariant(err error) {
+	if err == nil {
+		return
+	}
+	s.log.Error("lifecycle invariant broken", "err", err)
+	if len(s.broken) < 16 {
+		s.broken = append(s.broken, err)
+	}
+}
+
+// Invariants returns the broken invariants recorded so far (none in a
+// correct lifecycle).
+func (s *Service) Invariants() []error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.broken)
+}
+
+// prune forgets old exited generations. Callers hold s.mu.
+func (s *Service) prune() {
+	var dead int
+	for _, g := range s.gens {
+		if !g.state.Live() {
+			dead++
+		}
+	}
+	kept := s.gens[:0]
+	for _, g := range s.gens {
+		if !g.state.Live() && dead > keepExited {
+			dead--
+			continue
+		}
+		kept = append(kept, g)
+	}
+	clear(s.gens[len(kept):])
+	s.gens = kept
+}
+
+// Stop stops every generation of the service: each gets the stop signal
+// and drain_timeout to finish, then SIGKILL. Stop returns when all have
+// exited, or when ctx ends.
+func (s *Service) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.stopped {
+		s.stopped = true
+		close(s.stopCh)
+	}
+	s.mu.Unlock()
+	// A swap under way gives up at stopCh; wait for it to let go.
+	s.swapMu.Lock()
+	defer s.swapMu.Unlock()
+	s.mu.Lock()
+	var errs []error
+	for _, g := range s.gens {
+		errs = append(errs, s.retire(g))
+	}
+	s.current, s.standby = nil, nil
+	s.mu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("stop %s: %w", s.name, err)
+	}
+
+	done := make(chan struct{})
+	go func() { s.goroutines.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("stop %s: %w", s.name, ctx.Err())
+	}
+	if err := s.router.Close(); err != nil {
+		return fmt.Errorf("stop %s: %w", s.name, err)
+	}
+	s.log.Info("service stopped")
+	return nil
+}

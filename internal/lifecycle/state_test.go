@@ -1,0 +1,24 @@
+package lifecycle
+
+import (
+	"testing"
+
+	"github.com/handoffd/handoffd/api"
+)
+
+func TestStateTransitions(t *testing.T) {
+	allowed := map[[2]api.State]bool{
+		{api.StateStarting, api.StateReady}: true, {api.StateStarting, api.StateFailed}: true,
+		{api.StateReady, api.StateActive}: true, {api.StateReady, api.StateFailed}: true,
+		{api.StateActive, api.StateDraining}: true, {api.StateActive, api.StateExited}: true, {api.StateActive, api.StateStandby}: true,
+		{api.StateStandby, api.StateActive}: true, {api.StateStandby, api.StateDraining}: true, {api.StateStandby, api.StateExited}: true,
+		{api.StateDraining, api.StateExited}: true,
+	}
+	for from := api.StateStarting; from <= api.StateStandby; from++ {
+		for to := api.StateStarting; to <= api.StateStandby; to++ {
+			if got := canMove(from, to); got != allowed[[2]api.State{from, to}] {
+				t.Errorf("%s -> %s allowed = %v", from, to, got)
+			}
+		}
+	}
+}

@@ -1,0 +1,102 @@
+package lifecycle
+
+import (
+	"os"
+	"time"
+
+	"github.com/handoffd/handoffd/api"
+	"github.com/handoffd/handoffd/internal/config"
+)
+
+// genSnapshot is a generation as read under the service's lock.
+type genSnapshot struct {
+	g     Generation
+	files []*os.File
+}
+
+// Status returns the service's generations, oldest first. The counting
+// (kernel maps, socket options, /proc) happens outside the service's lock,
+// so a status never holds up a swap.
+func (s *Service) Status() api.ServiceStatus {
+	swapping := s.swapping.Load()
+	s.mu.Lock()
+	cfg := s.cfg
+	snaps := make([]genSnapshot, len(s.gens))
+	for i, g := range s.gens {
+		snaps[i] = genSnapshot{g: *g, files: append([]*os.File(nil), g.files...)}
+	}
+	s.mu.Unlock()
+
+	st := api.ServiceStatus{Name: cfg.Name, Mode: serviceMode(cfg, s.mode), Swapping: swapping,
+		MigratedRequests: s.router.Migrated(), Generations: []api.GenerationStatus{}}
+	for _, l := range cfg.Listeners {
+		st.Listeners = append(st.Listeners, api.ListenerStatus{Name: l.Name, Address: l.Address, Mode: config.ListenerMode(l, s.mode)})
+	}
+	var held Held
+	now := time.Now()
+	for _, sn := range snaps {
+		g := &sn.g
+		gs := api.GenerationStatus{ID: g.ID, PID: g.pid, State: g.state, StartedAt: g.started,
+			ReadyAt: stamp(g.ready), ActiveAt: stamp(g.active), DrainingAt: stamp(g.draining),
+			ExitedAt: stamp(g.exited), Exit: g.exit, KilledConnections: g.killedConns}
+		if g.state == api.StateDraining {
+			gs.DrainDeadline = stamp(g.draining.Add(cfg.DrainTimeout.Std()))
+		}
+		end := now
+		if !g.exited.IsZero() {
+			end = g.exited
+		}
+		gs.AgeSeconds = end.Sub(g.started).Seconds()
+		if g.state.Live() && g.pid != 0 {
+			s.count(cfg, &gs, sn.files, &held)
+		}
+		st.Generations = append(st.Generations, gs)
+	}
+	return st
+}
+
+// count fills in the connections of a live generation: from the kernel
+// probes when every listener is counted there, else through the Counter
+// (which *held caches for one status). Callers
+// do not hold s.mu; cfg is the service's config as they read it.
+func (s *Service) count(cfg *config.ServiceConfig, gs *api.GenerationStatus, files []*os.File, held *Held) {
+	var total int64
+	kernel := true
+	for i, l := range cfg.Listeners {
+		ls := api.GenerationListenerStatus{Name: l.Name}
+		if st, ok := s.router.Stats(gs.ID, i); ok {
+			ls.Connections, ls.Accepted, ls.Steered = &st.Held, &st.Accepted, &st.Selected
+			total += st.Held
+		} else {
+			kernel = false
+		}
+		if i < len(files) {
+			if q, ok := s.counter.AcceptQueue(files[i]); ok {
+				ls.AcceptQueue = &q
+			}
+		}
+		gs.Listeners = append(gs.Listeners, ls)
+	}
+	if kernel {
+		gs.Connections, gs.ConnectionsSource = &total, api.SourceEBPF
+		return
+	}
+	if *held == nil {
+		h, err := s.counter.Connections(cfg)
+		if err != nil {
+			s.log.Warn("count connections", "err", err)
+			return
+		}
+		*held = h
+	}
+	if n, err := (*held).Held(gs.PID); err == nil {
+		gs.Connections, gs.ConnectionsSource = &n, api.SourceProc
+	}
+}
+
+func stamp(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}

@@ -1,0 +1,277 @@
+package kernel
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestListenTCPReuseportGroup(t *testing.T) {
+	a, err := ListenTCP("a", "tcp4", "127.0.0.1:0", true, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	addr, err := ListeningAddr(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := addr.(*net.TCPAddr).Port
+	// A second member of the group binds the same port; without
+	// SO_REUSEPORT it may not.
+	b, err := ListenTCP("b", "tcp4", addr.String(), true, 16)
+	if err != nil {
+		t.Fatalf("second reuseport socket on port %d: %v", port, err)
+	}
+	b.Close()
+	if c, err := ListenTCP("c", "tcp4", addr.String(), false, 16); err == nil {
+		c.Close()
+		t.Fatal("a socket without SO_REUSEPORT joined the group")
+	}
+	fam, err := CheckListening(int(a.Fd()))
+	if err != nil || fam != FamilyInet {
+		t.Errorf("CheckListening = %v, %v; want AF_INET", fam, err)
+	}
+}
+
+func TestListenTCP6OnlyAndAllAddresses(t *testing.T) {
+	for _, tc := range []struct{ network, hostport, want string }{
+		{"tcp", ":0", "0.0.0.0"},
+		{"tcp4", ":0", "0.0.0.0"},
+		{"tcp6", "[::]:0", "::"},
+		{"tcp6", "[::1]:0", "::1"},
+	} {
+		f, err := ListenTCP("l", tc.network, tc.hostport, true, 4)
+		if err != nil {
+			t.Fatalf("%s %s: %v", tc.network, tc.hostport, err)
+		}
+		addr, err := ListeningAddr(f)
+		f.Close()
+		if err != nil || !addr.(*net.TCPAddr).IP.Equal(net.ParseIP(tc.want)) {
+			t.Errorf("%s %s bound to %v, %v; want %s", tc.network, tc.hostport, addr, err, tc.want)
+		}
+	}
+}
+
+func TestCheckListeningRefusesOthers(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if _, err := CheckListening(int(r.Fd())); err == nil {
+		t.Error("a pipe passed as a listening socket")
+	}
+	if _, err := ListeningAddr(r); err == nil {
+		t.Error("a pipe has a listening address")
+	}
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	f, _ := c.(*net.UDPConn).File()
+	defer f.Close()
+	if _, err := CheckListening(int(f.Fd())); err == nil {
+		t.Error("a UDP socket passed as a listening stream socket")
+	}
+}
+
+func TestDupOutlivesOriginal(t *testing.T) {
+	f, err := ListenTCP("l", "tcp", "127.0.0.1:0", false, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := Dup(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	addr, _ := ListeningAddr(f)
+	f.Close()
+	c, err := net.DialTimeout("tcp", addr.String(), time.Second)
+	if err != nil {
+		t.Fatalf("the dup no longer listens: %v", err)
+	}
+	c.Close()
+	if flags, err := unix.FcntlInt(d.Fd(), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
+		t.Errorf("dup is not close-on-exec (flags %d, %v)", flags, err)
+	}
+}
+
+func TestAcceptQueue(t *testing.T) {
+	f, err := ListenTCP("l", "tcp", "127.0.0.1:0", false, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	addr, _ := ListeningAddr(f)
+	for range 3 {
+		c, err := net.Dial("tcp", addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	n, max, err := AcceptQueue(int(f.Fd()))
+	for err == nil && n < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		n, max, err = AcceptQueue(int(f.Fd()))
+	}
+	if err != nil || n != 3 || max != 8 {
+		t.Errorf("AcceptQueue = %d/%d, %v; want 3/8", n, max, err)
+	}
+}
+
+func TestPidfd(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	p, err := OpenPidfd(cmd.Process.Pid)
+	if err != nil {
+		cmd.Process.Kill()
+		t.Fatal(err)
+	}
+	defer p.Close()
+	// fd 0 of sleep is /dev/null or this test's stdin: any fd will do.
+	if f, err := p.GetFD(0); err != nil {
+		t.Errorf("GetFD: %v", err)
+	} else {
+		f.Close()
+	}
+	if _, err := p.GetFD(999); !IsBadFD(err) {
+		t.Errorf("GetFD of a closed fd: %v, want EBADF", err)
+	}
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- p.Wait() }()
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait did not return after the process exited")
+	}
+	<-done
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Errorf("signal to an exited process: %v, want nil", err)
+	}
+}
+
+func TestStartTicks(t *testing.T) {
+	if StartTicks(os.Getpid()) == 0 {
+		t.Error("no start time for this process")
+	}
+	cmd := exec.Command("true")
+	cmd.Run()
+	if got := StartTicks(cmd.Process.Pid); got != 0 {
+		t.Errorf("start time %d for a reaped process, want 0", got)
+	}
+}
+
+func TestAllowGroup(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sock")
+	if err := os.WriteFile(path, nil, 0o660); err != nil {
+		t.Fatal(err)
+	}
+	err := AllowGroup(path, 4242)
+	if errors.Is(err, ErrNoACLs) && os.Getenv("CI") != "true" {
+		t.Skipf("%s: %v", path, err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 256)
+	n, err := unix.Getxattr(path, "system.posix_acl_access", buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The kernel keeps the entries it was given: find ACL_GROUP 4242 rw.
+	want := binary.LittleEndian.AppendUint16(binary.LittleEndian.AppendUint16(nil, 0x08), 6)
+	want = binary.LittleEndian.AppendUint32(want, 4242)
+	if !bytes.Contains(buf[:n], want) {
+		t.Errorf("ACL %x has no rw entry for group 4242", buf[:n])
+	}
+}
+
+func TestSendFilesAndParseRights(t *testing.T) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make([]*net.UnixConn, 2)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "pair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c.(*net.UnixConn)
+	}
+	l, err := ListenTCP("l", "tcp", "127.0.0.1:0", false, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := SendFiles(conns[0], []byte("x"), []*os.File{l}); err != nil {
+		t.Fatal(err)
+	}
+	buf, oob := make([]byte, 1), make([]byte, RightsSpace(4))
+	_, oobn, flags, _, err := conns[1].ReadMsgUnix(buf, oob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseRights(oob[:oobn], flags)
+	defer CloseFDs(got)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("ParseRights = %v, %v; want one fd", got, err)
+	}
+	if fam, err := CheckListening(got[0]); err != nil || fam != FamilyInet {
+		t.Errorf("the received fd: %v, %v; want a listening AF_INET socket", fam, err)
+	}
+}
+
+func TestSenderPID(t *testing.T) {
+	dir := t.TempDir()
+	srv, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "n"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if err := PassCred(srv); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialUnix("unixgram", nil, srv.LocalAddr().(*net.UnixAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("READY=1"))
+	buf, oob := make([]byte, 64), make([]byte, CredSpace())
+	_, oobn, _, _, err := srv.ReadMsgUnix(buf, oob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid := SenderPID(oob[:oobn]); pid != os.Getpid() {
+		t.Errorf("sender pid %d, want %d", pid, os.Getpid())
+	}
+}
