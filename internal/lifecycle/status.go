@@ -10,20 +10,24 @@ import (
 
 // genSnapshot is a generation as read under the service's lock.
 type genSnapshot struct {
-	g     Generation
-	files []*os.File
+	g Generation
+	// queues are the accept queues of the generation's listeners (nil:
+	// unknown), read under the lock: retire closes the files, and a
+	// number read from a closed fd could be another socket's.
+	queues []*uint32
 }
 
-// Status returns the service's generations, oldest first. The counting
-// (kernel maps, socket options, /proc) happens outside the service's lock,
-// so a status never holds up a swap.
+// Status returns the service's generations, oldest first. Apart from the
+// accept queues (one socket option per listener), the counting (kernel
+// maps, /proc) happens outside the service's lock, so a status never
+// holds up a swap.
 func (s *Service) Status() api.ServiceStatus {
 	swapping := s.swapping.Load()
 	s.mu.Lock()
 	cfg := s.cfg
 	snaps := make([]genSnapshot, len(s.gens))
 	for i, g := range s.gens {
-		snaps[i] = genSnapshot{g: *g, files: append([]*os.File(nil), g.files...)}
+		snaps[i] = genSnapshot{g: *g, queues: s.acceptQueues(g.files)}
 	}
 	s.mu.Unlock()
 
@@ -48,7 +52,7 @@ func (s *Service) Status() api.ServiceStatus {
 		}
 		gs.AgeSeconds = end.Sub(g.started).Seconds()
 		if g.state.Live() && g.pid != 0 {
-			s.count(cfg, &gs, sn.files, &held)
+			s.count(cfg, &gs, sn.queues, &held)
 		}
 		st.Generations = append(st.Generations, gs)
 	}
@@ -59,7 +63,7 @@ func (s *Service) Status() api.ServiceStatus {
 // probes when every listener is counted there, else through the Counter
 // (which *held caches for one status). Callers
 // do not hold s.mu; cfg is the service's config as they read it.
-func (s *Service) count(cfg *config.ServiceConfig, gs *api.GenerationStatus, files []*os.File, held *Held) {
+func (s *Service) count(cfg *config.ServiceConfig, gs *api.GenerationStatus, queues []*uint32, held *Held) {
 	var total int64
 	kernel := true
 	for i, l := range cfg.Listeners {
@@ -70,10 +74,8 @@ func (s *Service) count(cfg *config.ServiceConfig, gs *api.GenerationStatus, fil
 		} else {
 			kernel = false
 		}
-		if i < len(files) {
-			if q, ok := s.counter.AcceptQueue(files[i]); ok {
-				ls.AcceptQueue = &q
-			}
+		if i < len(queues) {
+			ls.AcceptQueue = queues[i]
 		}
 		gs.Listeners = append(gs.Listeners, ls)
 	}
@@ -92,6 +94,19 @@ func (s *Service) count(cfg *config.ServiceConfig, gs *api.GenerationStatus, fil
 	if n, err := (*held).Held(gs.PID); err == nil {
 		gs.Connections, gs.ConnectionsSource = &n, api.SourceProc
 	}
+}
+
+// acceptQueues reads the accept queue of each file. Callers hold s.mu.
+func (s *Service) acceptQueues(files []*os.File) []*uint32 {
+	var queues []*uint32
+	for _, f := range files {
+		var q *uint32
+		if n, ok := s.counter.AcceptQueue(f); ok {
+			q = &n
+		}
+		queues = append(queues, q)
+	}
+	return queues
 }
 
 func stamp(t time.Time) *time.Time {
