@@ -80,6 +80,7 @@ type daemon struct {
 	control string
 	config  string // handoffd's config file, which a test may rewrite
 	addr    string
+	webAddr string // the second service's address, with daemonOptions.web
 	client  *api.Client
 	log     *bytes.Buffer
 	exited  chan struct{}
@@ -99,6 +100,9 @@ type daemonOptions struct {
 	demoArgs []string
 	// readyTimeout and probation set the service's keys ("" = default).
 	readyTimeout, probation string
+	// web adds a second service, "web", running the demo on another
+	// port (daemon.webAddr), listed after demo.
+	web bool
 }
 
 // startDaemon runs handoffd with one demo service on a fresh port, and
@@ -152,6 +156,12 @@ services:
     drain_timeout: %s
     probation: %s
 `, d.control, d.metrics, opts.mode, dir, bpfDir, argv, listen, opts.readyTimeout, opts.drainTimeout, opts.probation)
+	if opts.web {
+		d.webAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		cfg += strings.ReplaceAll(cfg[strings.Index(cfg, "  - name: demo"):], "name: demo", "name: web")
+		cfg = strings.Replace(cfg, "tcp://"+d.addr, "tcp://"+d.webAddr, 2)
+		cfg = strings.Replace(cfg, "tcp://"+d.webAddr, "tcp://"+d.addr, 1)
+	}
 	cfgPath := filepath.Join(dir, "handoff.yaml")
 	d.config = cfgPath
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {

@@ -1,8 +1,13 @@
 package test
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"net"
+	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -84,4 +89,58 @@ func TestRestartLeavesTrafficAlone(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRestartWithServicesReordered restarts handoffd on a config that lists
+// its two services the other way round: each re-adopted listener must go
+// on counting its own connections, not the other service's (the kernel's
+// tracking ranges are pinned per listener, not given in config order).
+func TestRestartWithServicesReordered(t *testing.T) {
+	d := startDaemon(t, daemonOptions{web: true})
+	held := map[string]int{"demo": 3, "web": 7}
+	addrs := map[string]string{"demo": d.addr, "web": d.webAddr}
+	for name, n := range held {
+		for range n {
+			c, err := net.DialTimeout("tcp", addrs[name], time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+		}
+	}
+	waitCounts := func(when string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := map[string]int64{}
+			st, err := d.client.Status(context.Background(), "")
+			for _, s := range st.Services {
+				if g := s.Generations[len(s.Generations)-1]; g.State == api.StateActive && g.Connections != nil && g.ConnectionsSource == api.SourceEBPF {
+					got[s.Name] = *g.Connections
+				}
+			}
+			if err == nil && got["demo"] == int64(held["demo"]) && got["web"] == int64(held["web"]) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: connections counted by the kernel %v (%v), want demo 3, web 7\n%s", when, got, err, d.logText())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitCounts("before the restart")
+
+	cfg, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(cfg, []byte("  - name: web"))
+	head := cfg[:bytes.Index(cfg, []byte("  - name: demo"))]
+	demo := cfg[len(head):i]
+	reordered := slices.Concat(head, cfg[i:], demo)
+	if err := os.WriteFile(d.config, reordered, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.restart(syscall.SIGKILL)
+	waitCounts("after a restart with the services reordered")
 }
