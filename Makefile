@@ -27,10 +27,10 @@ e2e: build
 	$(GO) test -count=1 -v -timeout 20m ./test/
 
 # Each fuzz target for 10s, from its seed corpus in testdata/fuzz.
-FUZZ := FuzzParseConfig FuzzAPIRequest FuzzNotifyMessage
+FUZZ := FuzzParseConfig@./internal/config FuzzAPIRequest@./internal/control FuzzNotifyMessage@./internal/host
 fuzz:
-	@for f in $(FUZZ); do \
-		$(GO) test -run='^$$' -fuzz="^$$f\$$" -fuzztime=10s ./handoff/supervisor/ || exit 1; \
+	@for t in $(FUZZ); do \
+		$(GO) test -run='^$$' -fuzz="^$${t%@*}\$$" -fuzztime=10s $${t#*@} || exit 1; \
 	done
 
 # Ten minutes of swaps every 3 s under load; not part of make test.
@@ -60,6 +60,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel\.go$$')); \
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy and commit"; exit 1; }
 
 clean:
 	rm -rf bin
