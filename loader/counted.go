@@ -51,6 +51,11 @@ func LoadKernel(dir string, log *slog.Logger) *Kernel {
 	return k
 }
 
+// newKernel is a Kernel over probes loaded already (nil: none), for tests.
+func newKernel(dir string, t *Tracking, log *slog.Logger) *Kernel {
+	return &Kernel{dir: dir, tracking: t, log: log}
+}
+
 // Tracking returns the probes, or nil when they did not load.
 func (k *Kernel) Tracking() *Tracking { return k.tracking }
 
