@@ -29,7 +29,10 @@ func StartTicks(pid int) uint64 {
 }
 
 // NoNewPrivs makes sure that no exec from here on gains privileges
-// (setuid bits, file capabilities): PR_SET_NO_NEW_PRIVS.
+// (setuid bits, file capabilities): PR_SET_NO_NEW_PRIVS. The kernel sets
+// it for the calling thread (and the threads it creates later): a caller
+// that execs must have locked its goroutine to its thread
+// (runtime.LockOSThread) before, so that the exec runs on that thread.
 func NoNewPrivs() error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("set no_new_privs: %w", err)

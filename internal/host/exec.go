@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -263,7 +264,9 @@ func ExecGeneration(argv []string) error {
 		}
 	}
 	// No exec from here on may gain privileges (setuid bits, file
-	// capabilities): a generation has at most what it starts with.
+	// capabilities): a generation has at most what it starts with. The
+	// setting is per thread, so the exec must run on this one.
+	runtime.LockOSThread()
 	if err := kernel.NoNewPrivs(); err != nil {
 		return err
 	}
