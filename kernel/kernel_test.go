@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -273,5 +275,66 @@ func TestSenderPID(t *testing.T) {
 	}
 	if pid := SenderPID(oob[:oobn]); pid != os.Getpid() {
 		t.Errorf("sender pid %d, want %d", pid, os.Getpid())
+	}
+}
+
+func TestPeerPidfd(t *testing.T) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f0 := os.NewFile(uintptr(fds[0]), "a")
+	defer syscall.Close(fds[1])
+	c, err := net.FileConn(f0)
+	f0.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p, err := PeerPidfd(c.(*net.UnixConn), os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	// The peer is this process: signal 0 reaches it.
+	if err := p.Signal(0); err != nil || p.Pid() != os.Getpid() {
+		t.Errorf("pidfd of the peer: pid %d, signal 0: %v; want pid %d", p.Pid(), err, os.Getpid())
+	}
+}
+
+// TestProcessSettings runs NoNewPrivs and CloseOnExecFrom in a child (they
+// change the process for good) and reads what the kernel says of them.
+func TestProcessSettings(t *testing.T) {
+	if os.Getenv("KERNEL_TEST_CHILD") == "1" {
+		runtime.LockOSThread()
+		if err := NoNewPrivs(); err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		if err := CloseOnExecFrom(3); err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		status, _ := os.ReadFile("/proc/thread-self/status")
+		// fd 3 is the pipe the parent passed: close-on-exec now.
+		flags, _ := unix.FcntlInt(3, unix.F_GETFD, 0)
+		fmt.Printf("%s\ncloexec=%v\n", status, flags&unix.FD_CLOEXEC != 0)
+		os.Exit(0)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestProcessSettings$")
+	cmd.Env = append(os.Environ(), "KERNEL_TEST_CHILD=1")
+	cmd.ExtraFiles = []*os.File{w}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v: %s", err, out)
+	}
+	if !bytes.Contains(out, []byte("NoNewPrivs:\t1")) || !bytes.Contains(out, []byte("cloexec=true")) {
+		t.Errorf("child says:\n%s\nwant NoNewPrivs 1 and fd 3 close-on-exec", out)
 	}
 }

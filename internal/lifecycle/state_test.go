@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/handoffd/handoffd/api"
@@ -20,5 +21,19 @@ func TestStateTransitions(t *testing.T) {
 				t.Errorf("%s -> %s allowed = %v", from, to, got)
 			}
 		}
+	}
+}
+
+// TestInvalidMoveIsAnError checks that the state machine refuses, with a
+// TransitionError, a move it does not allow, and changes nothing.
+func TestInvalidMoveIsAnError(t *testing.T) {
+	s := testService(t, &fakeLauncher{ready: true}, &fakeRouter{})
+	g := &Generation{ID: 7, state: api.StateExited}
+	s.mu.Lock()
+	err := s.move(g, api.StateActive)
+	s.mu.Unlock()
+	var te *TransitionError
+	if !errors.As(err, &te) || te.From != api.StateExited || te.To != api.StateActive || g.state != api.StateExited {
+		t.Errorf("exited -> active: %v, state %s; want a TransitionError and no change", err, g.state)
 	}
 }
