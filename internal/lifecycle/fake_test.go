@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -22,6 +23,8 @@ type fakeProcess struct {
 	// exitOn makes the process exit when it receives one of these.
 	exitOn map[syscall.Signal]bool
 	status string
+	// exitedAt is when exit was called.
+	exitedAt time.Time
 }
 
 func (p *fakeProcess) Pid() int               { return p.pid }
@@ -47,7 +50,23 @@ func (p *fakeProcess) exit(status string) {
 	case <-p.done:
 	default:
 		p.status = status
+		p.exitedAt = time.Now()
 		close(p.done)
+	}
+}
+
+// exitedBefore reports whether the process exited more than d ago.
+func (p *fakeProcess) exitedBefore(d time.Duration) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.exitedAt.IsZero() && time.Since(p.exitedAt) > d
+}
+
+func (p *fakeProcess) setReady() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !chanClosed(p.ready) {
+		close(p.ready)
 	}
 }
 
@@ -87,6 +106,59 @@ func (l *fakeLauncher) Adopt(string, int, int, uint64, []config.ListenerConfig) 
 // StartTicks gives every fake process the same start time.
 func (l *fakeLauncher) StartTicks(pid int) uint64 { return 1 }
 
+func (l *fakeLauncher) setReady(ready bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ready = ready
+}
+
+// byGen returns the process of generation gen, if one was started.
+func (l *fakeLauncher) byGen(gen int) *fakeProcess {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, p := range l.procs {
+		if p.pid == 1000+gen {
+			return p
+		}
+	}
+	return nil
+}
+
+// readyNewest makes the newest process ready, readyAll every one.
+func (l *fakeLauncher) readyNewest() { l.each(true, func(p *fakeProcess) { p.setReady() }) }
+func (l *fakeLauncher) readyAll()    { l.each(false, func(p *fakeProcess) { p.setReady() }) }
+
+// exitNewest ends the newest process that runs, exitOldest the oldest.
+func (l *fakeLauncher) exitNewest() { l.firstLive(true, func(p *fakeProcess) { p.exit("exited") }) }
+func (l *fakeLauncher) exitOldest() { l.firstLive(false, func(p *fakeProcess) { p.exit("exited") }) }
+
+func (l *fakeLauncher) each(newestOnly bool, f func(*fakeProcess)) {
+	l.mu.Lock()
+	procs := slices.Clone(l.procs)
+	l.mu.Unlock()
+	if newestOnly && len(procs) > 0 {
+		procs = procs[len(procs)-1:]
+	}
+	for _, p := range procs {
+		f(p)
+	}
+}
+
+func (l *fakeLauncher) firstLive(newest bool, f func(*fakeProcess)) {
+	l.mu.Lock()
+	procs := slices.Clone(l.procs)
+	l.mu.Unlock()
+	if newest {
+		slices.Reverse(procs)
+	}
+	for _, p := range procs {
+		if !chanClosed(p.done) {
+			f(p)
+			return
+		}
+	}
+}
+
 func (l *fakeLauncher) proc(i int) *fakeProcess {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -108,6 +180,8 @@ type fakeRouter struct {
 	failAt   int // activate fails for this generation
 	// listeners is how many sockets Prepare returns (default 1).
 	listeners int
+	// activating, if set, is called by Activate before it succeeds.
+	activating func(gen int)
 }
 
 func (r *fakeRouter) Prepare(gen int) ([]*os.File, error) {
@@ -132,6 +206,9 @@ func (r *fakeRouter) Activate(gen int) error {
 	defer r.mu.Unlock()
 	if gen == r.failAt {
 		return fmt.Errorf("map update refused")
+	}
+	if r.activating != nil {
+		r.activating(gen)
 	}
 	r.active = gen
 	return nil
