@@ -67,6 +67,10 @@ func (s *Service) Rollback() (api.SwapResult, error) {
 // s.mu and have checked that s.standby is set.
 func (s *Service) rollbackLocked() error {
 	back, replaced := s.standby, s.current
+	if chanClosed(back.proc.Done()) {
+		s.standby = nil
+		return fmt.Errorf("roll back to generation %d: %w", back.ID, ErrNoStandby)
+	}
 	if err := s.router.Activate(back.ID); err != nil {
 		s.log.Error("roll back: restore steering", "generation", back.ID, "err", err)
 		return fmt.Errorf("roll back to generation %d: %w", back.ID, err)

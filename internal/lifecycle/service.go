@@ -81,6 +81,8 @@ type Service struct {
 	// live generation's awaitExit, replacements and probation timers.
 	// Stop waits for them.
 	goroutines sync.WaitGroup
+	// replacing is true while replace runs: one at a time.
+	replacing bool
 	// broken holds invariants found broken in the background (invariant).
 	broken []error
 	// onChange, if set, is called (never blocking) when a generation
@@ -166,8 +168,20 @@ func (s *Service) swap(ctx context.Context, start StartFunc) (api.SwapResult, er
 		s.restoreSteering()
 		return api.SwapResult{}, errors.Join(err, s.fail(g, err))
 	}
-	return s.promote(g)
+	res, err := s.promote(g)
+	if errors.Is(err, errExitedWhenReady) {
+		// It died between READY=1 and its activation: steering goes
+		// back to the generation that serves, which was never retired.
+		s.restoreSteering()
+		err = fmt.Errorf("generation %d: %w", g.ID, err)
+		return api.SwapResult{}, errors.Join(err, s.fail(g, err))
+	}
+	return res, err
 }
+
+// errExitedWhenReady is why a swap fails whose new generation said
+// READY=1 and exited before it was made active.
+var errExitedWhenReady = errors.New("exited right after it said it was ready")
 
 func (s *Service) startGeneration(start StartFunc) (*Generation, error) {
 	s.mu.Lock()
@@ -216,6 +230,10 @@ func (s *Service) awaitReady(ctx context.Context, g *Generation) error {
 	defer timer.Stop()
 	select {
 	case <-g.proc.Ready():
+		// Both may be closed already: Go's select picks either.
+		if chanClosed(g.proc.Done()) {
+			return fmt.Errorf("%w: %s%s", errExitedWhenReady, g.proc.ExitStatus(), stderrTail(g.proc))
+		}
 	case <-g.proc.Done():
 		return fmt.Errorf("exited before it was ready: %s%s", g.proc.ExitStatus(), stderrTail(g.proc))
 	case <-timer.C:
@@ -234,6 +252,11 @@ func (s *Service) awaitReady(ctx context.Context, g *Generation) error {
 func (s *Service) promote(g *Generation) (api.SwapResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Checked under s.mu: an exit after this point finds g active, and
+	// exited then starts a replacement.
+	if chanClosed(g.proc.Done()) {
+		return api.SwapResult{}, fmt.Errorf("%w: %s", errExitedWhenReady, g.proc.ExitStatus())
+	}
 	if err := s.move(g, api.StateActive); err != nil {
 		return api.SwapResult{}, err
 	}
@@ -358,16 +381,20 @@ func (s *Service) exited(g *Generation) {
 		s.invariant(s.move(g, api.StateExited))
 		g.exit = status
 	}
+	if g == s.standby {
+		s.standby = nil
+		s.log.Error("generation in standby exited: no rollback is left", "generation", g.ID, "pid", g.pid, "status", status)
+	}
 	switch {
 	case wasActive && !s.stopped && s.standby != nil:
 		s.log.Error("active generation exited during probation; rolling back", "generation", g.ID, "pid", g.pid, "status", status)
 		if err := s.rollbackLocked(); err != nil {
-			s.log.Error("automatic rollback", "err", err)
+			s.log.Error("automatic rollback failed; starting a replacement", "err", err)
+			s.startReplacing()
 		}
 	case wasActive && !s.stopped:
 		s.log.Error("active generation exited; starting a replacement", "generation", g.ID, "pid", g.pid, "status", status)
-		s.goroutines.Add(1)
-		go s.replace()
+		s.startReplacing()
 	case g.state == api.StateExited && !g.draining.IsZero():
 		s.observer.PhaseDone(s.name, api.PhaseActiveToOldExited, g.exited.Sub(g.draining))
 		s.log.Info("generation exited", "generation", g.ID, "pid", g.pid, "status", status,
@@ -377,13 +404,52 @@ func (s *Service) exited(g *Generation) {
 	s.prune()
 }
 
-// replace starts a new generation after the active one died, with
-// backoff. handoffd still holds the dead generation's sockets, so new
-// connections wait in their queues and move to the replacement.
+// chanClosed reports whether c is closed, without blocking.
+func chanClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// serving reports whether the current generation's process runs.
+// Callers hold s.mu.
+func (s *Service) serving() bool {
+	return s.current != nil && !chanClosed(s.current.proc.Done())
+}
+
+// startReplacing starts replace unless it runs already. Callers hold s.mu.
+func (s *Service) startReplacing() {
+	if s.replacing {
+		return
+	}
+	s.replacing = true
+	s.goroutines.Add(1)
+	go s.replace()
+}
+
+// replace starts new generations, with backoff, until one is active and
+// runs; it waits out a swap that is under way (which may fail, or bring
+// a generation that dies too). handoffd still holds the dead generation's
+// sockets, so new connections wait in their queues and move to the
+// replacement.
 func (s *Service) replace() {
 	defer s.goroutines.Done()
+	defer func() {
+		s.mu.Lock()
+		s.replacing = false
+		s.mu.Unlock()
+	}()
 	backoff := 100 * time.Millisecond
 	for {
+		s.mu.Lock()
+		done := s.serving() || s.stopped
+		s.mu.Unlock()
+		if done {
+			return
+		}
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() {
 			select {
@@ -394,16 +460,23 @@ func (s *Service) replace() {
 		}()
 		_, err := s.Swap(ctx)
 		cancel()
-		if err == nil || errors.Is(err, ErrStopped) || errors.Is(err, ErrSwapInProgress) {
+		wait := backoff
+		switch {
+		case err == nil:
+			continue // serving, unless the new one died already
+		case errors.Is(err, ErrStopped):
 			return
+		case errors.Is(err, ErrSwapInProgress):
+			wait = 20 * time.Millisecond // see how that swap ends
+		default:
+			s.log.Error("replace crashed generation", "err", err, "retry_in", backoff)
+			backoff = min(backoff*2, 30*time.Second)
 		}
-		s.log.Error("replace crashed generation", "err", err, "retry_in", backoff)
 		select {
 		case <-s.stopCh:
 			return
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, 30*time.Second)
 	}
 }
 

@@ -128,15 +128,6 @@ func TestSwapFailureKeepsActive(t *testing.T) {
 	}
 }
 
-func chanClosed(c <-chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
-}
-
 func TestSecondSwapRefused(t *testing.T) {
 	l, r := &fakeLauncher{}, &fakeRouter{}
 	s := testService(t, l, r)
