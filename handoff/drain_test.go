@@ -375,3 +375,35 @@ func TestServeAndDrain(t *testing.T) {
 		t.Errorf("returned %v after the stop, before the idle connection's grace ended", d)
 	}
 }
+
+// TestServeAndDrainNotReadyWhenServeFailed: a server that cannot serve
+// never says READY=1, so handoffd never makes it the active generation.
+func TestServeAndDrainNotReadyWhenServeFailed(t *testing.T) {
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: fmt.Sprintf("@handoff-test/%d/sadfail", os.Getpid()), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	t.Setenv("NOTIFY_SOCKET", notify.LocalAddr().String())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{}
+	srv.Close() // Serve now fails at once, before any Accept
+	err = ServeAndDrain(context.Background(), srv, ln, time.Second)
+	if !errors.Is(err, http.ErrServerClosed) {
+		t.Fatalf("ServeAndDrain = %v, want the error of Serve", err)
+	}
+	notify.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	buf := make([]byte, 64)
+	for {
+		n, err := notify.Read(buf)
+		if err != nil {
+			break // nothing more within 200ms
+		}
+		if string(buf[:n]) == "READY=1" {
+			t.Fatal("READY=1 sent although Serve had failed")
+		}
+	}
+}
