@@ -27,7 +27,7 @@ e2e: build
 	$(GO) test -count=1 -v -timeout 20m ./test/
 
 # Each fuzz target for 10s, from its seed corpus in testdata/fuzz.
-FUZZ := FuzzParseConfig@./internal/config FuzzAPIRequest@./internal/control FuzzNotifyMessage@./internal/host
+FUZZ := FuzzLifecycle@./internal/lifecycle FuzzParseConfig@./internal/config FuzzAPIRequest@./internal/control FuzzNotifyMessage@./internal/host
 fuzz:
 	@for t in $(FUZZ); do \
 		$(GO) test -run='^$$' -fuzz="^$${t%@*}\$$" -fuzztime=10s $${t#*@} || exit 1; \

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -19,20 +20,29 @@ import (
 // Further signals during the drain are ignored, so a repeated SIGTERM
 // does not cut requests in flight.
 //
-// If Ready fails, or Serve fails before a signal, ServeAndDrain drains at
-// once and returns that error.
+// If Serve fails before it accepted anything, ServeAndDrain returns its
+// error without sending READY=1: handoffd never makes such a generation
+// active. If Ready fails, or Serve fails later, before a signal,
+// ServeAndDrain drains at once and returns that error.
 func ServeAndDrain(ctx context.Context, srv *http.Server, ln net.Listener, drainTimeout time.Duration) error {
 	stop, unwatch := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer unwatch()
 
 	d := NewDrainer(srv)
 	served := make(chan error, 1)
-	go func() { served <- d.Serve(ln) }()
+	first := &firstAccept{Listener: ln, entered: make(chan struct{})}
+	go func() { served <- d.Serve(first) }()
 
 	var cause error
-	if err := Ready(); err != nil {
-		cause = err
-	} else {
+	select {
+	case err := <-served:
+		// Serve failed before it accepted anything: never ready.
+		cause = fmt.Errorf("handoff: serve %s: %w", ln.Addr(), err)
+	case <-first.entered:
+		if err := Ready(); err != nil {
+			cause = err
+			break
+		}
 		select {
 		case <-stop.Done():
 		case err := <-served:
@@ -47,4 +57,17 @@ func ServeAndDrain(ctx context.Context, srv *http.Server, ln net.Listener, drain
 		return errors.Join(cause, fmt.Errorf("handoff: drain: closed %d connections: %w", d.Closed(), err))
 	}
 	return cause
+}
+
+// firstAccept tells when Serve first calls Accept: from then on it serves
+// (the accept gate holds connections until Ready).
+type firstAccept struct {
+	net.Listener
+	once    sync.Once
+	entered chan struct{}
+}
+
+func (l *firstAccept) Accept() (net.Conn, error) {
+	l.once.Do(func() { close(l.entered) })
+	return l.Listener.Accept()
 }
