@@ -190,3 +190,24 @@ func TestListenControlRefusesUnsafeDir(t *testing.T) {
 	}
 	ln.Close()
 }
+
+// TestStopAnswersBeforeShutdown stops handoffd through the API as
+// handoffctl stop does, with a shutdown that closes the server at once, as
+// handoffd's main does: the 200 must reach the client first.
+func TestStopAnswersBeforeShutdown(t *testing.T) {
+	for i := range 20 {
+		dir := t.TempDir()
+		var srv *http.Server
+		a := NewAPI(testSupervisor(t, &config.Config{Control: filepath.Join(dir, "ctl.sock")}, &fakeLauncher{}),
+			func() { srv.Close() })
+		ln, err := a.Listen()
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv = a.Server()
+		go srv.Serve(ln)
+		if err := api.NewClient(a.sup.Config().Control).Stop(context.Background(), ""); err != nil {
+			t.Fatalf("stop %d: %v", i+1, err)
+		}
+	}
+}
