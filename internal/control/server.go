@@ -307,6 +307,8 @@ func (a *API) stopAll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
+	// The answer goes out before handoffd closes its server and exits.
+	http.NewResponseController(w).Flush()
 	if a.shutdown != nil {
 		a.shutdown()
 	}
