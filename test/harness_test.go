@@ -103,6 +103,9 @@ type daemonOptions struct {
 	// web adds a second service, "web", running the demo on another
 	// port (daemon.webAddr), listed after demo.
 	web bool
+	// starting makes startDaemon return as soon as generation 1 starts,
+	// instead of once it is active.
+	starting bool
 }
 
 // startDaemon runs handoffd with one demo service on a fresh port, and
@@ -179,6 +182,12 @@ services:
 	go func() { d.cmd.Wait(); close(d.exited) }()
 	d.client = api.NewClient(d.control)
 	t.Cleanup(func() { d.shutdown(); os.RemoveAll(bpfDir) })
+	if opts.starting {
+		d.waitFor("generation 1 started", 15*time.Second, func(st api.ServiceStatus) bool {
+			return len(st.Generations) == 1 && st.Generations[0].PID != 0
+		})
+		return d
+	}
 	d.waitFor("generation 1 active", 15*time.Second, func(st api.ServiceStatus) bool {
 		return len(st.Generations) == 1 && st.Generations[0].State == api.StateActive
 	})
