@@ -51,6 +51,11 @@ func main() {
 }
 
 func run(c *cli.Context) error {
+	// Caught before anything starts: a signal during the setup or the
+	// start of the services waits in the channel instead of killing
+	// handoffd half way.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	log, err := newLogger(c.String("log-format"))
 	if err != nil {
 		return err
@@ -100,15 +105,48 @@ func run(c *cli.Context) error {
 	go srv.Serve(ln)
 	defer srv.Close()
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	if err := sup.Start(context.Background()); err != nil {
-		stopAll(sup)
-		return err
+	log.Info("handoffd starting", "control", cfg.Control, "mode", mode, "services", len(cfg.Services))
+	return serve(sup, k, sigs, stopped, log)
+}
+
+// serve starts the services and handles signals until handoffd is to
+// exit, starting included: SIGINT stops every service, then handoffd;
+// SIGTERM leaves them serving for a restarted handoffd; SIGHUP reloads the
+// config in the background (after the start), so that a reload waiting
+// for a swap never holds up the other two.
+func serve(sup *lifecycle.Supervisor, k *loader.Kernel, sigs <-chan os.Signal, stopped <-chan struct{}, log *slog.Logger) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	started := make(chan error, 1)
+	go func() { started <- sup.Start(ctx) }()
+	starting, reloadPending := true, false
+	reloads := make(chan struct{}, 1)
+	defer close(reloads)
+	go func() {
+		for range reloads {
+			if _, err := sup.ReloadConfig(ctx); err != nil {
+				log.Error("SIGHUP: config reload", "err", err)
+			}
+		}
+	}()
+	reload := func() {
+		select {
+		case reloads <- struct{}{}:
+		default: // one is queued already: it reads the newest file
+		}
 	}
-	log.Info("handoffd running", "control", cfg.Control, "mode", mode, "services", len(cfg.Services))
 	for {
 		select {
+		case err := <-started:
+			starting = false
+			if err != nil {
+				stopAll(sup)
+				return err
+			}
+			log.Info("handoffd running")
+			if reloadPending {
+				reload()
+			}
 		case <-stopped:
 			log.Info("handoffd stopped by request")
 			return nil
@@ -116,6 +154,7 @@ func run(c *cli.Context) error {
 			switch sig {
 			case syscall.SIGINT:
 				log.Info("SIGINT: stopping every service, then handoffd")
+				cancel()
 				err := stopAll(sup)
 				if k != nil && err == nil {
 					if err := k.Remove(); err != nil {
@@ -124,12 +163,18 @@ func run(c *cli.Context) error {
 				}
 				return err
 			case syscall.SIGTERM:
+				cancel()
+				if starting {
+					<-started // the generation being started is failed, not left behind
+				}
 				sup.Detach()
 				log.Info("SIGTERM: handoffd exits; the services keep running, and a restarted handoffd re-adopts them")
 				return nil
 			case syscall.SIGHUP:
-				if _, err := sup.ReloadConfig(context.Background()); err != nil {
-					log.Error("SIGHUP: config reload", "err", err)
+				if starting {
+					reloadPending = true
+				} else {
+					reload()
 				}
 			}
 		}

@@ -568,16 +568,22 @@ func (s *Service) prune() {
 	s.gens = kept
 }
 
-// Stop stops every generation of the service: each gets the stop signal
-// and drain_timeout to finish, then SIGKILL. Stop returns when all have
-// exited, or when ctx ends.
-func (s *Service) Stop(ctx context.Context) error {
+// abort marks the service stopped: a swap under way gives up, and no new
+// one starts.
+func (s *Service) abort() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if !s.stopped {
 		s.stopped = true
 		close(s.stopCh)
 	}
-	s.mu.Unlock()
+}
+
+// Stop stops every generation of the service: each gets the stop signal
+// and drain_timeout to finish, then SIGKILL. Stop returns when all have
+// exited, or when ctx ends.
+func (s *Service) Stop(ctx context.Context) error {
+	s.abort()
 	// A swap under way gives up at stopCh; wait for it to let go.
 	s.swapMu.Lock()
 	defer s.swapMu.Unlock()

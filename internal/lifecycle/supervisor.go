@@ -209,8 +209,12 @@ func (s *Supervisor) Status(name string) (api.Status, error) {
 
 // Stop stops all services at once, and the file watchers, and waits until
 // they have stopped, services removed by a reload included, or ctx ends.
-// A reload under way is let finish first; later ones are refused.
+// A reload under way is let finish first (its swaps, and those it waits
+// for, give up at once); later ones are refused.
 func (s *Supervisor) Stop(ctx context.Context) error {
+	for _, svc := range s.list() {
+		svc.abort()
+	}
 	s.reloadMu.Lock()
 	s.mu.Lock()
 	s.closed = true
