@@ -25,7 +25,11 @@ type fakeProcess struct {
 	status string
 	// exitedAt is when exit was called.
 	exitedAt time.Time
+	// noReload: the process never said that it reloads on SIGHUP.
+	noReload bool
 }
+
+func (p *fakeProcess) Reloads() bool { return !p.noReload }
 
 func (p *fakeProcess) Pid() int               { return p.pid }
 func (p *fakeProcess) Ready() <-chan struct{} { return p.ready }
@@ -84,13 +88,15 @@ type fakeLauncher struct {
 	ready bool
 	// ignoreStop makes processes ignore the stop signal.
 	ignoreStop bool
+	// noReload makes processes that never say they reload on SIGHUP.
+	noReload bool
 }
 
 func (l *fakeLauncher) Start(spec LaunchSpec) (Process, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	p := &fakeProcess{pid: 1000 + spec.Generation, ready: make(chan struct{}), done: make(chan struct{}),
-		exitOn: map[syscall.Signal]bool{syscall.SIGTERM: !l.ignoreStop}}
+		exitOn: map[syscall.Signal]bool{syscall.SIGTERM: !l.ignoreStop, syscall.SIGHUP: l.noReload}, noReload: l.noReload}
 	if l.ready {
 		close(p.ready)
 	}

@@ -38,6 +38,24 @@ func TestServiceReload(t *testing.T) {
 	}
 }
 
+// TestReloadRefusedWithoutDeclaration: SIGHUP ends a process that does
+// not handle it, so a reload goes only to a generation that said it
+// reloads (HANDOFF_RELOAD=1); others are refused and keep serving.
+func TestReloadRefusedWithoutDeclaration(t *testing.T) {
+	l := &fakeLauncher{ready: true, noReload: true}
+	s := testService(t, l, &fakeRouter{})
+	if _, err := s.Swap(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Reload()
+	if err == nil || !strings.Contains(err.Error(), "HANDOFF_RELOAD=1") {
+		t.Errorf("reload of a generation that handles no SIGHUP: %v, want a refusal that says how to declare it", err)
+	}
+	if got := l.proc(0).got(); slices.Contains(got, syscall.SIGHUP) {
+		t.Errorf("generation got %v: SIGHUP would have ended it", got)
+	}
+}
+
 // specLauncher is a fakeLauncher that records what each generation was
 // started with.
 type specLauncher struct {
