@@ -124,7 +124,11 @@ func readyJoined() (bool, error) {
 	joined.conn = nil
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(joinReadyTimeout))
-	if _, err := io.WriteString(c, joinproto.Ready+"\n"); err != nil {
+	ready := joinproto.Ready + "\n"
+	if handlesReloads() {
+		ready = joinproto.Reloads + "\n" + ready
+	}
+	if _, err := io.WriteString(c, ready); err != nil {
 		return true, fmt.Errorf("handoff: ready as generation %d: %w", gen, err)
 	}
 	line, err := joinproto.ReadLine(joined.r)

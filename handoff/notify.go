@@ -5,6 +5,8 @@ import (
 	"net"
 	"os"
 	"strings"
+
+	"github.com/handoffd/handoffd/internal/joinproto"
 )
 
 // Ready tells handoffd (or systemd) that the app serves: it sends READY=1
@@ -19,7 +21,11 @@ import (
 func Ready() error {
 	joinedNow, err := readyJoined()
 	if !joinedNow {
-		err = Notify("READY=1")
+		state := "READY=1"
+		if handlesReloads() {
+			state += "\n" + joinproto.Reloads
+		}
+		err = Notify(state)
 	}
 	if err == nil {
 		openGate()

@@ -5,6 +5,8 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+
+	"github.com/handoffd/handoffd/internal/joinproto"
 )
 
 // reloads holds the OnReload handlers that still run.
@@ -31,7 +33,12 @@ type reloadHandler struct {
 // would end the process and cut the requests it still drains. The drain's
 // own signals (SIGTERM, SIGINT) are not touched.
 //
-// Call OnReload before Ready: until then SIGHUP ends the process.
+// OnReload tells handoffd, with HANDOFF_RELOAD=1 on NOTIFY_SOCKET (and
+// in Ready's notification), that this process reloads on SIGHUP:
+// handoffd sends SIGHUP only to a generation that said so, since its
+// default action would end the process. Call OnReload before Ready: until
+// then SIGHUP ends the process, and a process that joined handoffd from
+// outside can say it only until Ready.
 func OnReload(fn func()) (stop func()) {
 	h := &reloadHandler{sigs: make(chan os.Signal, 1), done: make(chan struct{})}
 	reloads.mu.Lock()
@@ -46,6 +53,8 @@ func OnReload(fn func()) (stop func()) {
 	signal.Notify(h.sigs, syscall.SIGHUP)
 	// The goroutine ends when stop is called or the drain begins.
 	go h.run(fn)
+	// Before Ready, Ready's notification says it; after, this one does.
+	Notify(joinproto.Reloads)
 	return func() {
 		reloads.mu.Lock()
 		defer reloads.mu.Unlock()
@@ -82,6 +91,13 @@ func (h *reloadHandler) stop() {
 			signal.Stop(h.sigs)
 		}
 	})
+}
+
+// handlesReloads reports whether an OnReload handler runs.
+func handlesReloads() bool {
+	reloads.mu.Lock()
+	defer reloads.mu.Unlock()
+	return len(reloads.handlers) > 0
 }
 
 // stopReloads ends every OnReload handler, for good: the process drains.

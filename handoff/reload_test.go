@@ -2,6 +2,8 @@ package handoff
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"sync/atomic"
@@ -77,4 +79,46 @@ func TestOnReload(t *testing.T) {
 	}
 	hangup(t)
 	time.Sleep(50 * time.Millisecond)
+}
+
+// TestOnReloadTellsHandoffd: OnReload says HANDOFF_RELOAD=1 on
+// NOTIFY_SOCKET, and Ready repeats it while a handler runs, so that
+// handoffd sends SIGHUP only to a process that handles it.
+func TestOnReloadTellsHandoffd(t *testing.T) {
+	reloads.mu.Lock()
+	reloads.draining = false // other tests of the package drained already
+	reloads.mu.Unlock()
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: fmt.Sprintf("@handoff-test/%d/reload", os.Getpid()), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	t.Setenv("NOTIFY_SOCKET", notify.LocalAddr().String())
+	read := func() string {
+		t.Helper()
+		notify.SetReadDeadline(time.Now().Add(2 * time.Second))
+		buf := make([]byte, 128)
+		n, err := notify.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(buf[:n])
+	}
+	stop := OnReload(func() {})
+	if got := read(); got != "HANDOFF_RELOAD=1" {
+		t.Errorf("OnReload sent %q, want HANDOFF_RELOAD=1", got)
+	}
+	if err := Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got != "READY=1\nHANDOFF_RELOAD=1" {
+		t.Errorf("Ready sent %q, want READY=1 and HANDOFF_RELOAD=1", got)
+	}
+	stop()
+	if err := Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got != "READY=1" {
+		t.Errorf("Ready without a handler sent %q, want READY=1 alone", got)
+	}
 }

@@ -51,7 +51,7 @@ func main() {
 				Action: stop,
 			},
 			{
-				Name: "reload", Usage: "make the active generation re-read its config (SIGHUP), without a swap", ArgsUsage: "SERVICE",
+				Name: "reload", Usage: "make the active generation re-read its config (SIGHUP, only if it said HANDOFF_RELOAD=1), without a swap", ArgsUsage: "SERVICE",
 				Action: reload,
 			},
 			{

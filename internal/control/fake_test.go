@@ -30,6 +30,7 @@ func (p *fakeProcess) Pid() int               { return p.pid }
 func (p *fakeProcess) Ready() <-chan struct{} { return p.ready }
 func (p *fakeProcess) Done() <-chan struct{}  { return p.done }
 func (p *fakeProcess) ExitStatus() string     { <-p.done; return "exited" }
+func (p *fakeProcess) Reloads() bool          { return true }
 func (p *fakeProcess) Signal(syscall.Signal) error {
 	p.once.Do(func() { close(p.done) })
 	return nil

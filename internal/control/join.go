@@ -123,7 +123,10 @@ func (j *joiner) readReady(p *host.PidfdProcess) {
 			j.hungUp(errJoinHungUp)
 			return
 		}
-		if line == joinproto.Ready {
+		switch line {
+		case joinproto.Reloads:
+			p.SetReloads()
+		case joinproto.Ready:
 			p.SetReady()
 			return
 		}

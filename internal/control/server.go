@@ -112,7 +112,8 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, lifecycle.ErrUnknownService):
 		code = http.StatusNotFound
-	case errors.Is(err, lifecycle.ErrSwapInProgress), errors.Is(err, lifecycle.ErrNoStandby), errors.Is(err, lifecycle.ErrNoActive):
+	case errors.Is(err, lifecycle.ErrSwapInProgress), errors.Is(err, lifecycle.ErrNoStandby), errors.Is(err, lifecycle.ErrNoActive),
+		errors.Is(err, lifecycle.ErrNoReload):
 		code = http.StatusConflict
 	case errors.Is(err, lifecycle.ErrConfigRefused):
 		code = http.StatusUnprocessableEntity

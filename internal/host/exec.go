@@ -13,9 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/handoffd/handoffd/internal/config"
+	"github.com/handoffd/handoffd/internal/joinproto"
 	"github.com/handoffd/handoffd/internal/lifecycle"
 	"github.com/handoffd/handoffd/kernel"
 )
@@ -177,6 +179,7 @@ type execProcess struct {
 	cmd       *exec.Cmd
 	ready     chan struct{}
 	readyOnce sync.Once
+	reloads   atomic.Bool
 	done      chan struct{}
 	stderr    *stderrLog // nil without a log directory
 }
@@ -191,6 +194,7 @@ func (p *execProcess) StderrTail() string {
 }
 
 func (p *execProcess) Pid() int               { return p.cmd.Process.Pid }
+func (p *execProcess) Reloads() bool          { return p.reloads.Load() }
 func (p *execProcess) Ready() <-chan struct{} { return p.ready }
 func (p *execProcess) Done() <-chan struct{}  { return p.done }
 
@@ -231,21 +235,29 @@ func (p *execProcess) readNotify(c *net.UnixConn) {
 		if kernel.SenderPID(oob[:oobn]) != p.Pid() {
 			continue
 		}
-		if parseNotify(buf[:n]) {
+		ready, reloads := parseNotify(buf[:n])
+		if reloads {
+			p.reloads.Store(true)
+		}
+		if ready {
 			p.readyOnce.Do(func() { close(p.ready) })
 		}
 	}
 }
 
 // parseNotify reads one sd_notify datagram, newline-separated VAR=value
-// assignments, and says whether it holds READY=1.
-func parseNotify(msg []byte) (ready bool) {
+// assignments, and says whether it holds READY=1, and HANDOFF_RELOAD=1
+// (the process reloads its config on SIGHUP; see handoff.OnReload).
+func parseNotify(msg []byte) (ready, reloads bool) {
 	for line := range bytes.SplitSeq(msg, []byte("\n")) {
-		if string(line) == "READY=1" {
-			return true
+		switch string(line) {
+		case "READY=1":
+			ready = true
+		case joinproto.Reloads:
+			reloads = true
 		}
 	}
-	return false
+	return ready, reloads
 }
 
 // ExecGeneration is run by handoffd re-executed with ExecArg: it sets

@@ -26,18 +26,21 @@ func TestChildEnvIsOnlyWhatTheConfigGives(t *testing.T) {
 }
 
 func TestParseNotify(t *testing.T) {
-	for msg, want := range map[string]bool{
-		"READY=1":                    true,
-		"STATUS=warming up\nREADY=1": true,
-		"READY=1\n":                  true,
-		"READY=0":                    false,
-		"READY=10":                   false,
-		" READY=1":                   false,
-		"STOPPING=1":                 false,
-		"":                           false,
+	for msg, want := range map[string][2]bool{
+		"READY=1":                       {true, false},
+		"STATUS=warming up\nREADY=1":    {true, false},
+		"READY=1\n":                     {true, false},
+		"READY=0":                       {false, false},
+		"READY=10":                      {false, false},
+		" READY=1":                      {false, false},
+		"STOPPING=1":                    {false, false},
+		"":                              {false, false},
+		"READY=1\nHANDOFF_RELOAD=1":     {true, true},
+		"HANDOFF_RELOAD=1":              {false, true},
+		"HANDOFF_RELOAD=0\nRELOADING=1": {false, false},
 	} {
-		if got := parseNotify([]byte(msg)); got != want {
-			t.Errorf("parseNotify(%q) = %v, want %v", msg, got, want)
+		if ready, reloads := parseNotify([]byte(msg)); ready != want[0] || reloads != want[1] {
+			t.Errorf("parseNotify(%q) = %v, %v; want %v, %v", msg, ready, reloads, want[0], want[1])
 		}
 	}
 }

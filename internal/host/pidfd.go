@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/handoffd/handoffd/kernel"
@@ -18,6 +19,7 @@ type PidfdProcess struct {
 	ready     chan struct{}
 	readyOnce sync.Once
 	done      chan struct{}
+	reloads   atomic.Bool
 
 	mu    sync.Mutex
 	pidfd *kernel.Pidfd // nil once the process exited
@@ -38,6 +40,12 @@ func (p *PidfdProcess) Done() <-chan struct{}  { return p.done }
 
 // SetReady records that the process said READY=1.
 func (p *PidfdProcess) SetReady() { p.readyOnce.Do(func() { close(p.ready) }) }
+
+// SetReloads records that the process said HANDOFF_RELOAD=1.
+func (p *PidfdProcess) SetReloads() { p.reloads.Store(true) }
+
+// Reloads implements lifecycle.Process.
+func (p *PidfdProcess) Reloads() bool { return p.reloads.Load() }
 
 // ExitStatus is "exited": the process is not handoffd's child, so its
 // status goes to its own parent.

@@ -10,6 +10,7 @@
 //	handoffd: HTTP/1.1 101 Switching Protocols (or an error answer with a JSON body)
 //	handoffd: {"generation":N,"listeners":["http"],"addresses":["tcp://..."]}\n, with the
 //	          listening sockets as SCM_RIGHTS, in listener order; or FAILED reason\n
+//	app:      HANDOFF_RELOAD=1\n (optional: it reloads its config on SIGHUP)
 //	app:      READY=1\n
 //	handoffd: ACTIVE\n once the generation is active, or FAILED reason\n
 //
@@ -34,7 +35,10 @@ const Protocol = "handoff-join"
 
 // The lines of the exchange after the offer.
 const (
-	Ready  = "READY=1"
+	Ready = "READY=1"
+	// Reloads says that the process reloads its config on SIGHUP; it is
+	// also the sd_notify assignment that says so on NOTIFY_SOCKET.
+	Reloads = "HANDOFF_RELOAD=1"
 	Active = "ACTIVE"
 	// FailedPrefix starts a line that carries the reason of a failure.
 	FailedPrefix = "FAILED "

@@ -39,7 +39,8 @@ func (s *Service) adopt(ss savedService) error {
 			return fmt.Errorf("re-adopt generation %d: %w", sg.ID, err)
 		}
 		g := &Generation{ID: sg.ID, state: sg.State, pid: sg.PID, proc: p, startTicks: sg.StartTicks,
-			started: sg.Started, ready: sg.Ready, active: sg.Active, draining: sg.Draining, drain: make(chan struct{})}
+			started: sg.Started, ready: sg.Ready, active: sg.Active, draining: sg.Draining, drain: make(chan struct{}),
+			reloads: sg.Reloads}
 		switch {
 		case g.state == api.StateStarting || g.state == api.StateReady:
 			p.Signal(syscall.SIGKILL)

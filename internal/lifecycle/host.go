@@ -22,6 +22,9 @@ type Process interface {
 	// ExitStatus says how the process ended; valid once Done is closed.
 	ExitStatus() string
 	Signal(sig syscall.Signal) error
+	// Reloads reports whether the process said that it reloads its
+	// config on SIGHUP (HANDOFF_RELOAD=1, sent by handoff.OnReload).
+	Reloads() bool
 }
 
 // LaunchSpec is what a generation is started with.

@@ -43,6 +43,8 @@ type savedGeneration struct {
 	Ready      time.Time `json:"ready"`
 	Active     time.Time `json:"active"`
 	Draining   time.Time `json:"draining"`
+	// Reloads: the process handles SIGHUP (see Process.Reloads).
+	Reloads bool `json:"reloads,omitempty"`
 }
 
 func (st savedState) service(name string) (savedService, bool) {
@@ -68,7 +70,8 @@ func (s *Service) saved() savedService {
 	for _, g := range s.gens {
 		if g.state.Live() && g.pid != 0 {
 			ss.Generations = append(ss.Generations, savedGeneration{ID: g.ID, PID: g.pid, State: g.state,
-				StartTicks: g.startTicks, Started: g.started, Ready: g.ready, Active: g.active, Draining: g.draining})
+				StartTicks: g.startTicks, Started: g.started, Ready: g.ready, Active: g.active, Draining: g.draining,
+				Reloads: g.reloads || g.proc.Reloads()})
 		}
 	}
 	return ss

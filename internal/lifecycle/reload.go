@@ -12,14 +12,21 @@ import (
 	"github.com/handoffd/handoffd/internal/config"
 )
 
-// ErrNoActive is returned by Service.Reload when no generation of the
-// service is active.
-var ErrNoActive = errors.New("no active generation")
+var (
+	// ErrNoActive is returned by Service.Reload when no generation of the
+	// service is active.
+	ErrNoActive = errors.New("no active generation")
+	// ErrNoReload is returned by Service.Reload for a generation that did
+	// not say it reloads on SIGHUP, whose default action would end it.
+	ErrNoReload = errors.New("it did not say that it reloads on SIGHUP, which would end it (an app says so with HANDOFF_RELOAD=1 on NOTIFY_SOCKET, as handoff.OnReload does): swap the service instead")
+)
 
 // Reload sends SIGHUP to the active generation, which re-reads its own
 // configuration (see handoff.OnReload) and goes on serving: no swap, no
 // new process. Generations that drain are left alone. Reload does not
-// wait for the app to act on the signal; the app logs what it did.
+// wait for the app to act on the signal; the app logs what it did. A
+// generation that did not say it handles SIGHUP (Process.Reloads) is not
+// sent it: ErrNoReload.
 func (s *Service) Reload() (api.ReloadResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -29,6 +36,9 @@ func (s *Service) Reload() (api.ReloadResult, error) {
 	g := s.current
 	if g == nil || g.state != api.StateActive {
 		return api.ReloadResult{}, ErrNoActive
+	}
+	if !g.reloads && !g.proc.Reloads() {
+		return api.ReloadResult{}, fmt.Errorf("generation %d (pid %d): %w", g.ID, g.pid, ErrNoReload)
 	}
 	if err := g.proc.Signal(syscall.SIGHUP); err != nil {
 		return api.ReloadResult{}, fmt.Errorf("signal generation %d (pid %d): %w", g.ID, g.pid, err)

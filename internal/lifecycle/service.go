@@ -42,6 +42,9 @@ type Generation struct {
 	killedConns *int64
 	// startTicks is the process's start time, saved with its pid.
 	startTicks uint64
+	// reloads: the process said, to an earlier handoffd, that it reloads
+	// on SIGHUP (see Process.Reloads).
+	reloads bool
 	// drain is closed when the generation is told to drain.
 	drain chan struct{}
 
