@@ -39,7 +39,7 @@ const (
 	// Reloads says that the process reloads its config on SIGHUP; it is
 	// also the sd_notify assignment that says so on NOTIFY_SOCKET.
 	Reloads = "HANDOFF_RELOAD=1"
-	Active = "ACTIVE"
+	Active  = "ACTIVE"
 	// FailedPrefix starts a line that carries the reason of a failure.
 	FailedPrefix = "FAILED "
 )
