@@ -336,12 +336,7 @@ func TestDrainerChainsConnState(t *testing.T) {
 }
 
 func TestServeAndDrain(t *testing.T) {
-	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: fmt.Sprintf("@handoff-test/%d/sad", os.Getpid()), Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer notify.Close()
-	t.Setenv("NOTIFY_SOCKET", notify.LocalAddr().String())
+	notify := listenNotify(t, "sad")
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -379,12 +374,7 @@ func TestServeAndDrain(t *testing.T) {
 // TestServeAndDrainNotReadyWhenServeFailed: a server that cannot serve
 // never says READY=1, so handoffd never makes it the active generation.
 func TestServeAndDrainNotReadyWhenServeFailed(t *testing.T) {
-	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: fmt.Sprintf("@handoff-test/%d/sadfail", os.Getpid()), Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer notify.Close()
-	t.Setenv("NOTIFY_SOCKET", notify.LocalAddr().String())
+	notify := listenNotify(t, "sadfail")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -406,4 +396,17 @@ func TestServeAndDrainNotReadyWhenServeFailed(t *testing.T) {
 			t.Fatal("READY=1 sent although Serve had failed")
 		}
 	}
+}
+
+// listenNotify opens a notify socket named name and points NOTIFY_SOCKET
+// at it for the test.
+func listenNotify(t *testing.T, name string) *net.UnixConn {
+	t.Helper()
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: fmt.Sprintf("@handoff-test/%d/%s", os.Getpid(), name), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { notify.Close() })
+	t.Setenv("NOTIFY_SOCKET", notify.LocalAddr().String())
+	return notify
 }

@@ -2,8 +2,6 @@ package handoff
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"sync/atomic"
@@ -88,12 +86,7 @@ func TestOnReloadTellsHandoffd(t *testing.T) {
 	reloads.mu.Lock()
 	reloads.draining = false // other tests of the package drained already
 	reloads.mu.Unlock()
-	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: fmt.Sprintf("@handoff-test/%d/reload", os.Getpid()), Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer notify.Close()
-	t.Setenv("NOTIFY_SOCKET", notify.LocalAddr().String())
+	notify := listenNotify(t, "reload")
 	read := func() string {
 		t.Helper()
 		notify.SetReadDeadline(time.Now().Add(2 * time.Second))

@@ -14,17 +14,8 @@ import (
 // starting ends handoffd at once, not after ready_timeout.
 func TestSignalsDuringStart(t *testing.T) {
 	d := startDaemon(t, daemonOptions{starting: true, readyTimeout: "20s", demoArgs: []string{"--fault", "hang@1"}})
-	sent := time.Now()
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.exited:
-	case <-time.After(15 * time.Second):
-		t.Fatalf("handoffd still runs 15s after SIGTERM during its start\n%s", d.logText())
-	}
-	if took := time.Since(sent); took > 3*time.Second {
-		t.Errorf("handoffd took %v to exit on SIGTERM during its start; want under 3s", took)
-	}
-	t.Logf("exited %v after SIGTERM during start: %v", time.Since(sent).Round(time.Millisecond), d.cmd.ProcessState)
+	took := d.signalAndWait(syscall.SIGTERM, 3*time.Second, "during its start")
+	t.Logf("exited %v after SIGTERM during start: %v", took, d.cmd.ProcessState)
 }
 
 // TestSignalsDuringReload: a SIGHUP reload that waits for a swap under
@@ -44,16 +35,25 @@ func TestSignalsDuringReload(t *testing.T) {
 	}
 	d.cmd.Process.Signal(syscall.SIGHUP)
 	time.Sleep(300 * time.Millisecond)
+	took := d.signalAndWait(syscall.SIGINT, 5*time.Second, "during a reload")
+	t.Logf("stopped %v after SIGINT during a reload", took)
+	<-swapped
+}
+
+// signalAndWait sends sig to handoffd and waits until it exits: an error
+// if that takes longer than want, a failure after 15s.
+func (d *daemon) signalAndWait(sig syscall.Signal, want time.Duration, when string) time.Duration {
+	d.t.Helper()
 	sent := time.Now()
-	d.cmd.Process.Signal(syscall.SIGINT)
+	d.cmd.Process.Signal(sig)
 	select {
 	case <-d.exited:
 	case <-time.After(15 * time.Second):
-		t.Fatalf("handoffd still runs 15s after SIGINT during a reload\n%s", d.logText())
+		d.t.Fatalf("handoffd still runs 15s after %s %s\n%s", sig, when, d.logText())
 	}
-	if took := time.Since(sent); took > 5*time.Second {
-		t.Errorf("handoffd took %v to stop on SIGINT during a reload; want under 5s", took)
+	took := time.Since(sent).Round(time.Millisecond)
+	if took > want {
+		d.t.Errorf("handoffd took %v to exit on %s %s; want under %v", took, sig, when, want)
 	}
-	t.Logf("stopped %v after SIGINT during a reload", time.Since(sent).Round(time.Millisecond))
-	<-swapped
+	return took
 }
