@@ -3,7 +3,11 @@
 //
 // steer.c is the SK_REUSEPORT program that sends new connections of one
 // SO_REUSEPORT group to the active generation's listening socket and
-// migrates the queued requests of a closing listener to it.
+// migrates the queued requests of a closing listener to it. A canary split
+// shares new connections by weight between the active slot and one more,
+// by flow or by client address, and handoffd's health probes, known by
+// their source address and port, reach the slot of the generation they
+// check.
 //
 // track.c is the sock_ops program, attached to handoffd's cgroup, that
 // counts, per tracking slot, the connections each generation holds;
@@ -16,5 +20,5 @@
 // loader.
 package bpf
 
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -strip llvm-strip -target bpfel -type slot_counters Steer steer.c -- -O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -strip llvm-strip -target bpfel -type slot_counters -type split -type probe_key -type split_counts Steer steer.c -- -O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -strip llvm-strip -target bpfel -type slot_count -type conn Track track.c -- -O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu

@@ -19,6 +19,12 @@ type SteerConn struct {
 	Counted uint32
 }
 
+type SteerProbeKey struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+	Port uint32
+}
+
 type SteerSlotCount struct {
 	_        structs.HostLayout
 	Held     int64
@@ -31,18 +37,35 @@ type SteerSlotCounters struct {
 	Migrated uint64
 }
 
+type SteerSplit struct {
+	_         structs.HostLayout
+	Slot      uint32
+	Flags     uint32
+	Threshold uint64
+}
+
+type SteerSplitCounts struct {
+	_          structs.HostLayout
+	Probed     uint64
+	ProbeDrops uint64
+	Failovers  uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SteerMapActive     = "active"
-	SteerMapConnCounts = "conn_counts"
-	SteerMapConns      = "conns"
-	SteerMapCounters   = "counters"
-	SteerMapFallbacks  = "fallbacks"
-	SteerMapSockets    = "sockets"
-	SteerProgSteer     = "steer"
-	SteerVarTrackBase  = "track_base"
+	SteerMapActive        = "active"
+	SteerMapConnCounts    = "conn_counts"
+	SteerMapConns         = "conns"
+	SteerMapCounters      = "counters"
+	SteerMapFallbacks     = "fallbacks"
+	SteerMapProbes        = "probes"
+	SteerMapSockets       = "sockets"
+	SteerMapSplitCounters = "split_counters"
+	SteerMapSplits        = "splits"
+	SteerProgSteer        = "steer"
+	SteerVarTrackBase     = "track_base"
 )
 
 // LoadSteer returns the embedded CollectionSpec for Steer.
@@ -94,12 +117,15 @@ type SteerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SteerMapSpecs struct {
-	Active     *ebpf.MapSpec `ebpf:"active"`
-	ConnCounts *ebpf.MapSpec `ebpf:"conn_counts"`
-	Conns      *ebpf.MapSpec `ebpf:"conns"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	Fallbacks  *ebpf.MapSpec `ebpf:"fallbacks"`
-	Sockets    *ebpf.MapSpec `ebpf:"sockets"`
+	Active        *ebpf.MapSpec `ebpf:"active"`
+	ConnCounts    *ebpf.MapSpec `ebpf:"conn_counts"`
+	Conns         *ebpf.MapSpec `ebpf:"conns"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	Fallbacks     *ebpf.MapSpec `ebpf:"fallbacks"`
+	Probes        *ebpf.MapSpec `ebpf:"probes"`
+	Sockets       *ebpf.MapSpec `ebpf:"sockets"`
+	SplitCounters *ebpf.MapSpec `ebpf:"split_counters"`
+	Splits        *ebpf.MapSpec `ebpf:"splits"`
 }
 
 // SteerVariableSpecs contains global variables before they are loaded into the kernel.
@@ -129,12 +155,15 @@ func (o *SteerObjects) Close() error {
 //
 // It can be passed to LoadSteerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SteerMaps struct {
-	Active     *ebpf.Map `ebpf:"active"`
-	ConnCounts *ebpf.Map `ebpf:"conn_counts"`
-	Conns      *ebpf.Map `ebpf:"conns"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	Fallbacks  *ebpf.Map `ebpf:"fallbacks"`
-	Sockets    *ebpf.Map `ebpf:"sockets"`
+	Active        *ebpf.Map `ebpf:"active"`
+	ConnCounts    *ebpf.Map `ebpf:"conn_counts"`
+	Conns         *ebpf.Map `ebpf:"conns"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	Fallbacks     *ebpf.Map `ebpf:"fallbacks"`
+	Probes        *ebpf.Map `ebpf:"probes"`
+	Sockets       *ebpf.Map `ebpf:"sockets"`
+	SplitCounters *ebpf.Map `ebpf:"split_counters"`
+	Splits        *ebpf.Map `ebpf:"splits"`
 }
 
 func (m *SteerMaps) Close() error {
@@ -144,7 +173,10 @@ func (m *SteerMaps) Close() error {
 		m.Conns,
 		m.Counters,
 		m.Fallbacks,
+		m.Probes,
 		m.Sockets,
+		m.SplitCounters,
+		m.Splits,
 	)
 }
 

@@ -8,7 +8,11 @@
 // listener, that sends every new connection to the listening socket in the
 // active slot and moves the queued requests of a closing listener there
 // too. Generation g owns slot uint32(g % Slots); a swap is Activate, one
-// map update.
+// map update. A canary is a Split beside the active slot: SetSplit starts
+// one, changes its share, or rolls it back, and Promote makes the canary
+// active, each with one map update that decides. DialProbe connects to the
+// listener as a health check of the generation in a given slot, steered
+// there while every client connection goes by the active slot and split.
 //
 // Tracking is the daemon's one handle on connection counts: a sock_ops
 // program attached to handoffd's cgroup v2 that counts, per tracking slot,

@@ -24,9 +24,15 @@ const (
 	pinActive    = bpf.SteerMapActive
 	pinCounters  = bpf.SteerMapCounters
 	pinFallbacks = bpf.SteerMapFallbacks
+	// Canary split and health-probe steering; a steering pinned by an
+	// older handoffd lacks them.
+	pinSplits        = bpf.SteerMapSplits
+	pinProbes        = bpf.SteerMapProbes
+	pinSplitCounters = bpf.SteerMapSplitCounters
 )
 
-var pinNames = []string{pinProgram, pinSockets, pinActive, pinCounters, pinFallbacks}
+var pinNames = []string{pinProgram, pinSockets, pinActive, pinCounters, pinFallbacks,
+	pinSplits, pinProbes, pinSplitCounters}
 
 // Steering is the steering program and maps of one listener (one
 // SO_REUSEPORT group), pinned under a directory in bpffs so that steering
@@ -43,6 +49,12 @@ type Steering struct {
 	// in tracking slots base to base+Slots-1.
 	tracking *Tracking
 	base     uint32
+
+	// nil in a Steering that OpenPinned found without them (pinned by a
+	// handoffd that predates canaries): see ErrNoSplit.
+	splits        *ebpf.Map
+	probes        *ebpf.Map
+	splitCounters *ebpf.Map
 }
 
 // SlotCounters counts what the steering program did for one slot.
@@ -97,8 +109,12 @@ func loadSteeringObjs(dir string, t *Tracking, base uint32) (*Steering, error) {
 		active:    objs.Active,
 		counters:  objs.Counters,
 		fallbacks: objs.Fallbacks,
-		tracking:  t,
-		base:      base,
+
+		splits:        objs.Splits,
+		probes:        objs.Probes,
+		splitCounters: objs.SplitCounters,
+		tracking:      t,
+		base:          base,
 	}
 	if err := s.pin(); err != nil {
 		s.Close()
@@ -148,6 +164,10 @@ func (s *Steering) pin() error {
 		pinActive:    s.active,
 		pinCounters:  s.counters,
 		pinFallbacks: s.fallbacks,
+
+		pinSplits:        s.splits,
+		pinProbes:        s.probes,
+		pinSplitCounters: s.splitCounters,
 	}
 	for _, name := range pinNames {
 		path := filepath.Join(s.dir, name)
@@ -185,6 +205,9 @@ func (s *Steering) pinBase() error {
 // and the counters stay as they are. It fails if a pin is missing or does
 // not match the program this build carries. With t, a Steering that was
 // counted is counted again, in the tracking slots its pinned base names.
+// A steering pinned by a handoffd that predates canaries opens without
+// its split and probe maps: it steers as before, and the canary methods
+// return ErrNoSplit.
 func OpenPinned(dir string, t *Tracking) (*Steering, error) {
 	spec, err := bpf.LoadSteer()
 	if err != nil {
@@ -202,6 +225,10 @@ func OpenPinned(dir string, t *Tracking) (*Steering, error) {
 			s.Close()
 			return nil, fmt.Errorf("open pinned steering in %s: %w", dir, err)
 		}
+	}
+	if err := s.openSplitPins(spec); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open pinned steering in %s: %w", dir, err)
 	}
 	s.prog, err = ebpf.LoadPinnedProgram(filepath.Join(dir, pinProgram), nil)
 	if err == nil && s.prog.Type() != ebpf.SkReuseport {
@@ -345,7 +372,8 @@ func (s *Steering) Close() error {
 	// Close of a nil *ebpf.Map or *ebpf.Program is a no-op, which covers
 	// a half-opened Steering.
 	err := errors.Join(s.prog.Close(), s.sockets.Close(), s.active.Close(),
-		s.counters.Close(), s.fallbacks.Close())
+		s.counters.Close(), s.fallbacks.Close(),
+		s.splits.Close(), s.probes.Close(), s.splitCounters.Close())
 	if err != nil {
 		return fmt.Errorf("close steering: %w", err)
 	}
