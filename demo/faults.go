@@ -6,9 +6,18 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
+
+// health is what GET /healthz says; the unhealthy fault turns it to 503.
+type health struct {
+	failing atomic.Bool
+}
+
+// ok reports whether the health check passes.
+func (h *health) ok() bool { return !h.failing.Load() }
 
 // fault is a failure the demo plays on purpose, so that handoffd's
 // handling of bad generations can be tried (and is, by the end-to-end
@@ -19,6 +28,8 @@ import (
 //	hang@3         generation 3 never says it is ready
 //	crash@3:500ms  generation 3 dies (status 2) 500 ms after it is ready
 //	ignore-term@*  every generation ignores SIGTERM (drain_timeout ends it)
+//	unhealthy@3:2s generation 3's GET /healthz answers 503 from 2 s after
+//	               it is ready on (at once without a delay)
 type fault struct {
 	kind  string
 	delay time.Duration
@@ -47,7 +58,7 @@ func parseOneFault(spec string, gen int) (fault, error) {
 	target, delay, _ := strings.Cut(rest, ":")
 	f := fault{kind: kind}
 	switch kind {
-	case "exit", "hang", "crash", "ignore-term":
+	case "exit", "hang", "crash", "ignore-term", "unhealthy":
 	default:
 		ok = false
 	}
@@ -59,7 +70,7 @@ func parseOneFault(spec string, gen int) (fault, error) {
 		f.delay = d
 	}
 	if !ok {
-		return fault{}, fmt.Errorf("--fault %q: write KIND@GEN[:DELAY], KIND one of exit, hang, crash, ignore-term", spec)
+		return fault{}, fmt.Errorf("--fault %q: write KIND@GEN[:DELAY], KIND one of exit, hang, crash, ignore-term, unhealthy", spec)
 	}
 	if target != "*" && target != strconv.Itoa(gen) {
 		return fault{}, nil
@@ -80,8 +91,13 @@ func (f fault) beforeReady() {
 }
 
 // afterReady plays the faults of a generation that is serving.
-func (f fault) afterReady() {
+func (f fault) afterReady(h *health) {
 	switch f.kind {
+	case "unhealthy":
+		time.AfterFunc(f.delay, func() {
+			fmt.Fprintln(os.Stderr, "demo: failing health checks on purpose (--fault unhealthy)")
+			h.failing.Store(true)
+		})
 	case "crash":
 		time.AfterFunc(f.delay, func() {
 			fmt.Fprintln(os.Stderr, "demo: crashing on purpose (--fault crash)")

@@ -38,6 +38,7 @@ func run(args []string) error {
 	accessLog := fs.Bool("access-log", false, "log every request (slows load tests)")
 	idleGrace := fs.Duration("idle-grace", handoff.DefaultIdleGrace, "while draining, close a connection idle for this long")
 	configPath := fs.String("config", "", "config file (greeting: ...); SIGHUP reads it again")
+	notify := fs.Bool("notify", true, "say READY=1 once serving; false plays an app without sd_notify (ready: health)")
 	faultSpec := fs.String("fault", "", "play a failure on purpose, for tests: KIND@GEN[:DELAY] (see faults.go)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -59,7 +60,8 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: newEngine(app, conf.greeting, *accessLog), ReadHeaderTimeout: 10 * time.Second}
+	hc := &health{}
+	srv := &http.Server{Handler: newEngine(app, conf.greeting, hc.ok, *accessLog), ReadHeaderTimeout: 10 * time.Second}
 	d := handoff.NewDrainer(srv)
 	d.IdleGrace = *idleGrace
 	served := make(chan error, 1)
@@ -72,10 +74,10 @@ func run(args []string) error {
 	defer unwatch() // not before the drain ends: a second SIGTERM must not cut requests
 	var cause error
 	flt.beforeReady()
-	if err := handoff.Ready(); err != nil {
+	if err := ready(*notify); err != nil {
 		cause = err
 	} else {
-		flt.afterReady()
+		flt.afterReady(hc)
 		select {
 		case <-stop.Done():
 		case err := <-served:
@@ -83,6 +85,15 @@ func run(args []string) error {
 		}
 	}
 	return errors.Join(cause, drain(d, *drainTimeout))
+}
+
+// ready says READY=1, unless the demo plays an app that cannot.
+func ready(notify bool) error {
+	if !notify {
+		slog.Info("not saying READY=1 (--notify=false)")
+		return nil
+	}
+	return handoff.Ready()
 }
 
 func drain(d *handoff.Drainer, timeout time.Duration) error {

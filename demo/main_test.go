@@ -12,11 +12,13 @@ import (
 
 var testApp = appInfo{Service: "demo", Generation: 7, PID: 1234, Version: "test"}
 
+var testHealth = &health{}
+
 func serve(t *testing.T, method, target, body string) *httptest.ResponseRecorder {
 	t.Helper()
 	gin.SetMode(gin.TestMode)
 	w := httptest.NewRecorder()
-	newEngine(testApp, func() string { return "hi" }, false).ServeHTTP(w, httptest.NewRequest(method, target, strings.NewReader(body)))
+	newEngine(testApp, func() string { return "hi" }, testHealth.ok, false).ServeHTTP(w, httptest.NewRequest(method, target, strings.NewReader(body)))
 	return w
 }
 
@@ -34,6 +36,19 @@ func TestRoot(t *testing.T) {
 func TestHealthz(t *testing.T) {
 	if w := serve(t, "GET", "/healthz", ""); w.Code != 200 || w.Body.String() != "ok" {
 		t.Errorf("GET /healthz: %d %q, want 200 ok", w.Code, w.Body)
+	}
+	f, err := parseFault("unhealthy@7:10ms", testApp.Generation)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.afterReady(testHealth)
+	defer testHealth.failing.Store(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for testHealth.ok() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if w := serve(t, "GET", "/healthz", ""); w.Code != 503 {
+		t.Errorf("GET /healthz after --fault unhealthy: %d %q, want 503", w.Code, w.Body)
 	}
 }
 
@@ -98,6 +113,8 @@ func TestParseFault(t *testing.T) {
 		{"explode@1", 1, fault{}, true},
 		{"crash@1:soon", 1, fault{}, true},
 		{"exit", 1, fault{}, true},
+		{"unhealthy@2:1s", 2, fault{kind: "unhealthy", delay: time.Second}, false},
+		{"unhealthy@*", 4, fault{kind: "unhealthy"}, false},
 	} {
 		got, err := parseFault(tc.spec, tc.gen)
 		if (err != nil) != tc.bad || got != tc.want {

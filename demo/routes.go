@@ -29,15 +29,21 @@ type rootReply struct {
 }
 
 // newEngine returns the demo's routes; greeting gives the greeting in
-// use, which a reload may change.
-func newEngine(app appInfo, greeting func() string, accessLog bool) *gin.Engine {
+// use, which a reload may change, and healthy what GET /healthz answers.
+func newEngine(app appInfo, greeting func() string, healthy func() bool, accessLog bool) *gin.Engine {
 	r := gin.New()
 	r.Use(gin.Recovery())
 	if accessLog {
 		r.Use(logRequests)
 	}
 	r.GET("/", func(c *gin.Context) { c.JSON(http.StatusOK, rootReply{app, greeting()}) })
-	r.GET("/healthz", func(c *gin.Context) { c.String(http.StatusOK, "ok") })
+	r.GET("/healthz", func(c *gin.Context) {
+		if !healthy() {
+			c.String(http.StatusServiceUnavailable, "unhealthy")
+			return
+		}
+		c.String(http.StatusOK, "ok")
+	})
 	slow := func(c *gin.Context) { serveSlow(c, app) }
 	r.GET("/slow", slow)
 	r.POST("/slow", slow)
