@@ -633,3 +633,74 @@ func TestSetSplitRefuses(t *testing.T) {
 		t.Errorf("Split() = %+v, %v after refused calls; want the zero Split", sp, err)
 	}
 }
+
+// TestSplitStickyMigration closes a third listener (a generation older
+// than both) with connections from many client addresses in its queue,
+// under a sticky split: each migrates to the slot its client address
+// picks, read from the migrating socket rather than a packet.
+func TestSplitStickyMigration(t *testing.T) {
+	requireEBPF(t)
+	inNetns(t)
+	s := loadSteering(t)
+	ln1, ln2 := group(t, s)
+	p := port(t, ln1)
+	old, _ := listen(t, p)
+	if err := s.Attach(old); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Insert(3, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Activate(3); err != nil {
+		t.Fatal(err)
+	}
+	var sources [][4]byte
+	var clients []int
+	for i := range 48 {
+		src := [4]byte{127, 0, 2, byte(10 + i)}
+		sources = append(sources, src)
+		clients = append(clients, dialFrom(t, src, p))
+	}
+	t.Cleanup(func() {
+		for _, fd := range clients {
+			unix.Close(fd)
+		}
+	})
+	waitQueued(t, len(clients), old)
+
+	if err := s.Activate(1); err != nil {
+		t.Fatal(err)
+	}
+	const share = 0.5
+	setSplit(t, s, Split{Slot: 2, Share: share, Sticky: true})
+	if err := unix.Close(old); err != nil {
+		t.Fatal(err)
+	}
+	waitQueued(t, len(clients), ln1, ln2)
+	got := make([]map[[4]byte]int, 2)
+	for i, fd := range []int{ln1, ln2} {
+		got[i] = map[[4]byte]int{}
+		for range acceptQueueLen(t, fd) {
+			nfd, sa, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(nfd)
+			got[i][sa.(*unix.SockaddrInet4).Addr]++
+		}
+	}
+	canaries := 0
+	for _, src := range sources {
+		want := uint64(stickyHash(src)) < uint64(math.Round(share*fullShare))
+		if got[0][src]+got[1][src] != 1 || (got[1][src] == 1) != want {
+			t.Errorf("client %v: migrated to active %d, canary %d; its hash says canary = %v",
+				src, got[0][src], got[1][src], want)
+		}
+		canaries += got[1][src]
+	}
+	t.Logf("%d of %d migrated requests went to the canary by client address", canaries, len(sources))
+	m1, m2 := counters(t, s, 1).Migrated, counters(t, s, 2).Migrated
+	if m1+m2 != uint64(len(sources)) || m2 != uint64(canaries) {
+		t.Errorf("migrated counters %d and %d, want %d and %d", m1, m2, len(sources)-canaries, canaries)
+	}
+}
