@@ -55,6 +55,52 @@ type ServiceConfig struct {
 	Probation  Duration `yaml:"probation"`
 	StopSignal Signal   `yaml:"stop_signal"`
 	Watch      []string `yaml:"watch"`
+	// Ready says when a new generation is ready: ReadyNotify (READY=1 on
+	// NOTIFY_SOCKET, then the health check if there is one) or
+	// ReadyHealth (the health check alone, for apps without sd_notify).
+	Ready string `yaml:"ready"`
+	// Health, when set, checks each generation through its own listening
+	// socket before it receives traffic, and rolls back a canary or a
+	// generation on probation that fails it.
+	Health *HealthConfig `yaml:"health"`
+}
+
+// When a generation is ready (ServiceConfig.Ready).
+const (
+	ReadyNotify = "notify"
+	ReadyHealth = "health"
+)
+
+// HealthConfig is a service's health check.
+type HealthConfig struct {
+	// HTTP is the path of a GET whose 2xx answer passes.
+	HTTP string `yaml:"http"`
+	// TCP checks that a connection is accepted, instead of HTTP.
+	TCP bool `yaml:"tcp"`
+	// Listener names the listener that is checked; default the first.
+	Listener string   `yaml:"listener"`
+	Interval Duration `yaml:"interval"`
+	Timeout  Duration `yaml:"timeout"`
+	// Healthy is how many checks in a row must pass before a generation
+	// may receive traffic.
+	Healthy int `yaml:"healthy"`
+	// Unhealthy is how many checks in a row must fail before a canary or
+	// a generation on probation is rolled back.
+	Unhealthy int `yaml:"unhealthy"`
+}
+
+// HealthListener returns the index of the listener that the health check
+// uses.
+func (s *ServiceConfig) HealthListener() int {
+	if s.Health == nil {
+		return 0
+	}
+	for i, l := range s.Listeners {
+		if l.Name == s.Health.Listener {
+			return i
+		}
+	}
+	return 0
 }
 
 // ListenerConfig is one named listening socket of a service.
@@ -194,6 +240,26 @@ func (c *Config) setDefaults() {
 		if s.StopSignal == 0 {
 			s.StopSignal = Signal(syscall.SIGTERM)
 		}
+		if s.Ready == "" {
+			s.Ready = ReadyNotify
+		}
+		if h := s.Health; h != nil {
+			if h.Listener == "" && len(s.Listeners) > 0 {
+				h.Listener = s.Listeners[0].Name
+			}
+			if h.Interval == 0 {
+				h.Interval = Duration(200 * time.Millisecond)
+			}
+			if h.Timeout == 0 {
+				h.Timeout = Duration(time.Second)
+			}
+			if h.Healthy == 0 {
+				h.Healthy = 2
+			}
+			if h.Unhealthy == 0 {
+				h.Unhealthy = 3
+			}
+		}
 		for j := range s.Listeners {
 			if s.Listeners[j].Backlog == 0 {
 				s.Listeners[j].Backlog = 4096
@@ -308,6 +374,7 @@ func (s *ServiceConfig) validate() []error {
 	if s.Probation < 0 {
 		add("probation: must not be negative")
 	}
+	errs = append(errs, s.validateHealth(names)...)
 	for _, e := range s.Env {
 		name, _, ok := strings.Cut(e, "=")
 		switch {
@@ -323,6 +390,48 @@ func (s *ServiceConfig) validate() []error {
 		if w == "" || strings.ContainsRune(w, 0) {
 			add("watch[%d] %q: give a path", j, w)
 		}
+	}
+	return errs
+}
+
+func (s *ServiceConfig) validateHealth(listeners map[string]bool) []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	switch s.Ready {
+	case ReadyNotify:
+	case ReadyHealth:
+		if s.Health == nil {
+			add("ready: health needs a health: check to tell when a generation is ready")
+		}
+	default:
+		add("ready %q: use notify (READY=1) or health (the health check alone)", s.Ready)
+	}
+	h := s.Health
+	if h == nil {
+		return errs
+	}
+	switch {
+	case h.HTTP != "" && h.TCP:
+		add("health: give http: PATH or tcp: true, not both")
+	case h.HTTP == "" && !h.TCP:
+		add("health: give http: PATH (a GET that answers 2xx) or tcp: true (connect only)")
+	case h.HTTP != "" && (!strings.HasPrefix(h.HTTP, "/") || strings.ContainsAny(h.HTTP, " \r\n\x00")):
+		add("health.http %q: give a path that starts with /, e.g. /healthz", h.HTTP)
+	}
+	if !listeners[h.Listener] {
+		add("health.listener %q: name one of the service's listeners", h.Listener)
+	} else {
+		for _, l := range s.Listeners {
+			if network, _, _ := ParseAddress(l.Address); l.Name == h.Listener && network == "unix" {
+				add("health.listener %q: a unix:// listener cannot be checked; name a TCP one", h.Listener)
+			}
+		}
+	}
+	if h.Interval <= 0 || h.Timeout <= 0 {
+		add("health: interval and timeout must be positive")
+	}
+	if h.Healthy < 1 || h.Unhealthy < 1 {
+		add("health: healthy and unhealthy must be 1 or more")
 	}
 	return errs
 }

@@ -59,6 +59,32 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 }
 
+func TestParseConfigHealth(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`services:
+  - name: web
+    command: [web]
+    listeners: [{name: admin, address: 'tcp://127.0.0.1:81'}, {name: http, address: 'tcp://127.0.0.1:80'}]
+    ready: health
+    health: {http: /healthz, listener: http, timeout: 2s}
+  - name: api
+    command: [api]
+    listeners: [{name: grpc, address: 'tcp://127.0.0.1:90'}]
+    health: {tcp: true}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	web, apiSvc := cfg.Services[0], cfg.Services[1]
+	want := HealthConfig{HTTP: "/healthz", Listener: "http", Interval: Duration(200 * time.Millisecond),
+		Timeout: Duration(2 * time.Second), Healthy: 2, Unhealthy: 3}
+	if web.Ready != ReadyHealth || *web.Health != want || web.HealthListener() != 1 {
+		t.Errorf("web: ready %q, health %+v, listener %d", web.Ready, *web.Health, web.HealthListener())
+	}
+	if apiSvc.Ready != ReadyNotify || !apiSvc.Health.TCP || apiSvc.Health.Listener != "grpc" || apiSvc.HealthListener() != 0 {
+		t.Errorf("api: ready %q, health %+v", apiSvc.Ready, *apiSvc.Health)
+	}
+}
+
 func TestDemoConfigParses(t *testing.T) {
 	if _, err := os.Stat("../../demo/handoff.yaml"); err != nil {
 		t.Skip("demo config not present")
@@ -97,6 +123,14 @@ func TestParseConfigErrors(t *testing.T) {
 		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'tcp://:1', backlog: -1}]}]", "backlog -1: use 1..65535"},
 		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'tcp://:1'}, {name: a, address: 'tcp://:2'}]}]", `name "a" is used twice`},
 		{"services: [", "did not find expected"},
+		{svc("    ready: later\n"), `ready "later": use notify`},
+		{svc("    ready: health\n"), "ready: health needs a health: check"},
+		{svc("    health: {}\n"), "health: give http: PATH"},
+		{svc("    health: {http: /h, tcp: true}\n"), "not both"},
+		{svc("    health: {http: healthz}\n"), `health.http "healthz": give a path that starts with /`},
+		{svc("    health: {tcp: true, listener: admin}\n"), `health.listener "admin": name one of the service's listeners`},
+		{svc("    health: {tcp: true, healthy: -1}\n"), "healthy and unhealthy must be 1 or more"},
+		{svc("    health: {tcp: true, interval: -1s}\n"), "interval and timeout must be positive"},
 	} {
 		_, err := ParseConfig([]byte(tc.doc))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
