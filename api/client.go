@@ -1,10 +1,12 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -56,7 +58,33 @@ func (c *Client) Swap(ctx context.Context, service string) (SwapResult, error) {
 	return res, c.call(ctx, http.MethodPost, servicePath(service, "swap"), &res)
 }
 
-// Rollback makes the service's standby generation active again.
+// SwapCanary starts the service's next generation as a canary that
+// receives percent (above 0, at most 100) of new connections beside the
+// active generation, split by client address when sticky. It returns once
+// the canary receives them.
+func (c *Client) SwapCanary(ctx context.Context, service string, percent float64, sticky bool) (SwapResult, error) {
+	var res SwapResult
+	req := SwapRequest{Canary: &percent, Sticky: sticky}
+	return res, c.callWith(ctx, http.MethodPost, servicePath(service, "swap"), req, &res)
+}
+
+// SetCanary changes the share of new connections, in percent from 0 to
+// 100, that the service's canary receives: one map update per listener.
+func (c *Client) SetCanary(ctx context.Context, service string, percent float64) (CanaryResult, error) {
+	var res CanaryResult
+	return res, c.callWith(ctx, http.MethodPost, servicePath(service, "canary"), CanaryRequest{Weight: percent}, &res)
+}
+
+// Promote makes the service's canary the active generation; the one it
+// replaces drains (or waits in standby during probation).
+func (c *Client) Promote(ctx context.Context, service string) (SwapResult, error) {
+	var res SwapResult
+	return res, c.call(ctx, http.MethodPost, servicePath(service, "promote"), &res)
+}
+
+// Rollback takes the service back to the generation before: a canary's
+// share goes to 0 and the canary drains, or, within probation, the
+// standby generation is active again.
 func (c *Client) Rollback(ctx context.Context, service string) (SwapResult, error) {
 	var res SwapResult
 	return res, c.call(ctx, http.MethodPost, servicePath(service, "rollback"), &res)
@@ -95,9 +123,25 @@ func servicePath(service, verb string) string {
 }
 
 func (c *Client) call(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://handoffd"+path, nil)
+	return c.callWith(ctx, method, path, nil, out)
+}
+
+// callWith is call with a JSON request body when in is not nil.
+func (c *Client) callWith(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://handoffd"+path, body)
 	if err != nil {
 		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

@@ -13,6 +13,12 @@ import "fmt"
 //	active ──next swap──► standby ──probation passed──► draining
 //	                         └──rollback──► active
 //
+// A canary (ebpf mode) receives a share of new connections beside the
+// active generation until it is promoted or rolled back:
+//
+//	ready ──swap --canary──► canary ──promote──► active
+//	                            └──rollback, crash, unhealthy──► draining
+//
 // In JSON a state is its name ("active").
 type State int
 
@@ -25,9 +31,10 @@ const (
 	StateExited
 	StateFailed
 	StateStandby
+	StateCanary
 )
 
-var stateNames = [...]string{"starting", "ready", "active", "draining", "exited", "failed", "standby"}
+var stateNames = [...]string{"starting", "ready", "active", "draining", "exited", "failed", "standby", "canary"}
 
 func (s State) String() string {
 	if s >= 0 && int(s) < len(stateNames) {

@@ -71,6 +71,12 @@ type GenerationStatus struct {
 	KilledConnections *int64 `json:"killed_connections,omitempty"`
 	// Exit says how the process ended, or why the generation failed.
 	Exit string `json:"exit,omitempty"`
+	// Weight is the share of new connections, from 0 to 1, that steering
+	// sends to the generation (live generations only): 1 for the active
+	// one without a canary, P and 1-P for a canary and the active one.
+	Weight *float64 `json:"weight,omitempty"`
+	// Sticky says that the canary split goes by client address.
+	Sticky bool `json:"sticky,omitempty"`
 }
 
 // GenerationListenerStatus is what one listener of a generation did.
