@@ -2,8 +2,10 @@ package control
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -66,13 +68,18 @@ func (fakeRouter) Prepare(gen int) ([]*os.File, error) {
 	syscall.Close(fds[1])
 	return []*os.File{os.NewFile(uintptr(fds[0]), "socket")}, nil
 }
-func (fakeRouter) Activate(int) error                                        { return nil }
-func (fakeRouter) Stats(int, int) (lifecycle.SlotStats, bool)                { return lifecycle.SlotStats{}, false }
-func (fakeRouter) Migrated() uint64                                          { return 0 }
-func (fakeRouter) Forget(int)                                                {}
-func (fakeRouter) Adopt(int, []*os.File) error                               { return nil }
-func (fakeRouter) Close() error                                              { return nil }
-func (fakeRouter) Slots() int                                                { return 0 }
+func (fakeRouter) Activate(int) error                         { return nil }
+func (fakeRouter) Stats(int, int) (lifecycle.SlotStats, bool) { return lifecycle.SlotStats{}, false }
+func (fakeRouter) Migrated() uint64                           { return 0 }
+func (fakeRouter) Forget(int)                                 {}
+func (fakeRouter) Adopt(int, []*os.File) error                { return nil }
+func (fakeRouter) Close() error                               { return nil }
+func (fakeRouter) Slots() int                                 { return 0 }
+func (fakeRouter) SetSplit(int, float64, bool) error          { return errors.New("fdpass: no split") }
+func (fakeRouter) Promote(int) error                          { return errors.New("fdpass: no split") }
+func (fakeRouter) DialProbe(context.Context, int, int) (net.Conn, error) {
+	return nil, errors.New("refused")
+}
 func (fakeRouter) AcceptQueue(*os.File) (uint32, bool)                       { return 0, false }
 func (fakeRouter) Connections(*config.ServiceConfig) (lifecycle.Held, error) { return held{}, nil }
 

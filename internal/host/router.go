@@ -1,9 +1,11 @@
 package host
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 
 	"github.com/handoffd/handoffd/api"
@@ -33,7 +35,17 @@ type Steering interface {
 	Stats(slot uint32) (loader.SlotStats, error)
 	// Migrated returns the requests migrated into any slot since load.
 	Migrated() (uint64, error)
+	// SetSplit shares new connections between the active slot and a
+	// canary's, in one map update.
+	SetSplit(sp loader.Split) error
+	// DialProbe connects to target as a health check of the socket in
+	// slot, whatever the active slot and the split say.
+	DialProbe(ctx context.Context, target netip.AddrPort, slot uint32) (net.Conn, error)
 }
+
+// errShared refuses a canary on a listener whose generations share one
+// socket.
+var errShared = errors.New("canary needs ebpf mode: in fdpass mode (and on unix:// listeners) every generation shares one listening socket, so new connections cannot be split")
 
 // NewSteering returns the Steering of one listener of a service: a fresh
 // one, or with reuse the one pinned by an earlier handoffd, whose
@@ -49,6 +61,9 @@ type lane interface {
 	migrated() uint64
 	forget(gen int)
 	close() error
+	split(gen int, share float64, sticky bool) error
+	promote(gen int) error
+	dialProbe(ctx context.Context, gen int) (net.Conn, error)
 }
 
 // steeredLane (ebpf mode) gives every generation its own SO_REUSEPORT
@@ -87,8 +102,42 @@ func (s *steeredLane) socket(gen int) (*os.File, error) {
 }
 
 func (s *steeredLane) activate(gen int) error { return s.st.Activate(s.slot(gen)) }
-func (s *steeredLane) close() error           { return s.st.Remove() }
-func (s *steeredLane) forget(gen int)         { s.base.forget(gen) }
+
+func (s *steeredLane) split(gen int, share float64, sticky bool) error {
+	return s.st.SetSplit(loader.Split{Slot: s.slot(gen), Share: share, Sticky: sticky})
+}
+
+// promote makes the canary gen active, then clears the split, which from
+// the first update on names the active slot and changes nothing.
+func (s *steeredLane) promote(gen int) error {
+	if err := s.st.Activate(s.slot(gen)); err != nil {
+		return err
+	}
+	return s.st.SetSplit(loader.Split{})
+}
+
+func (s *steeredLane) dialProbe(ctx context.Context, gen int) (net.Conn, error) {
+	target, err := listenerTarget(s.l)
+	if err != nil {
+		return nil, err
+	}
+	return s.st.DialProbe(ctx, target, s.slot(gen))
+}
+
+// listenerTarget is the address a health check of listener l dials.
+func listenerTarget(l config.ListenerConfig) (netip.AddrPort, error) {
+	network, hostport, err := config.ParseAddress(l.Address)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	a, err := net.ResolveTCPAddr(network, hostport)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("resolve %s: %w", l.Address, err)
+	}
+	return a.AddrPort(), nil
+}
+func (s *steeredLane) close() error   { return s.st.Remove() }
+func (s *steeredLane) forget(gen int) { s.base.forget(gen) }
 
 // adopt needs nothing: the socket is in the pinned steering map already.
 func (s *steeredLane) adopt(*os.File) error { return nil }
@@ -126,7 +175,30 @@ func (s *sharedLane) socket(int) (*os.File, error) {
 	return kernel.Dup(s.f)
 }
 
-func (s *sharedLane) activate(int) error                    { return nil }
+func (s *sharedLane) activate(int) error             { return nil }
+func (s *sharedLane) split(int, float64, bool) error { return errShared }
+func (s *sharedLane) promote(int) error              { return errShared }
+
+// dialProbe connects to the shared socket: whichever generation accepts
+// answers, so it checks only once one generation is left accepting.
+func (s *sharedLane) dialProbe(ctx context.Context, _ int) (net.Conn, error) {
+	if s.f == nil {
+		return nil, errors.New("no shared socket: the re-adopted generation did not hand it over")
+	}
+	addr, err := kernel.ListeningAddr(s.f)
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	if a, ok := addr.(*net.TCPAddr); ok && a.IP.IsUnspecified() {
+		lo := net.IPv4(127, 0, 0, 1)
+		if a.IP.To4() == nil {
+			lo = net.IPv6loopback
+		}
+		addr = &net.TCPAddr{IP: lo, Port: a.Port}
+	}
+	return d.DialContext(ctx, addr.Network(), addr.String())
+}
 func (s *sharedLane) stats(int) (lifecycle.SlotStats, bool) { return lifecycle.SlotStats{}, false }
 func (s *sharedLane) migrated() uint64                      { return 0 }
 func (s *sharedLane) forget(int)                            {}
@@ -229,6 +301,34 @@ func (r *laneRouter) Activate(gen int) error {
 		}
 	}
 	return nil
+}
+
+// SetSplit implements lifecycle.Router: the same split on every listener.
+func (r *laneRouter) SetSplit(gen int, share float64, sticky bool) error {
+	for i, ln := range r.lanes {
+		if err := ln.split(gen, share, sticky); err != nil {
+			return fmt.Errorf("listener %s: %w", r.names[i], err)
+		}
+	}
+	return nil
+}
+
+// Promote implements lifecycle.Router.
+func (r *laneRouter) Promote(gen int) error {
+	for i, ln := range r.lanes {
+		if err := ln.promote(gen); err != nil {
+			return fmt.Errorf("listener %s: %w", r.names[i], err)
+		}
+	}
+	return nil
+}
+
+// DialProbe implements lifecycle.Router.
+func (r *laneRouter) DialProbe(ctx context.Context, gen, i int) (net.Conn, error) {
+	if i < 0 || i >= len(r.lanes) {
+		return nil, fmt.Errorf("no listener %d", i)
+	}
+	return r.lanes[i].dialProbe(ctx, gen)
 }
 
 func (r *laneRouter) Stats(gen, i int) (lifecycle.SlotStats, bool) { return r.lanes[i].stats(gen) }

@@ -54,6 +54,10 @@ func (s *Service) adopt(ss savedService) error {
 			}
 			g.files = files
 			s.current = g
+		case g.state == api.StateCanary:
+			// Its health watch died with the old handoffd, and its
+			// share with it: it is rolled back below.
+			s.canary = g
 		case sg.ID == ss.Standby && g.state == api.StateStandby:
 			// Its probation timer died with the old handoffd: no
 			// rollback window is left, so it drains.
@@ -61,6 +65,11 @@ func (s *Service) adopt(ss savedService) error {
 		}
 		s.gens = append(s.gens, g)
 		s.log.Info("generation re-adopted", "generation", g.ID, "pid", g.pid, "state", g.state)
+	}
+	if s.canary != nil {
+		if _, err := s.rollbackCanaryLocked("handoffd restarted"); err != nil {
+			return err
+		}
 	}
 	if s.standby != nil {
 		if err := s.retire(s.standby); err != nil {

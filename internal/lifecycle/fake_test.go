@@ -1,9 +1,12 @@
 package lifecycle
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
 	"sync"
@@ -188,6 +191,43 @@ type fakeRouter struct {
 	listeners int
 	// activating, if set, is called by Activate before it succeeds.
 	activating func(gen int)
+	// canary and share are the split (SetSplit, Promote).
+	canary int
+	share  float64
+	sticky bool
+	// probe dials the health checks of a generation (default: refused).
+	probe func(ctx context.Context, gen int) (net.Conn, error)
+}
+
+func (r *fakeRouter) SetSplit(gen int, share float64, sticky bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.canary, r.share, r.sticky = gen, share, sticky
+	return nil
+}
+
+func (r *fakeRouter) Promote(gen int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.active, r.canary, r.share, r.sticky = gen, 0, 0, false
+	return nil
+}
+
+func (r *fakeRouter) DialProbe(ctx context.Context, gen, _ int) (net.Conn, error) {
+	r.mu.Lock()
+	probe := r.probe
+	r.mu.Unlock()
+	if probe == nil {
+		return nil, errors.New("connection refused")
+	}
+	return probe(ctx, gen)
+}
+
+// splitNow returns the canary's generation and share.
+func (r *fakeRouter) splitNow() (int, float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.canary, r.share
 }
 
 func (r *fakeRouter) Prepare(gen int) ([]*os.File, error) {

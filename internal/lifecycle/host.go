@@ -1,7 +1,9 @@
 package lifecycle
 
 import (
+	"context"
 	"errors"
+	"net"
 	"os"
 	"syscall"
 
@@ -92,6 +94,18 @@ type Router interface {
 	Adopt(gen int, files []*os.File) error
 	// Close releases what the router holds for the service.
 	Close() error
+	// SetSplit sends share (0 to 1) of new connections to generation gen
+	// and the rest to the active one, by flow or, sticky, by client
+	// address: one map update per listener. It fails on a service whose
+	// listeners are not all steered.
+	SetSplit(gen int, share float64, sticky bool) error
+	// Promote makes gen, a canary, the active generation and ends the
+	// split.
+	Promote(gen int) error
+	// DialProbe connects to the i-th listener as a health check of
+	// generation gen: in ebpf mode to gen's own socket, whatever the
+	// split says and while clients go elsewhere.
+	DialProbe(ctx context.Context, gen, i int) (net.Conn, error)
 	// Slots is how many generations may hold sockets at once: generation
 	// g takes slot g % Slots, and a slot is never given to a generation
 	// while another one that had it is live. 0: no limit.

@@ -42,9 +42,10 @@ func (s *Service) holdInStandby(old, next *Generation, probation time.Duration) 
 	return nil
 }
 
-// Rollback makes the generation in standby active again and drains the
-// one that replaced it. It works during the probation after a swap, and
-// is refused while a swap is under way.
+// Rollback takes a canary's share back to 0 and drains the canary, or
+// else makes the generation in standby active again and drains the one
+// that replaced it. It works while a canary runs and during the probation
+// after a swap, and is refused while a swap is under way.
 func (s *Service) Rollback() (api.SwapResult, error) {
 	if !s.swapMu.TryLock() {
 		return api.SwapResult{}, ErrSwapInProgress
@@ -52,6 +53,9 @@ func (s *Service) Rollback() (api.SwapResult, error) {
 	defer s.swapMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.canary != nil {
+		return s.rollbackCanaryLocked("rollback requested")
+	}
 	if s.standby == nil {
 		return api.SwapResult{}, ErrNoStandby
 	}

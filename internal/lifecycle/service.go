@@ -77,6 +77,9 @@ type Service struct {
 	current *Generation // the generation that receives new connections
 	// standby is the generation current replaced, kept during probation.
 	standby *Generation
+	// canary receives split.Share of new connections beside current.
+	canary  *Generation
+	split   Split
 	lastID  int
 	stopped bool
 	stopCh  chan struct{}
@@ -141,23 +144,45 @@ type StartFunc func(spec LaunchSpec) (Process, error)
 // instead of the service's Launcher: a process started by someone else
 // that joins over the control socket becomes the next generation this way.
 func (s *Service) SwapTo(ctx context.Context, start StartFunc) (api.SwapResult, error) {
+	return s.swapWith(ctx, start, nil)
+}
+
+// swapWith is a swap, or with canary the start of a canary.
+func (s *Service) swapWith(ctx context.Context, start StartFunc, canary *Split) (api.SwapResult, error) {
 	if !s.swapMu.TryLock() {
 		s.observer.SwapDone(s.name, "refused")
 		return api.SwapResult{}, ErrSwapInProgress
 	}
 	defer s.swapMu.Unlock()
+	s.mu.Lock()
+	running := s.canary
+	s.mu.Unlock()
+	if running != nil {
+		s.observer.SwapDone(s.name, "refused")
+		return api.SwapResult{}, fmt.Errorf("%w (generation %d)", ErrCanaryRunning, running.ID)
+	}
+	if canary != nil {
+		if err := s.checkCanary(); err != nil {
+			s.observer.SwapDone(s.name, "refused")
+			return api.SwapResult{}, err
+		}
+	}
 	s.swapping.Store(true)
 	defer s.swapping.Store(false)
-	res, err := s.swap(ctx, start)
+	res, err := s.swap(ctx, start, canary)
 	result := "ok"
-	if err != nil {
+	switch {
+	case err != nil:
 		result = "failed"
+	case canary != nil:
+		result = "canary" // "ok" comes with the promotion
 	}
 	s.observer.SwapDone(s.name, result)
 	return res, err
 }
 
-func (s *Service) swap(ctx context.Context, start StartFunc) (api.SwapResult, error) {
+func (s *Service) swap(ctx context.Context, start StartFunc, canary *Split) (api.SwapResult, error) {
+	cfg := s.cfg
 	g, err := s.startGeneration(start)
 	if err != nil {
 		return api.SwapResult{}, err
@@ -165,6 +190,15 @@ func (s *Service) swap(ctx context.Context, start StartFunc) (api.SwapResult, er
 	if err := s.awaitReady(ctx, g); err != nil {
 		err = fmt.Errorf("generation %d: %w", g.ID, err)
 		return api.SwapResult{}, errors.Join(err, s.fail(g, err))
+	}
+	if canary != nil {
+		res, err := s.startCanary(g, *canary)
+		if err != nil {
+			s.restoreSteering()
+			return api.SwapResult{}, errors.Join(err, s.fail(g, err))
+		}
+		s.watchHealth(cfg, g)
+		return res, nil
 	}
 	if err := s.router.Activate(g.ID); err != nil {
 		err = fmt.Errorf("activate generation %d: %w", g.ID, err)
@@ -179,6 +213,7 @@ func (s *Service) swap(ctx context.Context, start StartFunc) (api.SwapResult, er
 		err = fmt.Errorf("generation %d: %w", g.ID, err)
 		return api.SwapResult{}, errors.Join(err, s.fail(g, err))
 	}
+	s.watchHealth(cfg, g)
 	return res, err
 }
 
@@ -228,7 +263,26 @@ func (s *Service) startGeneration(start StartFunc) (*Generation, error) {
 	return nil, errors.Join(err, s.fail(g, err))
 }
 
+// awaitReady waits until g says READY=1 (unless the service has ready:
+// health) and then passes its health check (if it has one), all within
+// ready_timeout.
 func (s *Service) awaitReady(ctx context.Context, g *Generation) error {
+	deadline := time.Now().Add(s.cfg.ReadyTimeout.Std())
+	if s.cfg.Ready != config.ReadyHealth {
+		if err := s.awaitNotify(ctx, g); err != nil {
+			return err
+		}
+	}
+	if err := s.awaitHealthy(ctx, s.cfg, g, deadline); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.move(g, api.StateReady)
+}
+
+// awaitNotify waits until g says READY=1.
+func (s *Service) awaitNotify(ctx context.Context, g *Generation) error {
 	timer := time.NewTimer(s.cfg.ReadyTimeout.Std())
 	defer timer.Stop()
 	select {
@@ -246,9 +300,7 @@ func (s *Service) awaitReady(ctx context.Context, g *Generation) error {
 	case <-s.stopCh:
 		return ErrStopped
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.move(g, api.StateReady)
+	return nil
 }
 
 // promote records g as active and sends the previous generation to drain.
@@ -260,6 +312,11 @@ func (s *Service) promote(g *Generation) (api.SwapResult, error) {
 	if chanClosed(g.proc.Done()) {
 		return api.SwapResult{}, fmt.Errorf("%w: %s", errExitedWhenReady, g.proc.ExitStatus())
 	}
+	return s.promoteLocked(g)
+}
+
+// promoteLocked is promote for callers that hold s.mu.
+func (s *Service) promoteLocked(g *Generation) (api.SwapResult, error) {
 	if err := s.move(g, api.StateActive); err != nil {
 		return api.SwapResult{}, err
 	}
@@ -296,7 +353,7 @@ func (s *Service) promote(g *Generation) (api.SwapResult, error) {
 func (s *Service) retire(g *Generation) error {
 	closeFiles(g.files)
 	g.files = nil
-	if g.state != api.StateActive && g.state != api.StateStandby {
+	if g.state != api.StateActive && g.state != api.StateStandby && g.state != api.StateCanary {
 		return nil
 	}
 	if err := s.move(g, api.StateDraining); err != nil {
@@ -389,6 +446,22 @@ func (s *Service) exited(g *Generation) {
 		s.log.Error("generation in standby exited: no rollback is left", "generation", g.ID, "pid", g.pid, "status", status)
 	}
 	switch {
+	case s.canary == g && !s.stopped:
+		if _, err := s.rollbackCanaryLocked("exited: " + status); err != nil {
+			s.log.Error("automatic rollback of a crashed canary", "generation", g.ID, "err", err)
+		}
+	case wasActive && !s.stopped && s.canary != nil:
+		c := s.canary
+		s.log.Error("active generation exited during a canary; promoting the canary", "generation", g.ID, "pid", g.pid, "status", status, "canary", c.ID)
+		if err := s.router.Promote(c.ID); err != nil {
+			s.log.Error("promote the canary", "generation", c.ID, "err", err)
+			s.goroutines.Add(1)
+			go s.replace()
+			break
+		}
+		s.canary = nil
+		_, err := s.promoteLocked(c)
+		s.invariant(err)
 	case wasActive && !s.stopped && s.standby != nil:
 		s.log.Error("active generation exited during probation; rolling back", "generation", g.ID, "pid", g.pid, "status", status)
 		if err := s.rollbackLocked(); err != nil {
@@ -512,7 +585,7 @@ func (s *Service) move(g *Generation, to api.State) error {
 	switch to {
 	case api.StateReady:
 		g.ready = now
-	case api.StateActive:
+	case api.StateActive, api.StateCanary:
 		g.active = now
 	case api.StateDraining:
 		g.draining = now
@@ -595,7 +668,7 @@ func (s *Service) Stop(ctx context.Context) error {
 	for _, g := range s.gens {
 		errs = append(errs, s.retire(g))
 	}
-	s.current, s.standby = nil, nil
+	s.current, s.standby, s.canary = nil, nil, nil
 	s.mu.Unlock()
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("stop %s: %w", s.name, err)

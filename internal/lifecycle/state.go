@@ -10,7 +10,9 @@ import (
 // (see api.State for the picture).
 var transitions = map[api.State][]api.State{
 	api.StateStarting: {api.StateReady, api.StateFailed},
-	api.StateReady:    {api.StateActive, api.StateFailed},
+	api.StateReady:    {api.StateActive, api.StateCanary, api.StateFailed},
+	// A canary is promoted, drains after a rollback, or dies.
+	api.StateCanary: {api.StateActive, api.StateDraining, api.StateExited},
 	// An active generation that dies goes straight to exited.
 	api.StateActive:   {api.StateDraining, api.StateExited, api.StateStandby},
 	api.StateStandby:  {api.StateActive, api.StateDraining, api.StateExited},

@@ -14,9 +14,11 @@ func TestStateTransitions(t *testing.T) {
 		{api.StateActive, api.StateDraining}: true, {api.StateActive, api.StateExited}: true, {api.StateActive, api.StateStandby}: true,
 		{api.StateStandby, api.StateActive}: true, {api.StateStandby, api.StateDraining}: true, {api.StateStandby, api.StateExited}: true,
 		{api.StateDraining, api.StateExited}: true,
+		{api.StateReady, api.StateCanary}:    true,
+		{api.StateCanary, api.StateActive}:   true, {api.StateCanary, api.StateDraining}: true, {api.StateCanary, api.StateExited}: true,
 	}
-	for from := api.StateStarting; from <= api.StateStandby; from++ {
-		for to := api.StateStarting; to <= api.StateStandby; to++ {
+	for from := api.StateStarting; from <= api.StateCanary; from++ {
+		for to := api.StateStarting; to <= api.StateCanary; to++ {
 			if got := canMove(from, to); got != allowed[[2]api.State{from, to}] {
 				t.Errorf("%s -> %s allowed = %v", from, to, got)
 			}

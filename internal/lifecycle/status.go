@@ -15,6 +15,25 @@ type genSnapshot struct {
 	// unknown), read under the lock: retire closes the files, and a
 	// number read from a closed fd could be another socket's.
 	queues []*uint32
+	weight *float64
+}
+
+// weightLocked is g's share of new connections, for live generations.
+// Callers hold s.mu.
+func (s *Service) weightLocked(g *Generation) *float64 {
+	if !g.state.Live() {
+		return nil
+	}
+	w := 0.0
+	switch {
+	case g == s.canary:
+		w = s.split.Share
+	case g == s.current && s.canary != nil:
+		w = 1 - s.split.Share
+	case g == s.current:
+		w = 1
+	}
+	return &w
 }
 
 // Status returns the service's generations, oldest first. Apart from the
@@ -27,8 +46,9 @@ func (s *Service) Status() api.ServiceStatus {
 	cfg := s.cfg
 	snaps := make([]genSnapshot, len(s.gens))
 	for i, g := range s.gens {
-		snaps[i] = genSnapshot{g: *g, queues: s.acceptQueues(g.files)}
+		snaps[i] = genSnapshot{g: *g, queues: s.acceptQueues(g.files), weight: s.weightLocked(g)}
 	}
+	sticky := s.canary != nil && s.split.Sticky
 	s.mu.Unlock()
 
 	st := api.ServiceStatus{Name: cfg.Name, Mode: serviceMode(cfg, s.mode), Swapping: swapping,
@@ -42,7 +62,10 @@ func (s *Service) Status() api.ServiceStatus {
 		g := &sn.g
 		gs := api.GenerationStatus{ID: g.ID, PID: g.pid, State: g.state, StartedAt: g.started,
 			ReadyAt: stamp(g.ready), ActiveAt: stamp(g.active), DrainingAt: stamp(g.draining),
-			ExitedAt: stamp(g.exited), Exit: g.exit, KilledConnections: g.killedConns}
+			ExitedAt: stamp(g.exited), Exit: g.exit, KilledConnections: g.killedConns, Weight: sn.weight}
+		if g.state == api.StateCanary {
+			gs.Sticky = sticky
+		}
 		if g.state == api.StateDraining {
 			gs.DrainDeadline = stamp(g.draining.Add(cfg.DrainTimeout.Std()))
 		}
