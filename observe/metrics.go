@@ -23,7 +23,7 @@ type StatusSource interface {
 
 var (
 	generationInfo = prometheus.NewDesc(namespace+"_generation_info",
-		"A live generation of a service: its pid and lifecycle state (starting, ready, active, draining). Always 1.",
+		"A live generation of a service: its pid and lifecycle state (starting, ready, active, canary, standby, draining). Always 1.",
 		[]string{"service", "generation", "pid", "state"}, nil)
 	connectionsActive = prometheus.NewDesc(namespace+"_connections_active",
 		"TCP connections a generation holds (ESTABLISHED or CLOSE_WAIT, accepted or queued); source=ebpf when counted by the kernel probes, proc when matched from the generation's fds.",
@@ -40,6 +40,9 @@ var (
 	migrated = prometheus.NewDesc(namespace+"_migrated_requests_total",
 		"Requests the kernel moved from a closing listener's SYN or accept queue to the active generation.",
 		[]string{"service"}, nil)
+	generationWeight = prometheus.NewDesc(namespace+"_generation_weight",
+		"Share of new connections, from 0 to 1, that steering sends to a live generation: 1 for the active one, P and 1-P for a canary and the active one, 0 for the others.",
+		[]string{"service", "generation"}, nil)
 	modeDesc = prometheus.NewDesc(namespace+"_mode",
 		"How handoffd hands listeners over: ebpf (steering) or fdpass (shared sockets). Always 1.",
 		[]string{"mode"}, nil)
@@ -60,7 +63,7 @@ func NewCollector(src StatusSource, mode api.Mode, log *slog.Logger) *Collector 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{generationInfo, connectionsActive, connectionsAccepted,
-		acceptQueue, steered, migrated, modeDesc} {
+		acceptQueue, steered, migrated, generationWeight, modeDesc} {
 		ch <- d
 	}
 }
@@ -88,6 +91,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 func collectGeneration(ch chan<- prometheus.Metric, service string, g api.GenerationStatus) {
 	gen := strconv.Itoa(g.ID)
 	ch <- prometheus.MustNewConstMetric(generationInfo, prometheus.GaugeValue, 1, service, gen, strconv.Itoa(g.PID), g.State.String())
+	if g.Weight != nil {
+		ch <- prometheus.MustNewConstMetric(generationWeight, prometheus.GaugeValue, *g.Weight, service, gen)
+	}
 	if g.Connections != nil {
 		ch <- prometheus.MustNewConstMetric(connectionsActive, prometheus.GaugeValue, float64(*g.Connections), service, gen, g.ConnectionsSource)
 	}
@@ -122,7 +128,7 @@ func NewSwaps() *Swaps {
 	return &Swaps{
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "swaps_total",
-			Help: "Swaps by result: ok (the new generation is active), failed (it never was; the old one stayed), refused (another swap was under way), rolled_back (the previous generation was made active again).",
+			Help: "Swaps by result: ok (the new generation is active), failed (it never was; the old one stayed), refused (another swap was under way), rolled_back (a canary's share went back to 0, or the previous generation was made active again, by hand or on a crash or failed health checks), canary (the new generation became a canary; its promotion counts as ok).",
 		}, []string{"service", "result"}),
 		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "swap_phase_seconds",
@@ -176,7 +182,7 @@ func (s *Swaps) Collect(ch chan<- prometheus.Metric) {
 // Known makes the swap counters of a service exist at 0 before its first
 // swap, so that rate() and alerts see them from the start.
 func (s *Swaps) Known(service string) {
-	for _, r := range []string{"ok", "failed", "refused", "rolled_back"} {
+	for _, r := range []string{"ok", "failed", "refused", "rolled_back", "canary"} {
 		s.total.WithLabelValues(service, r)
 	}
 	s.kills.WithLabelValues(service)

@@ -24,10 +24,11 @@ func testStatus() fakeSource {
 		Name: "demo", Mode: api.ModeEBPF, MigratedRequests: 5,
 		Generations: []api.GenerationStatus{
 			{ID: 1, PID: 100, State: api.StateExited},
-			{ID: 2, PID: 200, State: api.StateDraining, Connections: ptr(int64(40)), ConnectionsSource: "ebpf",
+			{ID: 2, PID: 200, State: api.StateDraining, Connections: ptr(int64(40)), ConnectionsSource: "ebpf", Weight: ptr(0.0),
 				Listeners: []api.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(40)), Accepted: ptr(uint64(90)), Steered: ptr(uint64(95))}}},
-			{ID: 3, PID: 300, State: api.StateActive, Connections: ptr(int64(0)), ConnectionsSource: "ebpf",
+			{ID: 3, PID: 300, State: api.StateActive, Connections: ptr(int64(0)), ConnectionsSource: "ebpf", Weight: ptr(0.75),
 				Listeners: []api.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(0)), Accepted: ptr(uint64(0)), Steered: ptr(uint64(2)), AcceptQueue: ptr(uint32(2))}}},
+			{ID: 4, PID: 400, State: api.StateCanary, Weight: ptr(0.25)},
 		},
 	}}}
 }
@@ -39,10 +40,16 @@ func TestCollector(t *testing.T) {
 # TYPE handoff_connections_active gauge
 handoff_connections_active{generation="2",service="demo",source="ebpf"} 40
 handoff_connections_active{generation="3",service="demo",source="ebpf"} 0
-# HELP handoff_generation_info A live generation of a service: its pid and lifecycle state (starting, ready, active, draining). Always 1.
+# HELP handoff_generation_info A live generation of a service: its pid and lifecycle state (starting, ready, active, canary, standby, draining). Always 1.
 # TYPE handoff_generation_info gauge
 handoff_generation_info{generation="2",pid="200",service="demo",state="draining"} 1
 handoff_generation_info{generation="3",pid="300",service="demo",state="active"} 1
+handoff_generation_info{generation="4",pid="400",service="demo",state="canary"} 1
+# HELP handoff_generation_weight Share of new connections, from 0 to 1, that steering sends to a live generation: 1 for the active one, P and 1-P for a canary and the active one, 0 for the others.
+# TYPE handoff_generation_weight gauge
+handoff_generation_weight{generation="2",service="demo"} 0
+handoff_generation_weight{generation="3",service="demo"} 0.75
+handoff_generation_weight{generation="4",service="demo"} 0.25
 # HELP handoff_accept_queue_length Connections waiting in a listener's accept queue (TCP_INFO of the listening socket).
 # TYPE handoff_accept_queue_length gauge
 handoff_accept_queue_length{generation="3",listener="http",service="demo"} 2
@@ -54,7 +61,7 @@ handoff_steered_connections_total{generation="3",service="demo"} 2
 # TYPE handoff_migrated_requests_total counter
 handoff_migrated_requests_total{service="demo"} 5
 `
-	names := []string{"handoff_connections_active", "handoff_generation_info", "handoff_accept_queue_length",
+	names := []string{"handoff_connections_active", "handoff_generation_info", "handoff_generation_weight", "handoff_accept_queue_length",
 		"handoff_steered_connections_total", "handoff_migrated_requests_total"}
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)

@@ -1,5 +1,5 @@
 // Command handoffctl drives handoffd over its control socket: status,
-// swap, stop, reload.
+// swap (whole, or as a canary), promote, rollback, stop, reload.
 package main
 
 import (
@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -31,15 +32,29 @@ func main() {
 				Action: status,
 			},
 			{
-				Name: "swap", Usage: "start the next generation and make it active", ArgsUsage: "SERVICE",
+				Name: "swap", Usage: "start the next generation and make it active, or a canary beside the active one", ArgsUsage: "SERVICE",
+				Description: "Without --canary the new generation gets every new connection once it is ready (and healthy,\n" +
+					"with a health: check) and the old one drains. With --canary P% it gets P% of new connections\n" +
+					"beside the active generation (ebpf mode only): by connection, or by client address with\n" +
+					"--sticky, so that a client stays on one generation. Then use canary, promote or rollback.",
 				Flags: []cli.Flag{
-					&cli.BoolFlag{Name: "wait", Usage: "follow the drain of the old generation to its end"},
+					&cli.BoolFlag{Name: "wait", Usage: "follow the drain of the old generation to its end (with --canary: both generations' connections, until promote or rollback)"},
 					&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "give up after this long"},
+					&cli.StringFlag{Name: "canary", Usage: "make the new generation a canary that gets `P%` of new connections"},
+					&cli.BoolFlag{Name: "sticky", Usage: "with --canary: split by client address instead of by connection"},
 				},
 				Action: swap,
 			},
 			{
-				Name: "rollback", Usage: "make the generation in standby active again (within probation)", ArgsUsage: "SERVICE",
+				Name: "canary", Usage: "change the share of new connections the canary gets", ArgsUsage: "SERVICE P%",
+				Action: canary,
+			},
+			{
+				Name: "promote", Usage: "make the canary the active generation; the old one drains", ArgsUsage: "SERVICE",
+				Action: promote,
+			},
+			{
+				Name: "rollback", Usage: "take the canary's share back to 0% and drain it, or make the standby generation active again (within probation)", ArgsUsage: "SERVICE",
 				Action: rollback,
 			},
 			{
@@ -87,7 +102,7 @@ func status(c *cli.Context) error {
 		return enc.Encode(st)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "SERVICE\tMODE\tGEN\tPID\tSTATE\tAGE\tCONNECTIONS\tEXIT")
+	fmt.Fprintln(w, "SERVICE\tMODE\tGEN\tPID\tSTATE\tWEIGHT\tAGE\tCONNECTIONS\tEXIT")
 	for _, s := range st.Services {
 		for _, g := range s.Generations {
 			conns := "-"
@@ -95,10 +110,36 @@ func status(c *cli.Context) error {
 				conns = fmt.Sprint(*g.Connections)
 			}
 			age := (time.Duration(g.AgeSeconds*1e3) * time.Millisecond).String()
-			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", s.Name, s.Mode, g.ID, g.PID, g.State, age, conns, g.Exit)
+			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Mode, g.ID, g.PID, g.State, weight(g), age, conns, g.Exit)
 		}
 	}
 	return w.Flush()
+}
+
+// weight shows a generation's share of new connections: "-" for one
+// that has none to show, "5%" or "5% sticky".
+func weight(g api.GenerationStatus) string {
+	if g.Weight == nil {
+		return "-"
+	}
+	w := strconv.FormatFloat(*g.Weight*100, 'f', -1, 64) + "%"
+	if g.Sticky {
+		w += " sticky"
+	}
+	return w
+}
+
+// parsePercent reads "5%" or "5" as 5; 0 is allowed with zeroOK.
+func parsePercent(s string, zeroOK bool) (float64, error) {
+	p, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(s), "%"), 64)
+	if err != nil || p > 100 || p < 0 || p == 0 && !zeroOK {
+		low := "above 0"
+		if zeroOK {
+			low = "from 0"
+		}
+		return 0, fmt.Errorf("%q: give a share %s to 100%%, e.g. 5%%", s, low)
+	}
+	return p, nil
 }
 
 func swap(c *cli.Context) error {
@@ -106,9 +147,15 @@ func swap(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.Bool("sticky") && !c.IsSet("canary") {
+		return fmt.Errorf("swap: --sticky splits a canary: give --canary P%% too")
+	}
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
 	cl := client(c)
+	if c.IsSet("canary") {
+		return swapCanary(ctx, c, cl, name)
+	}
 	res, err := cl.Swap(ctx, name)
 	if err != nil {
 		return err
@@ -213,6 +260,105 @@ func findGeneration(st api.Status, id int) (api.GenerationStatus, bool) {
 		}
 	}
 	return api.GenerationStatus{}, false
+}
+
+func swapCanary(ctx context.Context, c *cli.Context, cl *api.Client, name string) error {
+	p, err := parsePercent(c.String("canary"), false)
+	if err != nil {
+		return fmt.Errorf("swap --canary %w", err)
+	}
+	res, err := cl.SwapCanary(ctx, name, p, c.Bool("sticky"))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: generation %d is a canary (pid %d) with %s of new connections%s, ready in %s; generation %d keeps the rest\n",
+		res.Service, res.Generation, res.PID, percent(p), stickyNote(res.Canary), seconds(res.StartToReady), res.Previous)
+	if !c.Bool("wait") {
+		return nil
+	}
+	return followCanary(ctx, cl, name, res.Generation, res.Previous)
+}
+
+func percent(p float64) string { return strconv.FormatFloat(p, 'f', -1, 64) + "%" }
+
+func stickyNote(r *api.CanaryResult) string {
+	if r != nil && r.Sticky {
+		return " by client address"
+	}
+	return ""
+}
+
+// followCanary shows the connections of the canary and of the active
+// generation until the canary is promoted, rolled back or gone.
+func followCanary(ctx context.Context, cl *api.Client, service string, canaryGen, activeGen int) error {
+	tty := isTerminal(os.Stdout)
+	last := ""
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st, err := cl.Status(ctx, service)
+		if err != nil {
+			return err
+		}
+		cg, ok := findGeneration(st, canaryGen)
+		if !ok || cg.State != api.StateCanary {
+			if tty {
+				fmt.Print("\r\033[K")
+			}
+			state := "gone"
+			if ok {
+				state = cg.State.String()
+			}
+			fmt.Printf("%s: canary %d is %s now\n", service, canaryGen, state)
+			return nil
+		}
+		ag, _ := findGeneration(st, activeGen)
+		line := fmt.Sprintf("%s: canary %d %s: %v connections; active %d %s: %v connections", service,
+			canaryGen, weight(cg), deref(cg.Connections), activeGen, weight(ag), deref(ag.Connections))
+		switch {
+		case tty:
+			fmt.Printf("\r\033[K%s", line)
+		case line != last:
+			fmt.Println(line)
+		}
+		last = line
+		select {
+		case <-ctx.Done():
+			fmt.Println()
+			return fmt.Errorf("canary %d still running: %w", canaryGen, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+func canary(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return fmt.Errorf("canary: name a service and a share, e.g. handoffctl canary demo 25%%")
+	}
+	p, err := parsePercent(c.Args().Get(1), true)
+	if err != nil {
+		return fmt.Errorf("canary %w", err)
+	}
+	res, err := client(c).SetCanary(c.Context, c.Args().First(), p)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: canary %d gets %s of new connections%s; generation %d the rest\n", res.Service, res.Generation,
+		percent(res.Weight*100), stickyNote(&res), res.Active)
+	return nil
+}
+
+func promote(c *cli.Context) error {
+	name, err := oneService(c)
+	if err != nil {
+		return err
+	}
+	res, err := client(c).Promote(c.Context, name)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: generation %d active (pid %d); generation %d drains\n", res.Service, res.Generation, res.PID, res.Previous)
+	return nil
 }
 
 func rollback(c *cli.Context) error {

@@ -22,7 +22,12 @@ import (
 //
 //	GET  /v1/status[?service=NAME]    api.Status
 //	POST /v1/services/{name}/swap     api.SwapResult once the new generation is active;
-//	                                  optional body {"timeout":"30s"}
+//	                                  optional body {"timeout":"30s"}, and
+//	                                  {"canary":5,"sticky":true} for a 5% canary
+//	POST /v1/services/{name}/canary   api.CanaryResult: body {"weight":25}, the canary's new share
+//	POST /v1/services/{name}/promote  api.SwapResult: the canary is active, the old one drains
+//	POST /v1/services/{name}/rollback api.SwapResult: the canary, or within probation the
+//	                                  new generation, gives way to the one before
 //	POST /v1/services/{name}/stop     stop the service's generations
 //	POST /v1/services/{name}/join     Upgrade: handoff-join; the caller becomes the
 //	                                  next generation (see join.go)
@@ -56,6 +61,8 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/status", a.status)
 	mux.HandleFunc("POST /v1/services/{name}/swap", a.swap)
 	mux.HandleFunc("POST /v1/services/{name}/rollback", a.rollback)
+	mux.HandleFunc("POST /v1/services/{name}/canary", a.canary)
+	mux.HandleFunc("POST /v1/services/{name}/promote", a.promote)
 	mux.HandleFunc("POST /v1/services/{name}/drain", a.drainStandby)
 	mux.HandleFunc("POST /v1/services/{name}/stop", a.stopService)
 	mux.HandleFunc("POST /v1/services/{name}/join", a.join)
@@ -113,9 +120,9 @@ func writeError(w http.ResponseWriter, err error) {
 	case errors.Is(err, lifecycle.ErrUnknownService):
 		code = http.StatusNotFound
 	case errors.Is(err, lifecycle.ErrSwapInProgress), errors.Is(err, lifecycle.ErrNoStandby), errors.Is(err, lifecycle.ErrNoActive),
-		errors.Is(err, lifecycle.ErrNoReload):
+		errors.Is(err, lifecycle.ErrNoReload), errors.Is(err, lifecycle.ErrNoCanary), errors.Is(err, lifecycle.ErrCanaryRunning):
 		code = http.StatusConflict
-	case errors.Is(err, lifecycle.ErrConfigRefused):
+	case errors.Is(err, lifecycle.ErrConfigRefused), errors.Is(err, lifecycle.ErrCanaryRefused):
 		code = http.StatusUnprocessableEntity
 	case errors.Is(err, lifecycle.ErrStopped):
 		code = http.StatusServiceUnavailable
@@ -231,7 +238,21 @@ func (a *API) swap(w http.ResponseWriter, r *http.Request) {
 		limit = min(limit, d)
 	}
 	writeDeadline(w, limit+apiSlack)
-	res, err := svc.Swap(ctx)
+	var res api.SwapResult
+	var err error
+	switch {
+	case req.Canary != nil:
+		if p := *req.Canary; !(p > 0 && p <= 100) {
+			writeError(w, fmt.Errorf("%w: canary %g%%: give a share above 0 and at most 100", errBadRequest, p))
+			return
+		}
+		res, err = svc.SwapCanary(ctx, lifecycle.Split{Share: *req.Canary / 100, Sticky: req.Sticky})
+	case req.Sticky:
+		writeError(w, fmt.Errorf("%w: sticky applies to a canary: give canary too", errBadRequest))
+		return
+	default:
+		res, err = svc.Swap(ctx)
+	}
 	if err != nil {
 		writeError(w, fmt.Errorf("swap %s: %w", svc.Name(), err))
 		return
@@ -252,6 +273,37 @@ func (a *API) target(w http.ResponseWriter, r *http.Request, body any) (*lifecyc
 		return nil, false
 	}
 	return svc, true
+}
+
+func (a *API) canary(w http.ResponseWriter, r *http.Request) {
+	var req api.CanaryRequest
+	svc, ok := a.target(w, r, &req)
+	if !ok {
+		return
+	}
+	if !(req.Weight >= 0 && req.Weight <= 100) {
+		writeError(w, fmt.Errorf("%w: weight %g%%: give a share from 0 to 100", errBadRequest, req.Weight))
+		return
+	}
+	res, err := svc.SetCanaryShare(req.Weight / 100)
+	if err != nil {
+		writeError(w, fmt.Errorf("canary %s: %w", svc.Name(), err))
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (a *API) promote(w http.ResponseWriter, r *http.Request) {
+	svc, ok := a.target(w, r, &struct{}{})
+	if !ok {
+		return
+	}
+	res, err := svc.Promote()
+	if err != nil {
+		writeError(w, fmt.Errorf("promote %s: %w", svc.Name(), err))
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 func (a *API) rollback(w http.ResponseWriter, r *http.Request) {

@@ -112,6 +112,13 @@ func TestAPIBadRequests(t *testing.T) {
 		{"POST", "/v1/services/demo/swap", `{"timeout":"` + strings.Repeat("x", maxRequestBody) + `"}`, 413, "request body too large"},
 		{"POST", "/v1/services/demo/stop", `{"now":1}`, 400, `unknown field "now"`},
 		{"POST", "/v1/services/demo/swap", `{"timeout":"5s"}`, 200, ""},
+		{"POST", "/v1/services/demo/swap", `{"canary":0}`, 400, "canary 0%: give a share above 0 and at most 100"},
+		{"POST", "/v1/services/demo/swap", `{"canary":101}`, 400, "canary 101%"},
+		{"POST", "/v1/services/demo/swap", `{"sticky":true}`, 400, "sticky applies to a canary"},
+		{"POST", "/v1/services/demo/swap", `{"canary":5}`, 422, "service demo runs in fdpass mode"},
+		{"POST", "/v1/services/demo/canary", `{"weight":-1}`, 400, "weight -1%"},
+		{"POST", "/v1/services/demo/canary", `{"weight":25}`, 409, "no canary is running"},
+		{"POST", "/v1/services/demo/promote", ``, 409, "no canary is running"},
 	} {
 		code, msg := call(t, h, rootPeer, tc.method, tc.path, tc.body)
 		if code != tc.want || !strings.Contains(msg, tc.wantErr) {
