@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -38,7 +39,7 @@ func run(args []string) error {
 	accessLog := fs.Bool("access-log", false, "log every request (slows load tests)")
 	idleGrace := fs.Duration("idle-grace", handoff.DefaultIdleGrace, "while draining, close a connection idle for this long")
 	configPath := fs.String("config", "", "config file (greeting: ...); SIGHUP reads it again")
-	notify := fs.Bool("notify", true, "say READY=1 once serving; false plays an app without sd_notify (ready: health)")
+	notify := fs.Bool("notify", true, "use the SDK and say READY=1 once serving; false plays an app without it, which accepts at once and never says READY=1 (for ready: health)")
 	faultSpec := fs.String("fault", "", "play a failure on purpose, for tests: KIND@GEN[:DELAY] (see faults.go)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -51,7 +52,11 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	ln, err := handoff.Listen("http", *addr)
+	listen := handoff.Listen
+	if !*notify {
+		listen = listenWithoutSDK
+	}
+	ln, err := listen("http", *addr)
 	if err != nil {
 		return err
 	}
@@ -85,6 +90,23 @@ func run(args []string) error {
 		}
 	}
 	return errors.Join(cause, drain(d, *drainTimeout))
+}
+
+// listenWithoutSDK takes the first inherited socket (LISTEN_FDS, fd 3) as
+// an app that knows nothing of handoffd or sd_notify does: it accepts at
+// once, where handoff.Listen waits for Ready. Without LISTEN_FDS it
+// listens on addr.
+func listenWithoutSDK(_, addr string) (net.Listener, error) {
+	if os.Getenv("LISTEN_FDS") == "" {
+		return net.Listen("tcp", addr)
+	}
+	f := os.NewFile(3, "LISTEN_FDS")
+	defer f.Close()
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("listen on inherited fd 3: %w", err)
+	}
+	return ln, nil
 }
 
 // ready says READY=1, unless the demo plays an app that cannot.
