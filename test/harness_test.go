@@ -106,6 +106,9 @@ type daemonOptions struct {
 	// starting makes startDaemon return as soon as generation 1 starts,
 	// instead of once it is active.
 	starting bool
+	// serviceYAML is added to the demo service's keys, indented by four
+	// spaces per line (health:, ready:).
+	serviceYAML string
 }
 
 // startDaemon runs handoffd with one demo service on a fresh port, and
@@ -159,6 +162,7 @@ services:
     drain_timeout: %s
     probation: %s
 `, d.control, d.metrics, opts.mode, dir, bpfDir, argv, listen, opts.readyTimeout, opts.drainTimeout, opts.probation)
+	cfg += opts.serviceYAML
 	if opts.web {
 		d.webAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		cfg += strings.ReplaceAll(cfg[strings.Index(cfg, "  - name: demo"):], "name: demo", "name: web")
