@@ -33,7 +33,7 @@ func TestSlotsMatchTheSources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{SteerMapSockets, SteerMapCounters} {
+	for _, name := range []string{SteerMapSockets, SteerMapCounters, SteerMapSplitCounters} {
 		if n := steer.Maps[name].MaxEntries; n != Slots {
 			t.Errorf("compiled steer map %s has %d entries, want Slots = %d", name, n, Slots)
 		}
