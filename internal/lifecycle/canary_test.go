@@ -227,7 +227,9 @@ func (h *healthServer) set(gen, code int) {
 func healthConfig(s *Service, ready string) {
 	s.cfg.Ready = ready
 	s.cfg.Health = &config.HealthConfig{HTTP: "/healthz", Listener: "http", Interval: config.Duration(5 * time.Millisecond),
-		Timeout: config.Duration(100 * time.Millisecond), Healthy: 2, Unhealthy: 3}
+		Timeout: config.Duration(time.Second), Healthy: 2, Unhealthy: 3}
+	// Room for a slow check on a busy machine under -race.
+	s.cfg.ReadyTimeout = config.Duration(time.Second)
 }
 
 func TestNeverHealthyIsNeverActivated(t *testing.T) {
