@@ -22,6 +22,11 @@ func main() {
 	app := &cli.App{
 		Name:  "handoffctl",
 		Usage: "control handoffd",
+		Description: "A swap waits until the new generation is ready: it said READY=1 (ready: notify, the default)\n" +
+			"and, with a health: check, passed it on its own listening socket before any client reaches it;\n" +
+			"ready: health takes the check alone, for apps without sd_notify. A canary (swap --canary P%)\n" +
+			"gets P% of new connections beside the active generation until promote or rollback; one that\n" +
+			"crashes or fails its health check is rolled back by handoffd.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "control", Value: "/run/handoff/handoffd.sock", EnvVars: []string{"HANDOFF_CONTROL"}, Usage: "handoffd's control socket"},
 		},

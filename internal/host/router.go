@@ -134,7 +134,8 @@ func listenerTarget(l config.ListenerConfig) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("resolve %s: %w", l.Address, err)
 	}
-	return a.AddrPort(), nil
+	ap := a.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 func (s *steeredLane) close() error   { return s.st.Remove() }
 func (s *steeredLane) forget(gen int) { s.base.forget(gen) }
