@@ -413,3 +413,60 @@ func TestCanaryRefusedInFDPass(t *testing.T) {
 		t.Errorf("promote without a canary: %v", err)
 	}
 }
+
+// TestUnhealthyOnProbationRollsBack: after a full swap with probation, a
+// generation whose health check turns to 503 is rolled back from, the
+// one in standby is active again, and no request fails.
+func TestUnhealthyOnProbationRollsBack(t *testing.T) {
+	d := startDaemon(t, daemonOptions{serviceYAML: healthYAML, probation: "30s", demoArgs: []string{"--fault", "unhealthy@2:1s"}})
+	l := startLoad(d.addr, "/slow?ms=2", loadClients, false)
+	time.Sleep(300 * time.Millisecond)
+	d.ctlOK("generation 2 active", "swap", "demo")
+	d.waitFor("rollback to generation 1", 15*time.Second, func(st api.ServiceStatus) bool {
+		return stateOf(st, 1) == api.StateActive && stateOf(st, 2) == api.StateExited
+	})
+	time.Sleep(300 * time.Millisecond)
+	res := l.stop()
+	t.Logf("requests: %d ok, %d failed; per generation %v", res.OK, res.Failed, res.ByGen)
+	if res.Failed > 0 {
+		t.Errorf("%d requests failed: %q", res.Failed, res.Failures)
+	}
+	if res.ByGen[2] == 0 {
+		t.Errorf("generation 2 answered nothing before it turned unhealthy: %v", res.ByGen)
+	}
+	if !strings.Contains(d.logText(), "active generation unhealthy during probation; rolling back") {
+		t.Errorf("no log of the rollback")
+	}
+}
+
+// TestCanaryWait: swap --canary --wait follows both generations'
+// connections, line by line without a terminal, until the promotion.
+func TestCanaryWait(t *testing.T) {
+	d := startDaemon(t, daemonOptions{})
+	l := startLoad(d.addr, "/slow?ms=50", loadClients, true)
+	defer l.stop()
+	time.Sleep(300 * time.Millisecond)
+	done := make(chan string, 1)
+	go func() {
+		out, err := d.ctl("swap", "--canary", "50%", "--wait", "demo")
+		if err != nil {
+			out += "error: " + err.Error()
+		}
+		done <- out
+	}()
+	d.waitFor("generation 2 a canary", 15*time.Second, func(st api.ServiceStatus) bool {
+		return stateOf(st, 2) == api.StateCanary
+	})
+	time.Sleep(time.Second)
+	d.ctlOK("generation 2 active", "promote", "demo")
+	var out string
+	select {
+	case out = <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("swap --canary --wait did not end after the promotion")
+	}
+	if !strings.Contains(out, "demo: canary 2 50%: ") || !strings.Contains(out, "; active 1 50%: ") ||
+		!strings.Contains(out, "demo: canary 2 is active now") || strings.Contains(out, "error:") {
+		t.Errorf("swap --canary --wait printed:\n%s", out)
+	}
+}
