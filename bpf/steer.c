@@ -98,6 +98,15 @@ struct {
 	__type(value, __u32);
 } probes SEC(".maps");
 
+// How many sources the probes map holds, kept by handoffd beside it: while
+// it is 0 the program reads no client address for probes.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} probe_count SEC(".maps");
+
 struct split_counts {
 	__u64 probed;      // probe connections sent to the slot
 	__u64 probe_drops; // probe SYNs dropped because the slot was empty
@@ -273,7 +282,8 @@ int steer(struct sk_reuseport_md *md)
 	__u32 addr[4] = {};
 	int have_addr = 0;
 
-	if (!md->migrating_sk) {
+	__u32 *probing = bpf_map_lookup_elem(&probe_count, &zero);
+	if (!md->migrating_sk && probing && *probing) {
 		have_addr = client_addr(md, addr) == 0;
 		__u32 probe;
 		if (have_addr && probe_slot(md, addr, &probe))
@@ -293,7 +303,7 @@ int steer(struct sk_reuseport_md *md)
 		__u32 canary = sp->slot;
 		__u32 hash = md->hash;
 		if (sp->flags & SPLIT_STICKY) {
-			if (md->migrating_sk)
+			if (!have_addr)
 				have_addr = client_addr(md, addr) == 0;
 			// Without an address the flow hash still splits.
 			if (have_addr)

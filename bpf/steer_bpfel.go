@@ -60,6 +60,7 @@ const (
 	SteerMapConns         = "conns"
 	SteerMapCounters      = "counters"
 	SteerMapFallbacks     = "fallbacks"
+	SteerMapProbeCount    = "probe_count"
 	SteerMapProbes        = "probes"
 	SteerMapSockets       = "sockets"
 	SteerMapSplitCounters = "split_counters"
@@ -122,6 +123,7 @@ type SteerMapSpecs struct {
 	Conns         *ebpf.MapSpec `ebpf:"conns"`
 	Counters      *ebpf.MapSpec `ebpf:"counters"`
 	Fallbacks     *ebpf.MapSpec `ebpf:"fallbacks"`
+	ProbeCount    *ebpf.MapSpec `ebpf:"probe_count"`
 	Probes        *ebpf.MapSpec `ebpf:"probes"`
 	Sockets       *ebpf.MapSpec `ebpf:"sockets"`
 	SplitCounters *ebpf.MapSpec `ebpf:"split_counters"`
@@ -160,6 +162,7 @@ type SteerMaps struct {
 	Conns         *ebpf.Map `ebpf:"conns"`
 	Counters      *ebpf.Map `ebpf:"counters"`
 	Fallbacks     *ebpf.Map `ebpf:"fallbacks"`
+	ProbeCount    *ebpf.Map `ebpf:"probe_count"`
 	Probes        *ebpf.Map `ebpf:"probes"`
 	Sockets       *ebpf.Map `ebpf:"sockets"`
 	SplitCounters *ebpf.Map `ebpf:"split_counters"`
@@ -173,6 +176,7 @@ func (m *SteerMaps) Close() error {
 		m.Conns,
 		m.Counters,
 		m.Fallbacks,
+		m.ProbeCount,
 		m.Probes,
 		m.Sockets,
 		m.SplitCounters,

@@ -64,7 +64,7 @@ func (s *Steering) openSplitPins(spec *ebpf.CollectionSpec) error {
 	maps := []struct {
 		name string
 		m    **ebpf.Map
-	}{{pinSplits, &s.splits}, {pinProbes, &s.probes}, {pinSplitCounters, &s.splitCounters}}
+	}{{pinSplits, &s.splits}, {pinProbes, &s.probes}, {pinSplitCounters, &s.splitCounters}, {pinProbeCount, &s.probeCount}}
 	present := 0
 	for _, pm := range maps {
 		if _, err := os.Stat(filepath.Join(s.dir, pm.name)); errors.Is(err, os.ErrNotExist) {
@@ -79,6 +79,34 @@ func (s *Steering) openSplitPins(spec *ebpf.CollectionSpec) error {
 	}
 	if present != 0 && present != len(maps) {
 		return fmt.Errorf("%d of the %d split and probe maps are pinned", present, len(maps))
+	}
+	if present == 0 {
+		return nil
+	}
+	return s.forgetProbes()
+}
+
+// forgetProbes empties the probes map of a steering opened from its pins:
+// the probe connections of the handoffd that pinned it died with it, and
+// a source left behind would catch a client that reuses its port.
+func (s *Steering) forgetProbes() error {
+	var k bpf.SteerProbeKey
+	var v uint32
+	var keys []bpf.SteerProbeKey
+	it := s.probes.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read probe sources: %w", err)
+	}
+	for _, k := range keys {
+		if err := s.probes.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget probe source: %w", err)
+		}
+	}
+	if err := s.probeCount.Update(uint32(0), uint32(0), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("reset probe count: %w", err)
 	}
 	return nil
 }

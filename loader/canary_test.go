@@ -415,16 +415,16 @@ func TestDialProbe(t *testing.T) {
 				t.Errorf("candidate accepted %d (want the %d probes), active %d (want the %d clients)",
 					len(got[1]), probes, len(got[0]), clients)
 			}
-			if n := probeSources(t, s); n != probes {
-				t.Errorf("%d probe sources known with %d probes open", n, probes)
+			if n, c := probeSources(t, s), probeCount(t, s); n != probes || c != probes {
+				t.Errorf("%d probe sources known, counted %d, with %d probes open", n, c, probes)
 			}
 			for _, c := range conns {
 				if err := c.Close(); err != nil {
 					t.Error(err)
 				}
 			}
-			if n := probeSources(t, s); n != 0 {
-				t.Errorf("%d probe sources left after the probes closed", n)
+			if n, c := probeSources(t, s), probeCount(t, s); n != 0 || c != 0 {
+				t.Errorf("%d probe sources left, counted %d, after the probes closed", n, c)
 			}
 			if c := splitCounts(t, s, 2); c.Probed != probes || c.ProbeDrops != 0 {
 				t.Errorf("split counts of slot 2 = %+v, want %d probed", c, probes)
@@ -477,6 +477,41 @@ func probeSources(t *testing.T, s *Steering) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+func probeCount(t *testing.T, s *Steering) int {
+	t.Helper()
+	var n uint32
+	if err := s.probeCount.Lookup(uint32(0), &n); err != nil {
+		t.Fatal(err)
+	}
+	return int(n)
+}
+
+// TestOpenPinnedForgetsProbes: the probe sources of a handoffd that died
+// mid-probe are gone once a new one opens the pins, so that no client
+// that reuses such a port is caught.
+func TestOpenPinnedForgetsProbes(t *testing.T) {
+	requireEBPF(t)
+	inNetns(t)
+	s := loadSteering(t)
+	_, ln2 := group(t, s)
+	if err := s.Activate(1); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.DialProbe(context.Background(), listenAddr(t, ln2), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	again, err := OpenPinned(s.Dir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if n, cnt := probeSources(t, again), probeCount(t, again); n != 0 || cnt != 0 {
+		t.Errorf("after OpenPinned: %d probe sources, counted %d; want none", n, cnt)
+	}
 }
 
 // listenGroup returns two listening sockets of one reuseport group on
@@ -579,7 +614,7 @@ func TestOpenPinnedWithoutSplit(t *testing.T) {
 	if err := first.Insert(3, ln); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{pinSplits, pinProbes, pinSplitCounters} {
+	for _, name := range []string{pinSplits, pinProbes, pinSplitCounters, pinProbeCount} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil {
 			t.Fatal(err)
 		}

@@ -51,7 +51,7 @@ func (s *Steering) DialProbe(ctx context.Context, target netip.AddrPort, slot ui
 		network = "tcp4"
 	}
 
-	p := &probeSource{probes: s.probes}
+	p := &probeSource{s: s}
 	d := net.Dialer{ControlContext: func(_ context.Context, _, _ string, c syscall.RawConn) error {
 		var err error
 		if cerr := c.Control(func(fd uintptr) { err = p.register(int(fd), addr, slot) }); cerr != nil {
@@ -70,9 +70,9 @@ func (s *Steering) DialProbe(ctx context.Context, target netip.AddrPort, slot ui
 // probeSource is the source address and port of one probe connection, as
 // the steering program's probes map knows it.
 type probeSource struct {
-	probes *ebpf.Map
-	key    bpf.SteerProbeKey
-	added  bool
+	s     *Steering
+	key   bpf.SteerProbeKey
+	added bool
 }
 
 // register binds the socket fd to addr on a port the kernel picks and
@@ -103,11 +103,37 @@ func (p *probeSource) register(fd int, addr netip.Addr, slot uint32) error {
 		p.key.Addr[i] = binary.NativeEndian.Uint32(a16[4*i:])
 	}
 	p.key.Port = uint32(port)
-	if err := p.probes.Update(&p.key, slot, ebpf.UpdateNoExist); err != nil {
+	if err := p.s.addProbe(&p.key, slot); err != nil {
 		return fmt.Errorf("register probe source %s: %w", netip.AddrPortFrom(addr, uint16(port)), err)
 	}
 	p.added = true
 	return nil
+}
+
+// addProbe adds a probe source, counting it first so that the program
+// looks for it as soon as it is there.
+func (s *Steering) addProbe(key *bpf.SteerProbeKey, slot uint32) error {
+	s.probeMu.Lock()
+	defer s.probeMu.Unlock()
+	if err := s.probeCount.Update(uint32(0), s.probeN+1, ebpf.UpdateAny); err != nil {
+		return err
+	}
+	if err := s.probes.Update(key, slot, ebpf.UpdateNoExist); err != nil {
+		return errors.Join(err, s.probeCount.Update(uint32(0), s.probeN, ebpf.UpdateAny))
+	}
+	s.probeN++
+	return nil
+}
+
+// removeProbe removes a probe source, then uncounts it.
+func (s *Steering) removeProbe(key *bpf.SteerProbeKey) error {
+	s.probeMu.Lock()
+	defer s.probeMu.Unlock()
+	if err := s.probes.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	s.probeN--
+	return s.probeCount.Update(uint32(0), s.probeN, ebpf.UpdateAny)
 }
 
 // forget removes the source from the probes map, if it was added.
@@ -116,7 +142,7 @@ func (p *probeSource) forget() error {
 		return nil
 	}
 	p.added = false
-	if err := p.probes.Delete(&p.key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := p.s.removeProbe(&p.key); err != nil {
 		return fmt.Errorf("forget probe source port %d: %w", p.key.Port, err)
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -29,10 +30,11 @@ const (
 	pinSplits        = bpf.SteerMapSplits
 	pinProbes        = bpf.SteerMapProbes
 	pinSplitCounters = bpf.SteerMapSplitCounters
+	pinProbeCount    = bpf.SteerMapProbeCount
 )
 
 var pinNames = []string{pinProgram, pinSockets, pinActive, pinCounters, pinFallbacks,
-	pinSplits, pinProbes, pinSplitCounters}
+	pinSplits, pinProbes, pinSplitCounters, pinProbeCount}
 
 // Steering is the steering program and maps of one listener (one
 // SO_REUSEPORT group), pinned under a directory in bpffs so that steering
@@ -55,6 +57,13 @@ type Steering struct {
 	splits        *ebpf.Map
 	probes        *ebpf.Map
 	splitCounters *ebpf.Map
+	probeCount    *ebpf.Map
+
+	// probeMu orders the updates of probes and probeCount, which
+	// holds probeN: the program reads client addresses only while it is
+	// not 0.
+	probeMu sync.Mutex
+	probeN  uint32
 }
 
 // SlotCounters counts what the steering program did for one slot.
@@ -113,6 +122,7 @@ func loadSteeringObjs(dir string, t *Tracking, base uint32) (*Steering, error) {
 		splits:        objs.Splits,
 		probes:        objs.Probes,
 		splitCounters: objs.SplitCounters,
+		probeCount:    objs.ProbeCount,
 		tracking:      t,
 		base:          base,
 	}
@@ -168,6 +178,7 @@ func (s *Steering) pin() error {
 		pinSplits:        s.splits,
 		pinProbes:        s.probes,
 		pinSplitCounters: s.splitCounters,
+		pinProbeCount:    s.probeCount,
 	}
 	for _, name := range pinNames {
 		path := filepath.Join(s.dir, name)
@@ -373,7 +384,7 @@ func (s *Steering) Close() error {
 	// a half-opened Steering.
 	err := errors.Join(s.prog.Close(), s.sockets.Close(), s.active.Close(),
 		s.counters.Close(), s.fallbacks.Close(),
-		s.splits.Close(), s.probes.Close(), s.splitCounters.Close())
+		s.splits.Close(), s.probes.Close(), s.splitCounters.Close(), s.probeCount.Close())
 	if err != nil {
 		return fmt.Errorf("close steering: %w", err)
 	}
