@@ -63,6 +63,10 @@ func (s *Service) startCanary(g *Generation, sp Split) (api.SwapResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.router.SetSplit(g.ID, sp.Share, sp.Sticky); err != nil {
+		// Some listeners may split already: take their share back.
+		if rerr := s.router.SetSplit(g.ID, 0, false); rerr != nil {
+			s.log.Error("undo a failed split", "generation", g.ID, "err", rerr)
+		}
 		return api.SwapResult{}, fmt.Errorf("split new connections to generation %d: %w", g.ID, err)
 	}
 	if err := s.move(g, api.StateCanary); err != nil {
@@ -128,8 +132,10 @@ func (s *Service) Promote() (api.SwapResult, error) {
 		if rerr := s.router.SetSplit(c.ID, s.split.Share, s.split.Sticky); rerr != nil {
 			s.log.Error("promote: restore the split", "generation", c.ID, "err", rerr)
 		}
-		if aerr := s.router.Activate(s.current.ID); aerr != nil {
-			s.log.Error("promote: restore steering", "generation", s.current.ID, "err", aerr)
+		if s.current != nil {
+			if aerr := s.router.Activate(s.current.ID); aerr != nil {
+				s.log.Error("promote: restore steering", "generation", s.current.ID, "err", aerr)
+			}
 		}
 		return api.SwapResult{}, fmt.Errorf("promote generation %d: %w", c.ID, err)
 	}

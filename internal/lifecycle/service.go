@@ -454,9 +454,11 @@ func (s *Service) exited(g *Generation) {
 		c := s.canary
 		s.log.Error("active generation exited during a canary; promoting the canary", "generation", g.ID, "pid", g.pid, "status", status, "canary", c.ID)
 		if err := s.router.Promote(c.ID); err != nil {
+			// Steering still splits: closing the dead generation's
+			// sockets empties its slot, so the program sends its share,
+			// and migrates its queue, to the canary.
 			s.log.Error("promote the canary", "generation", c.ID, "err", err)
-			s.goroutines.Add(1)
-			go s.replace()
+			s.invariant(s.retire(g))
 			break
 		}
 		s.canary = nil
