@@ -83,6 +83,9 @@ func (s *Service) adopt(ss savedService) error {
 			go s.awaitExit(g)
 		}
 	}
+	if s.current != nil {
+		s.watchHealth(s.cfg, s.current)
+	}
 	return nil
 }
 
