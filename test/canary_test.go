@@ -426,8 +426,17 @@ func TestCanaryRefusedInFDPass(t *testing.T) {
 // TestUnhealthyOnProbationRollsBack: after a full swap with probation, a
 // generation whose health check turns to 503 is rolled back from, the
 // one in standby is active again, and no request fails.
+//
+// In fdpass mode there is no socket per generation: the checks start at
+// activation, on the shared socket.
 func TestUnhealthyOnProbationRollsBack(t *testing.T) {
-	d := startDaemon(t, daemonOptions{serviceYAML: healthYAML, probation: "30s", demoArgs: []string{"--fault", "unhealthy@2:1s"}})
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) { unhealthyOnProbationRollsBack(t, mode) })
+	}
+}
+
+func unhealthyOnProbationRollsBack(t *testing.T, mode string) {
+	d := startDaemon(t, daemonOptions{mode: mode, serviceYAML: healthYAML, probation: "30s", demoArgs: []string{"--fault", "unhealthy@2:1s"}})
 	l := startLoad(d.addr, "/slow?ms=2", loadClients, false)
 	time.Sleep(300 * time.Millisecond)
 	d.ctlOK("generation 2 active", "swap", "demo")
