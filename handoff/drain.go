@@ -2,8 +2,11 @@ package handoff
 
 import (
 	"context"
+	"crypto/tls"
+	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +30,18 @@ const drainPoll = 25 * time.Millisecond
 // client sending its next request, and it never refuses a request it has
 // read.
 //
+// Long-lived requests (WebSockets, server-sent events, streams) learn that
+// the drain began from Draining, each at its own moment within Spread, and
+// end by their protocol: a WebSocket close 1001, the end of an SSE stream
+// with a retry hint. Their clients then reconnect to the next generation
+// spread over that window rather than all at once. A hijacked connection
+// stays in the drain while its handler runs, or until the app releases it
+// (see Hold); the drain deadline closes it.
+//
+// HTTP/2 (see ServeTLS): every HTTP/2 connection gets a GOAWAY when the
+// drain begins, idle or not, so its client sends further requests on a
+// new connection; streams it already opened are answered.
+//
 // What a Drainer cannot make safe, and what callers should know:
 //   - A response whose headers were written before Drain began carries no
 //     "Connection: close"; its connection ends when the client sends
@@ -37,14 +52,18 @@ const drainPoll = 25 * time.Millisecond
 //   - A request whose header arrives more slowly than IdleGrace on an idle
 //     or new connection looks idle (net/http reports StateActive only once
 //     the header is read) and may be cut; raise IdleGrace for such clients.
-//   - Hijacked connections (WebSocket and the like) are no longer tracked:
-//     the app must end them itself.
-//   - HTTP/2: net/http turns "Connection: close" into a GOAWAY, so clients
-//     open new connections; the connection is closed once idle for
-//     IdleGrace like an HTTP/1 one.
+//     A TLS handshake counts as such a wait.
+//   - A handler that ignores Draining keeps its request open until the
+//     drain deadline, which then cuts it.
+//   - HTTP/2's GOAWAY names the last stream the server has seen: a stream
+//     the client opened at that very moment is refused unprocessed, which
+//     HTTP/2 clients re-send on a new connection (RFC 9113, section 8.7).
+//     An app that fills srv.TLSNextProto itself keeps its own HTTP/2 and
+//     gets no GOAWAY at drain start.
 //
-// A Drainer wraps the server's Handler and ConnState when it is created:
-// set both before NewDrainer and do not change them afterwards.
+// A Drainer wraps the server's Handler, ConnState and ConnContext, and
+// sets up its HTTP/2, when it is created: set those (and Protocols and
+// HTTP2) before NewDrainer and do not change them afterwards.
 type Drainer struct {
 	// IdleGrace is how long a connection must have been idle (between
 	// requests, or accepted with no request yet) before Drain closes it.
@@ -52,34 +71,55 @@ type Drainer struct {
 	// DefaultIdleGrace.
 	IdleGrace time.Duration
 
+	// Spread is the window over which long-lived requests are told that
+	// the drain began: each request's Draining channel closes at a moment
+	// drawn uniformly at random within it. It is cut to half of what is
+	// left of the drain deadline, so that every request has time to end.
+	// Zero means DefaultSpread.
+	Spread time.Duration
+
 	srv      *http.Server
+	goAway   func() // sends GOAWAY to every HTTP/2 connection; nil when the app set up HTTP/2
 	draining atomic.Bool
 	start    sync.Once
+	began    chan struct{} // closed when the drain begins
 	wake     chan struct{} // wakes Drain when a connection closes
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	serving   int // Serve calls that have not returned
 	conns     map[net.Conn]*connInfo
-	closed    int // connections closed by Drain
+	closed    int                       // connections closed by Drain
+	waiting   map[*drainSignal]struct{} // Draining channels of running requests, not yet due
+	spread    time.Duration             // the Spread in force once the drain began
 }
 
+// DefaultSpread is the Spread of a Drainer that sets none.
+const DefaultSpread = 2 * time.Second
+
 type connInfo struct {
-	state   http.ConnState
-	since   time.Time // when the connection entered state
-	closing bool      // Drain closed it; waiting for StateClosed
+	conn     net.Conn
+	state    http.ConnState
+	since    time.Time // when the connection entered state
+	closing  bool      // Drain closed it; waiting for StateClosed
+	handlers int       // handlers running for requests on this connection
+	holds    int       // Hold calls not yet released
 }
 
 // NewDrainer returns a Drainer for srv. It wraps srv.Handler (or
 // http.DefaultServeMux when nil) to add "Connection: close" while
-// draining, and srv.ConnState to track connections, calling the previous
-// ConnState hook after its own.
+// draining and to give requests their Draining channel, and srv.ConnState
+// and srv.ConnContext to track connections, calling the previous hooks.
+// Unless srv.TLSNextProto is set, it sets up HTTP/2 for srv (used over
+// TLS, see ServeTLS) in a way that lets Drain send GOAWAY frames.
 func NewDrainer(srv *http.Server) *Drainer {
 	d := &Drainer{
 		srv:       srv,
+		began:     make(chan struct{}),
 		wake:      make(chan struct{}, 1),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]*connInfo),
+		waiting:   make(map[*drainSignal]struct{}),
 	}
 	inner := srv.Handler
 	if inner == nil {
@@ -92,15 +132,26 @@ func NewDrainer(srv *http.Server) *Drainer {
 		if d.draining.Load() {
 			w.Header().Set("Connection", "close")
 		}
-		inner.ServeHTTP(w, r)
+		q := &request{d: d, ci: connOf(r.Context())}
+		d.enter(q.ci)
+		defer d.leave(q)
+		inner.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestKey{}, q)))
 	})
-	prev := srv.ConnState
+	prevState := srv.ConnState
 	srv.ConnState = func(c net.Conn, s http.ConnState) {
 		d.track(c, s)
-		if prev != nil {
-			prev(c, s)
+		if prevState != nil {
+			prevState(c, s)
 		}
 	}
+	prevContext := srv.ConnContext
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if prevContext != nil {
+			ctx = prevContext(ctx, c)
+		}
+		return context.WithValue(ctx, connKey{}, d.register(c))
+	}
+	d.goAway = setUpHTTP2(srv)
 	return d
 }
 
@@ -133,24 +184,59 @@ func (d *Drainer) Serve(ln net.Listener) error {
 	return err
 }
 
+// ServeTLS is Serve over TLS, with HTTP/2 offered to clients by ALPN
+// when the server has it (by default it has). It takes the server's
+// TLSConfig, or an empty one, and adds the certificate in certFile and
+// keyFile (PEM) unless both are empty and the config already has one.
+// Like Serve, it returns nil once Drain closed ln.
+//
+// Serve(tls.NewListener(ln, config)) works too, but then config's
+// NextProtos must list "h2" for HTTP/2; http.Server.ServeTLS would bypass
+// the Drainer.
+func (d *Drainer) ServeTLS(ln net.Listener, certFile, keyFile string) error {
+	config := &tls.Config{}
+	if d.srv.TLSConfig != nil {
+		config = d.srv.TLSConfig.Clone()
+	}
+	if _, h2 := d.srv.TLSNextProto["h2"]; h2 && !slices.Contains(config.NextProtos, "h2") {
+		config.NextProtos = append([]string{"h2"}, config.NextProtos...)
+	}
+	if !slices.Contains(config.NextProtos, "http/1.1") {
+		config.NextProtos = append(config.NextProtos, "http/1.1")
+	}
+	hasCert := len(config.Certificates) > 0 || config.GetCertificate != nil || config.GetConfigForClient != nil
+	if !hasCert || certFile != "" || keyFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("handoff: load TLS certificate: %w", err)
+		}
+		config.Certificates = []tls.Certificate{cert}
+	}
+	return d.Serve(tls.NewListener(ln, config))
+}
+
 // Drain stops accepting and waits until every connection has ended.
 //
 // It closes the listeners given to Serve at once: in ebpf mode the kernel
 // then moves connections still queued on them to the next generation;
-// with a shared socket they stay queued for it. From then on every
-// response gets "Connection: close", so each request already accepted or
-// arriving on an open keep-alive connection is answered, and its
-// connection closed after the reply. A connection that stays idle (between
-// requests, or accepted without a request yet) for longer than IdleGrace
-// is closed. OnReload handlers stop. Drain never calls http.Server.Shutdown or
+// with a shared socket they stay queued for it. It sends a GOAWAY to every
+// HTTP/2 connection and closes each request's Draining channel, spread
+// over Spread. From then on every response gets "Connection: close", so
+// each request already accepted or arriving on an open keep-alive
+// connection is answered, and its connection closed after the reply. A
+// connection that stays idle (between requests, or accepted without a
+// request yet) for longer than IdleGrace is closed. A hijacked connection
+// counts until its handler returns and every Hold on it is released.
+// OnReload handlers stop. Drain never calls http.Server.Shutdown or
 // SetKeepAlivesEnabled, which would close idle connections at once.
 //
 // Drain returns nil when every Serve call has returned and no connection
 // is left. When ctx ends first, it closes the remaining connections,
-// whatever their state, and returns ctx.Err(). Calling Drain again, or
-// concurrently, waits the same way.
+// whatever their state, hijacked ones included, and returns ctx.Err().
+// Calling Drain again, or concurrently, waits the same way.
 func (d *Drainer) Drain(ctx context.Context) error {
-	d.start.Do(d.stopAccepting)
+	d.start.Do(func() { d.begin(ctx) })
 	tick := time.NewTicker(drainPoll)
 	defer tick.Stop()
 	for {
@@ -167,8 +253,14 @@ func (d *Drainer) Drain(ctx context.Context) error {
 	}
 }
 
-// Conns returns the number of connections the server has open (accepted
-// and not yet closed or hijacked).
+// Draining returns a channel that is closed when the drain begins, at
+// once for every caller; a request's own channel, spread over the drain
+// window, comes from the package-level Draining.
+func (d *Drainer) Draining() <-chan struct{} { return d.began }
+
+// Conns returns the number of connections the server has open: accepted
+// and not yet closed, hijacked ones included while they count for the
+// drain.
 func (d *Drainer) Conns() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -184,41 +276,116 @@ func (d *Drainer) Closed() int {
 	return d.closed
 }
 
-func (d *Drainer) stopAccepting() {
+// begin starts the drain: no more accepting, GOAWAY to HTTP/2
+// connections, and the Draining signals of running requests scheduled
+// over the spread window, which ctx's deadline may shorten.
+func (d *Drainer) begin(ctx context.Context) {
 	stopReloads() // a draining generation no longer reloads (see OnReload)
+	spread := d.Spread
+	if spread <= 0 {
+		spread = DefaultSpread
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		spread = max(0, min(spread, time.Until(deadline)/2))
+	}
 	d.mu.Lock()
-	d.draining.Store(true) // under mu: Serve checks it before tracking a listener
+	d.draining.Store(true) // under mu: Serve and Draining check it
+	d.spread = spread
 	lns := make([]net.Listener, 0, len(d.listeners))
 	for ln := range d.listeners {
 		lns = append(lns, ln)
 	}
+	due := make([]*drainSignal, 0, len(d.waiting))
+	for s := range d.waiting {
+		due = append(due, s)
+	}
+	clear(d.waiting)
 	d.mu.Unlock()
+	close(d.began)
 	for _, ln := range lns {
 		// An error means it was already closed; either way it accepts no more.
 		ln.Close()
 	}
+	if d.goAway != nil {
+		d.goAway()
+	}
+	for _, s := range due {
+		s.fireWithin(spread)
+	}
+}
+
+// register notes a connection as net/http accepts it; it runs in the
+// server's ConnContext hook, just before ConnState reports StateNew.
+func (d *Drainer) register(c net.Conn) *connInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ci := d.conns[c]
+	if ci == nil {
+		ci = &connInfo{conn: c, state: http.StateNew, since: time.Now()}
+		d.conns[c] = ci
+	}
+	return ci
 }
 
 // track follows a connection's state; it runs in the server's ConnState hook.
 func (d *Drainer) track(c net.Conn, s http.ConnState) {
 	d.mu.Lock()
+	ci := d.conns[c]
 	switch s {
 	case http.StateNew, http.StateIdle:
-		if ci := d.conns[c]; ci != nil {
-			ci.state, ci.since = s, time.Now()
-		} else {
-			d.conns[c] = &connInfo{state: s, since: time.Now()}
+		if ci == nil {
+			ci = &connInfo{conn: c}
+			d.conns[c] = ci
 		}
+		ci.state, ci.since = s, time.Now()
 	case http.StateActive:
-		if ci := d.conns[c]; ci != nil {
+		if ci != nil {
 			ci.state = s
 		}
-	case http.StateHijacked, http.StateClosed:
+	case http.StateHijacked:
+		// Its handler is running (it hijacked): the connection counts
+		// until the handler returns and every Hold is released.
+		if ci != nil {
+			ci.state = s
+			d.forgetIfDoneLocked(ci)
+		}
+	case http.StateClosed:
 		delete(d.conns, c)
 	}
 	d.mu.Unlock()
 	if s == http.StateClosed || s == http.StateHijacked {
 		d.signal()
+	}
+}
+
+// enter and leave bracket a handler; ci is nil for a connection that was
+// not accepted through the Drainer's hooks.
+func (d *Drainer) enter(ci *connInfo) {
+	if ci == nil {
+		return
+	}
+	d.mu.Lock()
+	ci.handlers++
+	d.mu.Unlock()
+}
+
+func (d *Drainer) leave(q *request) {
+	d.mu.Lock()
+	q.ended = true
+	q.forgetSignalLocked()
+	if q.ci != nil {
+		q.ci.handlers--
+		d.forgetIfDoneLocked(q.ci)
+	}
+	d.mu.Unlock()
+	d.signal()
+}
+
+// forgetIfDoneLocked stops counting a hijacked connection once nothing
+// holds it: net/http no longer reports on it.
+func (d *Drainer) forgetIfDoneLocked(ci *connInfo) {
+	if ci.state == http.StateHijacked && ci.handlers <= 0 && ci.holds <= 0 {
+		delete(d.conns, ci.conn)
 	}
 }
 
@@ -233,7 +400,8 @@ func (d *Drainer) closeIdle(now time.Time) (done bool) {
 	d.mu.Lock()
 	var idle []net.Conn
 	for c, ci := range d.conns {
-		if !ci.closing && ci.state != http.StateActive && now.Sub(ci.since) > grace {
+		busy := ci.state == http.StateActive || ci.state == http.StateHijacked || ci.holds > 0
+		if !ci.closing && !busy && now.Sub(ci.since) > grace {
 			ci.closing = true
 			idle = append(idle, c)
 		}
