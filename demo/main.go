@@ -40,6 +40,10 @@ func run(args []string) error {
 	idleGrace := fs.Duration("idle-grace", handoff.DefaultIdleGrace, "while draining, close a connection idle for this long")
 	configPath := fs.String("config", "", "config file (greeting: ...); SIGHUP reads it again")
 	notify := fs.Bool("notify", true, "use the SDK and say READY=1 once serving; false plays an app without it, which accepts at once and never says READY=1 (for ready: health)")
+	spread := fs.Duration("spread", handoff.DefaultSpread, "while draining, tell WebSockets and event streams to end spread over this window")
+	useTLS := fs.Bool("tls", false, "serve HTTPS with HTTP/2 (self-signed certificate unless --tls-cert and --tls-key)")
+	certFile := fs.String("tls-cert", "", "PEM certificate for --tls")
+	keyFile := fs.String("tls-key", "", "PEM private key for --tls")
 	faultSpec := fs.String("fault", "", "play a failure on purpose, for tests: KIND@GEN[:DELAY] (see faults.go)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -67,12 +71,24 @@ func run(args []string) error {
 	}
 	hc := &health{}
 	srv := &http.Server{Handler: newEngine(app, conf.greeting, hc.ok, *accessLog), ReadHeaderTimeout: 10 * time.Second}
+	if *useTLS {
+		if srv.TLSConfig, err = tlsConfig(*certFile, *keyFile); err != nil {
+			ln.Close()
+			return err
+		}
+	}
 	d := handoff.NewDrainer(srv)
-	d.IdleGrace = *idleGrace
+	d.IdleGrace, d.Spread = *idleGrace, *spread
 	served := make(chan error, 1)
-	go func() { served <- d.Serve(ln) }()
+	go func() {
+		if *useTLS {
+			served <- d.ServeTLS(ln, "", "")
+		} else {
+			served <- d.Serve(ln)
+		}
+	}()
 	slog.Info("serving", "service", app.Service, "generation", app.Generation, "pid", app.PID,
-		"addr", ln.Addr().String(), "version", app.Version)
+		"addr", ln.Addr().String(), "tls", *useTLS, "version", app.Version)
 
 	handoff.OnReload(conf.reload) // before Ready; the drain ends it
 	stop, unwatch := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -47,6 +47,8 @@ func newEngine(app appInfo, greeting func() string, healthy func() bool, accessL
 	slow := func(c *gin.Context) { serveSlow(c, app) }
 	r.GET("/slow", slow)
 	r.POST("/slow", slow)
+	r.GET("/ws", func(c *gin.Context) { serveWebSocket(c, app) })
+	r.GET("/events", func(c *gin.Context) { serveEvents(c, app) })
 	return r
 }
 
