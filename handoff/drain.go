@@ -38,9 +38,11 @@ const drainPoll = 25 * time.Millisecond
 // stays in the drain while its handler runs, or until the app releases it
 // (see Hold); the drain deadline closes it.
 //
-// HTTP/2 (see ServeTLS): every HTTP/2 connection gets a GOAWAY when the
-// drain begins, idle or not, so its client sends further requests on a
-// new connection; streams it already opened are answered.
+// HTTP/2 (see ServeTLS): every HTTP/2 connection gets a GOAWAY once the
+// drain begins, so its client sends further requests on a new connection;
+// streams it already opened are answered. A busy connection gets it with
+// its next response, written before that response ends, and every other
+// one, idle or not, a quarter of IdleGrace into the drain.
 //
 // What a Drainer cannot make safe, and what callers should know:
 //   - A response whose headers were written before Drain began carries no
@@ -55,9 +57,13 @@ const drainPoll = 25 * time.Millisecond
 //     A TLS handshake counts as such a wait.
 //   - A handler that ignores Draining keeps its request open until the
 //     drain deadline, which then cuts it.
-//   - HTTP/2's GOAWAY names the last stream the server has seen: a stream
-//     the client opened at that very moment is refused unprocessed, which
-//     HTTP/2 clients re-send on a new connection (RFC 9113, section 8.7).
+//   - HTTP/2's GOAWAY names the last stream the server has read (net/http
+//     sends one GOAWAY, not the two of RFC 9113, section 6.8): a stream a
+//     client opens while its GOAWAY is on the way is refused unprocessed,
+//     which HTTP/2 clients may re-send on a new connection (section 8.7).
+//     Sending the GOAWAY with a response, and to the other connections
+//     only later, leaves this race to clients that send on a connection
+//     idle for a quarter of IdleGrace, or several streams at once.
 //     An app that fills srv.TLSNextProto itself keeps its own HTTP/2 and
 //     gets no GOAWAY at drain start.
 //
@@ -221,8 +227,8 @@ func (d *Drainer) ServeTLS(ln net.Listener, certFile, keyFile string) error {
 // It closes the listeners given to Serve at once: in ebpf mode the kernel
 // then moves connections still queued on them to the next generation;
 // with a shared socket they stay queued for it. It sends a GOAWAY to every
-// HTTP/2 connection and closes each request's Draining channel, spread
-// over Spread. From then on every response gets "Connection: close", so
+// HTTP/2 connection (see Drainer) and closes each request's Draining
+// channel, spread over Spread. From then on every response gets "Connection: close", so
 // each request already accepted or arriving on an open keep-alive
 // connection is answered, and its connection closed after the reply. A
 // connection that stays idle (between requests, or accepted without a
@@ -307,7 +313,13 @@ func (d *Drainer) begin(ctx context.Context) {
 		ln.Close()
 	}
 	if d.goAway != nil {
-		d.goAway()
+		// A busy HTTP/2 connection gets its GOAWAY with its next response
+		// (see NewDrainer), written before that response ends: a client
+		// that waits for its answer before sending again never races it.
+		// A GOAWAY sent at any other moment names the last stream the
+		// server has read, and refuses one the client just sent. So the
+		// connections left without one (idle ones) get it a little later.
+		time.AfterFunc(d.idleGrace()/4, d.goAway)
 	}
 	for _, s := range due {
 		s.fireWithin(spread)
@@ -393,10 +405,7 @@ func (d *Drainer) forgetIfDoneLocked(ci *connInfo) {
 // the drain is done: no Serve running (so no accepted connection can still
 // be on its way to StateNew) and no connection left.
 func (d *Drainer) closeIdle(now time.Time) (done bool) {
-	grace := d.IdleGrace
-	if grace <= 0 {
-		grace = DefaultIdleGrace
-	}
+	grace := d.idleGrace()
 	d.mu.Lock()
 	var idle []net.Conn
 	for c, ci := range d.conns {
@@ -411,6 +420,13 @@ func (d *Drainer) closeIdle(now time.Time) (done bool) {
 	d.mu.Unlock()
 	closeConns(idle)
 	return done
+}
+
+func (d *Drainer) idleGrace() time.Duration {
+	if d.IdleGrace <= 0 {
+		return DefaultIdleGrace
+	}
+	return d.IdleGrace
 }
 
 func (d *Drainer) closeAll() {
