@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/handoffd/handoffd/handoff/supervisor"
+	"github.com/handoffd/handoffd/api"
 )
 
 // longSpread is the demo's --spread in these tests: each draining
@@ -24,7 +24,7 @@ const longSpread = "500ms"
 // swapRepeatedly makes n swaps, every apart, waits until the last
 // generation alone is left, and checks that every old generation drained
 // to its end by itself (exit status 0), none cut by a deadline.
-func swapRepeatedly(t *testing.T, d *daemon, n int, every time.Duration) supervisor.ServiceStatus {
+func swapRepeatedly(t *testing.T, d *daemon, n int, every time.Duration) api.ServiceStatus {
 	t.Helper()
 	first := d.status().Generations[0].ID
 	for i := range n {
@@ -35,9 +35,9 @@ func swapRepeatedly(t *testing.T, d *daemon, n int, every time.Duration) supervi
 		}
 	}
 	last := first + n
-	st := d.waitFor("every old generation exited", 40*time.Second, func(st supervisor.ServiceStatus) bool {
+	st := d.waitFor("every old generation exited", 40*time.Second, func(st api.ServiceStatus) bool {
 		g := st.Generations[len(st.Generations)-1]
-		return liveCount(st) == 1 && g.ID == last && g.State == supervisor.StateActive
+		return liveCount(st) == 1 && g.ID == last && g.State == api.StateActive
 	})
 	for _, g := range st.Generations[:len(st.Generations)-1] {
 		if g.Exit != "exit status 0" {
