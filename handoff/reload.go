@@ -100,6 +100,11 @@ func handlesReloads() bool {
 	return len(reloads.handlers) > 0
 }
 
+// StopReloads ends every OnReload handler for good, as a Drainer's drain
+// does: from then on SIGHUP is ignored. An app that drains by other means
+// (a gRPC server, see package handoffgrpc) calls it when its drain begins.
+func StopReloads() { stopReloads() }
+
 // stopReloads ends every OnReload handler, for good: the process drains.
 func stopReloads() {
 	reloads.mu.Lock()

@@ -1,0 +1,140 @@
+// Package handoffgrpc runs a *grpc.Server as a generation of a handoffd
+// service: it serves on the listener handoffd handed over, says when it is
+// ready, and on the stop signal drains with GracefulStop, bounded by a
+// deadline after which Stop ends what is left.
+//
+// GracefulStop sends every connection a GOAWAY (grpc-go sends two, so that
+// no call the client is just sending gets refused) and waits for the calls
+// in flight, so clients move their next calls to the next generation. A
+// long-lived stream never ends by itself: its handler selects on Draining
+// and returns codes.Unavailable, which clients may retry on, before the
+// deadline cuts it. Draining channels close spread over Spread, so that
+// stream clients do not all reconnect at once.
+//
+// It is its own package so that package handoff stays free of grpc-go.
+package handoffgrpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/handoffd/handoffd/handoff"
+	"google.golang.org/grpc"
+)
+
+// DefaultDrainTimeout is the DrainTimeout of a Server that sets none.
+const DefaultDrainTimeout = 30 * time.Second
+
+// A Server runs a *grpc.Server for the life of a generation.
+type Server struct {
+	// DrainTimeout bounds GracefulStop; Stop then closes every connection
+	// left. Keep it below the service's drain_timeout. Zero means
+	// DefaultDrainTimeout.
+	DrainTimeout time.Duration
+	// Spread is the window over which Draining channels close, cut to
+	// half of DrainTimeout. Zero means handoff.DefaultSpread.
+	Spread time.Duration
+
+	srv   *grpc.Server
+	began chan struct{}
+	once  sync.Once
+}
+
+// New returns a Server for srv, whose services are registered or will be
+// before Serve.
+func New(srv *grpc.Server) *Server {
+	return &Server{srv: srv, began: make(chan struct{})}
+}
+
+// Serve serves on ln, sends READY=1 (handoff.Ready), and waits for
+// SIGTERM or SIGINT or for ctx to end. It then drains (see Drain) and
+// returns: nil after a clean drain, an error that says so when the
+// deadline made it Stop the calls left. If Ready fails, or the gRPC
+// server fails before a signal, it drains at once and returns that error.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop, unwatch := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer unwatch() // after the drain: a second SIGTERM must not cut calls
+	served := make(chan error, 1)
+	go func() { served <- s.srv.Serve(ln) }()
+
+	var cause error
+	if err := handoff.Ready(); err != nil {
+		cause = err
+	} else {
+		select {
+		case <-stop.Done():
+		case err := <-served:
+			cause = fmt.Errorf("handoffgrpc: serve %s: %w", ln.Addr(), err)
+		}
+	}
+	handoff.Notify("STOPPING=1") // informative only: handoffd already knows
+	return errors.Join(cause, s.Drain())
+}
+
+// Drain stops accepting, closes the Draining channels spread over Spread,
+// and runs GracefulStop for at most DrainTimeout; then Stop. It returns
+// nil when GracefulStop finished in time. OnReload handlers stop.
+func (s *Server) Drain() error {
+	timeout := s.DrainTimeout
+	if timeout <= 0 {
+		timeout = DefaultDrainTimeout
+	}
+	s.once.Do(func() {
+		handoff.StopReloads()
+		close(s.began)
+	})
+	done := make(chan struct{})
+	go func() { s.srv.GracefulStop(); close(done) }()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-timer.C:
+		s.srv.Stop()
+		<-done
+		return fmt.Errorf("handoffgrpc: drain: calls still open after %s were stopped", timeout)
+	}
+}
+
+// Draining returns a channel that is closed when the stream of ctx (a
+// handler's stream context) should end: at a moment drawn at random within
+// Spread after the drain began. A server-streaming handler selects on it
+// and returns status.Error(codes.Unavailable, ...). The channel is left
+// open, and the goroutine behind it ends, when ctx ends first.
+func (s *Server) Draining(ctx context.Context) <-chan struct{} {
+	ch := make(chan struct{})
+	spread := s.Spread
+	if spread <= 0 {
+		spread = handoff.DefaultSpread
+	}
+	timeout := s.DrainTimeout
+	if timeout <= 0 {
+		timeout = DefaultDrainTimeout
+	}
+	spread = min(spread, timeout/2)
+	delay := rand.N(spread + 1)
+	// Ends with the drain (after delay) or with ctx, whichever is first.
+	go func() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.began:
+		}
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			close(ch)
+		}
+	}()
+	return ch
+}

@@ -1,0 +1,85 @@
+package handoffgrpc
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// serveHealth serves the gRPC health service, whose Watch stream never
+// ends by itself, and returns a client of it.
+func serveHealth(t *testing.T) (*Server, healthpb.HealthClient) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	s := New(gs)
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return s, healthpb.NewHealthClient(conn)
+}
+
+// A stream left open past DrainTimeout is stopped, and Drain says so.
+func TestDrainStopsAtDeadline(t *testing.T) {
+	s, client := serveHealth(t)
+	s.DrainTimeout = 300 * time.Millisecond
+	watch, err := client.Watch(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := s.Drain(); err == nil {
+		t.Error("Drain with a stream open past the deadline: want an error")
+	}
+	if took := time.Since(start); took < 300*time.Millisecond || took > 2*time.Second {
+		t.Errorf("Drain took %s, want about its 300ms deadline", took)
+	}
+	if _, err := watch.Recv(); err == nil {
+		t.Error("the stream is still open after Drain")
+	}
+}
+
+// Draining channels close within Spread after the drain began, and a
+// clean drain returns nil.
+func TestDrainingWithinSpread(t *testing.T) {
+	s, client := serveHealth(t)
+	s.Spread = 200 * time.Millisecond
+	if _, err := client.Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	ch := s.Draining(context.Background())
+	select {
+	case <-ch:
+		t.Fatal("Draining closed before the drain")
+	case <-time.After(50 * time.Millisecond):
+	}
+	start := time.Now()
+	if err := s.Drain(); err != nil {
+		t.Errorf("Drain: %v", err)
+	}
+	select {
+	case <-ch:
+	case <-time.After(time.Second):
+		t.Fatal("Draining did not close within a second of the drain")
+	}
+	if took := time.Since(start); took > 400*time.Millisecond {
+		t.Errorf("Draining closed %s after the drain, want within the 200ms Spread", took)
+	}
+}
