@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = dir
-	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/handoffd", "../cmd/handoffctl", "../demo")
+	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/handoffd", "../cmd/handoffctl", "../demo", "../demo/grpcdemo")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)
@@ -98,6 +98,9 @@ type daemonOptions struct {
 	metrics bool
 	// demoArgs are added to the demo's command line.
 	demoArgs []string
+	// command, if set, replaces the demo's command line: a binary built
+	// by TestMain, and its arguments.
+	command []string
 	// readyTimeout and probation set the service's keys ("" = default).
 	readyTimeout, probation string
 	// web adds a second service, "web", running the demo on another
@@ -140,6 +143,9 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 	}
 	command := []string{filepath.Join(bin, "demo"), "--version", "e2e"}
 	command = append(command, opts.demoArgs...)
+	if len(opts.command) > 0 {
+		command = append([]string{filepath.Join(bin, opts.command[0])}, opts.command[1:]...)
+	}
 	argv, _ := json.Marshal(command)
 	listen := "tcp://" + d.addr
 	if opts.unixSocket != "" {
