@@ -4,14 +4,14 @@
 GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
-BINS    := bin/handoffd bin/handoffctl bin/demo
+BINS    := bin/handoffd bin/handoffctl bin/demo bin/grpcdemo
 
 .PHONY: all build demo test unit e2e fuzz soak generate check-generated lint clean bench bench-quick
 
 all: build
 
 build:
-	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/handoffd ./cmd/handoffctl ./demo
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/handoffd ./cmd/handoffctl ./demo ./demo/grpcdemo
 
 # handoffd with the Gin demo on 127.0.0.1:8080; Ctrl-C stops both.
 demo: build

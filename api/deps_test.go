@@ -20,7 +20,7 @@ func TestImportGraph(t *testing.T) {
 		"./api":            append(heavy, "golang.org/x/sys"),
 		"./cmd/handoffctl": heavy,
 		"./observe":        append(heavy[:3:3], heavy[4:]...),
-		"./handoff":        heavy,
+		"./handoff":        append(heavy, "google.golang.org/grpc"),
 		"./kernel":         heavy,
 		// The lifecycle reaches the OS through its interfaces only
 		// (fsnotify, for watched files, is the exception).
