@@ -73,7 +73,7 @@ func run(c *cli.Context) error {
 	opts := lifecycle.Options{
 		Mode: mode,
 		Launcher: &host.ExecLauncher{Self: "/proc/self/exe", Stdout: os.Stdout, Stderr: os.Stderr,
-			LogDir: filepath.Join(cfg.StateDir, "logs")},
+			LogDir: filepath.Join(cfg.StateDir, "logs"), NotifyDir: filepath.Join(cfg.StateDir, "notify")},
 		Counter:    host.Counter{},
 		Observer:   swaps,
 		Logger:     log,

@@ -40,11 +40,16 @@ type ExecLauncher struct {
 	// stderrLog); its last lines then explain a failed start. Without
 	// it, generations write to Stderr directly.
 	LogDir string
+	// NotifyDir, if set, holds each generation's NOTIFY_SOCKET as a
+	// socket file, as systemd's /run/systemd/notify is; without it, the
+	// socket is abstract ("@..."), which some sd_notify clients cannot
+	// reach (Ruby's sd_notify gem, used by puma).
+	NotifyDir string
 }
 
 // Start starts one generation and returns once the process runs.
 func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, error) {
-	notify, err := listenNotify(spec.Service, spec.Generation)
+	notify, err := listenNotify(l.NotifyDir, spec.Service, spec.Generation)
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +62,7 @@ func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, erro
 	var errLog *stderrLog
 	if l.LogDir != "" {
 		if errLog, err = openStderrLog(l.LogDir, spec.Service, spec.Generation); err != nil {
-			notify.Close()
+			closeNotify(notify)
 			return nil, err
 		}
 		defer errLog.child.Close() // the child has its own copy
@@ -69,13 +74,13 @@ func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, erro
 	if spec.Config.User != "" || spec.Config.Group != "" {
 		cred, err := lookupCredential(spec.Config.User, spec.Config.Group)
 		if err != nil {
-			notify.Close()
+			closeNotify(notify)
 			return nil, err
 		}
 		cmd.SysProcAttr.Credential = cred
 	}
 	if err := cmd.Start(); err != nil {
-		notify.Close()
+		closeNotify(notify)
 		if errLog != nil {
 			os.Remove(errLog.path)
 		}
@@ -160,19 +165,45 @@ func lookupCredential(userName, groupName string) (*syscall.Credential, error) {
 	return cred, nil
 }
 
-// listenNotify opens the generation's NOTIFY_SOCKET: an abstract unixgram
-// socket, with SO_PASSCRED so that the kernel tells who sent each message.
-func listenNotify(service string, gen int) (*net.UnixConn, error) {
+// listenNotify opens the generation's NOTIFY_SOCKET: a unixgram socket
+// with SO_PASSCRED, so that the kernel tells who sent each message. It is
+// a file in dir, or abstract when dir is "" or the path would be too long
+// for a socket address. The file is writable by all, like systemd's: a
+// generation may run as another user, and only its own pid is believed.
+func listenNotify(dir, service string, gen int) (*net.UnixConn, error) {
 	name := fmt.Sprintf("@handoffd/%d/%s/%d", os.Getpid(), service, gen)
+	path := filepath.Join(dir, fmt.Sprintf("%s.%d.sock", service, gen))
+	file := dir != "" && len(path) < 108 // sun_path, with its NUL
+	if file {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("notify socket directory: %w", err)
+		}
+		os.Remove(path) // a stale one from a handoffd that died
+		name = path
+	}
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
 	if err != nil {
 		return nil, fmt.Errorf("open notify socket: %w", err)
 	}
+	if file {
+		if err := os.Chmod(path, 0o666); err != nil {
+			closeNotify(c)
+			return nil, fmt.Errorf("notify socket: %w", err)
+		}
+	}
 	if err := kernel.PassCred(c); err != nil {
-		c.Close()
+		closeNotify(c)
 		return nil, fmt.Errorf("notify socket: %w", err)
 	}
 	return c, nil
+}
+
+// closeNotify closes a notify socket and removes its file, if it has one.
+func closeNotify(c *net.UnixConn) {
+	c.Close()
+	if name := c.LocalAddr().String(); strings.HasPrefix(name, "/") {
+		os.Remove(name)
+	}
 }
 
 type execProcess struct {
@@ -215,7 +246,7 @@ func (p *execProcess) Signal(sig syscall.Signal) error {
 
 func (p *execProcess) wait(notify *net.UnixConn) {
 	p.cmd.Wait()
-	notify.Close() // ends readNotify
+	closeNotify(notify) // ends readNotify
 	if p.stderr != nil {
 		p.stderr.finish()
 	}

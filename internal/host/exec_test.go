@@ -1,8 +1,13 @@
 package host
 
 import (
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/handoffd/handoffd/internal/config"
 	"github.com/handoffd/handoffd/internal/lifecycle"
@@ -58,5 +63,45 @@ func TestLookupCredential(t *testing.T) {
 	}
 	if _, err := lookupCredential("no-such-user-here", ""); err == nil {
 		t.Error("unknown user accepted")
+	}
+}
+
+// The notify socket is a file in the notify directory, writable by all
+// and removed on close; with no directory it is abstract.
+func TestListenNotifyFile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "notify")
+	c, err := listenNotify(dir, "web", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "web.3.sock")
+	if got := c.LocalAddr().String(); got != path {
+		t.Errorf("notify socket %q, want %q", got, path)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o666 {
+		t.Errorf("notify socket file: %v, %v; want mode 0666", fi, err)
+	}
+	sender, err := net.Dial("unixgram", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender.Write([]byte("READY=1"))
+	sender.Close()
+	buf := make([]byte, 64)
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "READY=1" {
+		t.Errorf("read %q, %v", buf[:n], err)
+	}
+	closeNotify(c)
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("notify socket file left after close: %v", err)
+	}
+	a, err := listenNotify("", "web", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeNotify(a)
+	if name := a.LocalAddr().String(); !strings.HasPrefix(name, "@handoffd/") {
+		t.Errorf("notify socket without a directory: %q, want an abstract one", name)
 	}
 }
