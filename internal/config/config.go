@@ -54,7 +54,13 @@ type ServiceConfig struct {
 	// back. 0 (the default) retires the old generation at once.
 	Probation  Duration `yaml:"probation"`
 	StopSignal Signal   `yaml:"stop_signal"`
-	Watch      []string `yaml:"watch"`
+	// StopDelay is how long a replaced generation keeps serving, with
+	// no new connections coming (ebpf mode), before its stop signal: an
+	// app whose drain drops the connections it accepted but has not read
+	// yet finishes them first. It counts in drain_timeout. 0 (the
+	// default) signals at once.
+	StopDelay Duration `yaml:"stop_delay"`
+	Watch     []string `yaml:"watch"`
 	// Ready says when a new generation is ready: ReadyNotify (READY=1 on
 	// NOTIFY_SOCKET, then the health check if there is one) or
 	// ReadyHealth (the health check alone, for apps without sd_notify).
@@ -375,6 +381,9 @@ func (s *ServiceConfig) validate() []error {
 		add("probation: must not be negative")
 	}
 	errs = append(errs, s.validateHealth(names)...)
+	if s.StopDelay < 0 || (s.DrainTimeout > 0 && s.StopDelay >= s.DrainTimeout) {
+		add("stop_delay: must be at least 0 and less than drain_timeout (%s)", s.DrainTimeout.Std())
+	}
 	for _, e := range s.Env {
 		name, _, ok := strings.Cut(e, "=")
 		switch {

@@ -111,6 +111,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"contrl: /x\n" + svc(""), "field contrl not found"},
 		{svc("    ready_timeout: soon\n"), `"soon" is not a duration`},
 		{svc("    stop_signal: SIGFOO\n"), `unknown signal "SIGFOO"`},
+		{svc("    stop_delay: 30s\n"), "stop_delay: must be at least 0 and less than drain_timeout (30s)"},
+		{svc("    stop_delay: -1s\n"), "stop_delay: must be at least 0"},
 		{svc("    env: [NOEQUALS]\n"), `env "NOEQUALS": write NAME=value`},
 		{svc("  - name: web\n    command: [x]\n    listeners: [{name: a, address: 'tcp://:1'}]\n"), `name "web" is used twice`},
 		{svc("  - name: api\n    command: [x]\n    listeners: [{name: a, address: 'tcp://127.0.0.1:80'}]\n"), `services[1] (api): listener a: address tcp://127.0.0.1:80 is also service web's`},

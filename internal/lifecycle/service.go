@@ -360,11 +360,28 @@ func (s *Service) retire(g *Generation) error {
 		return err
 	}
 	close(g.drain)
-	if err := g.proc.Signal(s.cfg.StopSignal.Std()); err != nil {
+	sig, delay := s.cfg.StopSignal.Std(), s.cfg.StopDelay.Std()
+	s.log.Info("generation draining", "generation", g.ID, "pid", g.pid, "signal", sig.String(), "stop_delay", delay)
+	if delay <= 0 {
+		s.stopSignal(g, sig)
+		return nil
+	}
+	// drain_timeout runs meanwhile (awaitExit): a process that exits
+	// or is killed first gets no signal.
+	time.AfterFunc(delay, func() {
+		select {
+		case <-g.proc.Done():
+		default:
+			s.stopSignal(g, sig)
+		}
+	})
+	return nil
+}
+
+func (s *Service) stopSignal(g *Generation, sig syscall.Signal) {
+	if err := g.proc.Signal(sig); err != nil {
 		s.log.Error("signal generation to drain", "generation", g.ID, "err", err)
 	}
-	s.log.Info("generation draining", "generation", g.ID, "pid", g.pid, "signal", s.cfg.StopSignal.Std().String())
-	return nil
 }
 
 // restoreSteering points steering back at the current generation after a

@@ -242,3 +242,30 @@ func TestStatusDuringSwaps(t *testing.T) {
 		}
 	}
 }
+
+// With stop_delay, the replaced generation gets its stop signal only
+// after the delay, while it is already draining.
+func TestStopDelay(t *testing.T) {
+	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
+	s := testService(t, l, r)
+	s.cfg.StopDelay = config.Duration(150 * time.Millisecond)
+	for range 2 {
+		if _, err := s.Swap(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	swapped := time.Now()
+	if got := states(s); !slices.Equal(got, []string{"1:draining", "2:active"}) {
+		t.Fatalf("states %v right after the swap, want generation 1 draining", got)
+	}
+	for time.Since(swapped) < 100*time.Millisecond {
+		if got := l.proc(0).got(); len(got) > 0 {
+			t.Fatalf("generation 1 got %v %s after the swap, before its 150ms stop_delay", got, time.Since(swapped))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	eventually(t, "the stop signal", func() bool { return slices.Equal(l.proc(0).got(), []syscall.Signal{syscall.SIGTERM}) })
+	if took := time.Since(swapped); took < 150*time.Millisecond {
+		t.Errorf("stop signal %s after the swap, want at least the 150ms stop_delay", took)
+	}
+}
