@@ -99,7 +99,7 @@ type daemonOptions struct {
 	// demoArgs are added to the demo's command line.
 	demoArgs []string
 	// command, if set, replaces the demo's command line: a binary built
-	// by TestMain, and its arguments.
+	// by TestMain (or an absolute path), and its arguments.
 	command []string
 	// readyTimeout and probation set the service's keys ("" = default).
 	readyTimeout, probation string
@@ -144,7 +144,10 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 	command := []string{filepath.Join(bin, "demo"), "--version", "e2e"}
 	command = append(command, opts.demoArgs...)
 	if len(opts.command) > 0 {
-		command = append([]string{filepath.Join(bin, opts.command[0])}, opts.command[1:]...)
+		command = append([]string{}, opts.command...)
+		if !filepath.IsAbs(command[0]) {
+			command[0] = filepath.Join(bin, command[0])
+		}
 	}
 	argv, _ := json.Marshal(command)
 	listen := "tcp://" + d.addr

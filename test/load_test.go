@@ -28,6 +28,7 @@ type load struct {
 	ok        int
 	failed    int
 	failures  []string
+	failedAt  []failure // every failure, up to loadLimit
 	byGen     map[int]int
 	firstSent map[int][]time.Time // send times of requests each generation answered, first few
 }
@@ -46,10 +47,17 @@ func startLoad(addr, path string, clients int, keepAlive bool) *load {
 	return l
 }
 
+// failure is one failed request: when, and what the client saw.
+type failure struct {
+	at   time.Time
+	what string
+}
+
 // loadResult is what the clients saw.
 type loadResult struct {
 	OK, Failed int
 	Failures   []string
+	FailedAt   []failure
 	ByGen      map[int]int
 	firstSent  map[int][]time.Time
 }
@@ -59,7 +67,7 @@ func (l *load) stop() loadResult {
 	l.wg.Wait()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return loadResult{OK: l.ok, Failed: l.failed, Failures: l.failures, ByGen: l.byGen, firstSent: l.firstSent}
+	return loadResult{OK: l.ok, Failed: l.failed, Failures: l.failures, FailedAt: l.failedAt, ByGen: l.byGen, firstSent: l.firstSent}
 }
 
 // firstAfter returns when the first request sent at or after t was
@@ -165,6 +173,9 @@ func (l *load) fail(what string) {
 	l.failed++
 	if len(l.failures) < 20 {
 		l.failures = append(l.failures, what)
+	}
+	if len(l.failedAt) < loadLimit {
+		l.failedAt = append(l.failedAt, failure{time.Now(), what})
 	}
 }
 
