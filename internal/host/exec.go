@@ -43,13 +43,21 @@ type ExecLauncher struct {
 	// NotifyDir, if set, holds each generation's NOTIFY_SOCKET as a
 	// socket file, as systemd's /run/systemd/notify is; without it, the
 	// socket is abstract ("@..."), which some sd_notify clients cannot
-	// reach (Ruby's sd_notify gem, used by puma).
+	// reach (Ruby's sd_notify gem, used by puma). A generation that runs
+	// as another user gets an abstract one when it could not reach a
+	// file in NotifyDir (a directory on the way is not o+x).
 	NotifyDir string
 }
 
 // Start starts one generation and returns once the process runs.
 func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, error) {
-	notify, err := listenNotify(l.NotifyDir, spec.Service, spec.Generation)
+	notifyDir := l.NotifyDir
+	if (spec.Config.User != "" || spec.Config.Group != "") && !traversableByAll(notifyDir) {
+		// Another user could not reach a file there; anyone can reach an
+		// abstract socket, and only the generation's pid is believed.
+		notifyDir = ""
+	}
+	notify, err := listenNotify(notifyDir, spec.Service, spec.Generation)
 	if err != nil {
 		return nil, err
 	}
@@ -196,6 +204,22 @@ func listenNotify(dir, service string, gen int) (*net.UnixConn, error) {
 		return nil, fmt.Errorf("notify socket: %w", err)
 	}
 	return c, nil
+}
+
+// traversableByAll reports whether every existing directory on the way
+// to dir lets any user through (o+x).
+func traversableByAll(dir string) bool {
+	if dir == "" {
+		return false
+	}
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		if d == filepath.Dir(d) {
+			return true
+		}
+	}
 }
 
 // closeNotify closes a notify socket and removes its file, if it has one.

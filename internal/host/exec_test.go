@@ -105,3 +105,20 @@ func TestListenNotifyFile(t *testing.T) {
 		t.Errorf("notify socket without a directory: %q, want an abstract one", name)
 	}
 }
+
+func TestTraversableByAll(t *testing.T) {
+	open := t.TempDir()
+	os.Chmod(filepath.Dir(open), 0o755) // t.TempDir makes both 0700
+	os.Chmod(open, 0o755)
+	closed := filepath.Join(open, "closed")
+	os.Mkdir(closed, 0o700)
+	for dir, want := range map[string]bool{
+		filepath.Join(open, "notify"):   true, // not made yet: its parents decide
+		filepath.Join(closed, "notify"): false,
+		"":                              false,
+	} {
+		if got := traversableByAll(dir); got != want {
+			t.Errorf("traversableByAll(%q) = %v, want %v", dir, got, want)
+		}
+	}
+}
