@@ -33,6 +33,13 @@
 // "Connection: close", and closes a connection only after it has been idle
 // for Drainer.IdleGrace.
 //
+// Long-lived requests (WebSockets, server-sent events) end by their
+// protocol when Draining tells them to, spread over Drainer.Spread so that
+// clients do not all reconnect at once; a hijacked connection counts for
+// the drain while its handler runs, or until the release of Hold.
+// Drainer.ServeTLS serves TLS with HTTP/2, whose connections get a GOAWAY
+// during the drain. Package handoffgrpc does the same for a *grpc.Server.
+//
 // The package does not steer connections, talk to the kernel beyond plain
 // socket calls, or export metrics: that is handoffd's job.
 package handoff

@@ -46,3 +46,25 @@ func ExampleDrainer() {
 		log.Printf("drain: closed %d connections: %v", d.Closed(), err)
 	}
 }
+
+// A long-lived response ends by its protocol when the drain says so: here
+// a stream of server-sent events, with a retry hint for the reconnect.
+func ExampleDraining() {
+	http.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				fmt.Fprintf(w, "data: %d\n\n", handoff.Generation())
+				http.NewResponseController(w).Flush()
+			case <-handoff.Draining(r.Context()):
+				fmt.Fprint(w, "retry: 100\n\n") // reconnect soon, to the next generation
+				return
+			case <-r.Context().Done():
+				return
+			}
+		}
+	})
+}
