@@ -249,12 +249,14 @@ func TestStopDelay(t *testing.T) {
 	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
 	s := testService(t, l, r)
 	s.cfg.StopDelay = config.Duration(150 * time.Millisecond)
-	for range 2 {
-		if _, err := s.Swap(context.Background()); err != nil {
-			t.Fatal(err)
-		}
+	s.cfg.DrainTimeout = config.Duration(5 * time.Second) // no SIGKILL before the delay ends
+	if _, err := s.Swap(context.Background()); err != nil {
+		t.Fatal(err)
 	}
-	swapped := time.Now()
+	swapped := time.Now() // the delay starts within the second swap, after this
+	if _, err := s.Swap(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	if got := states(s); !slices.Equal(got, []string{"1:draining", "2:active"}) {
 		t.Fatalf("states %v right after the swap, want generation 1 draining", got)
 	}
