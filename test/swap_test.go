@@ -3,6 +3,7 @@ package test
 import (
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,9 +16,28 @@ import (
 
 const (
 	loadClients = 32
-	swapCount   = 20
 	swapEvery   = 700 * time.Millisecond
 )
+
+// swapCount is how many swaps TestSwapUnderLoad makes: 20, or
+// HANDOFF_E2E_SWAPS (make test-vm makes fewer in its emulated guest,
+// where loopback HTTP is about 11 times slower).
+var swapCount = envInt("HANDOFF_E2E_SWAPS", 20)
+
+// envInt reads a positive integer from the environment variable name, or
+// returns def when it is unset. A bad value panics with what to fix:
+// a test run must not quietly fall back to another size.
+func envInt(name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		panic(fmt.Sprintf("%s=%q: give a positive integer", name, v))
+	}
+	return n
+}
 
 // TestSwapUnderLoad makes 20 swaps 0.7 s apart while 32 clients send
 // POSTs that are never retried, with a new connection per request and
