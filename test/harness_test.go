@@ -47,6 +47,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// slow stretches the waits and timeouts that assume a machine of normal
+// speed: HANDOFF_E2E_SLOW times (make test-vm's emulated guest runs about
+// 11 times slower), 1 unless set.
+var slow = time.Duration(envInt("HANDOFF_E2E_SLOW", 1))
+
 // requireEBPF skips a test that needs root and eBPF, or fails it when
 // CI=true: in CI a missing privilege is a failure, never a silent skip.
 func requireEBPF(t *testing.T) {
@@ -134,7 +139,7 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 		opts.drainTimeout = "30s"
 	}
 	if opts.readyTimeout == "" {
-		opts.readyTimeout = "10s"
+		opts.readyTimeout = (10 * time.Second * slow).String()
 	}
 	if opts.probation == "" {
 		opts.probation = "0s"
@@ -148,6 +153,11 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 		d.metrics = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	}
 	command := []string{filepath.Join(bin, "demo"), "--version", "e2e"}
+	if slow > 1 {
+		// A client starved of CPU can take longer than the default 1 s
+		// between its connect and its request.
+		command = append(command, "--idle-grace", (time.Second * slow).String())
+	}
 	command = append(command, opts.demoArgs...)
 	if len(opts.command) > 0 {
 		command = append([]string{}, opts.command...)
@@ -202,12 +212,12 @@ services:
 	d.client = api.NewClient(d.control)
 	t.Cleanup(func() { d.shutdown(); os.RemoveAll(bpfDir) })
 	if opts.starting {
-		d.waitFor("generation 1 started", 15*time.Second, func(st api.ServiceStatus) bool {
+		d.waitFor("generation 1 started", 15*time.Second*slow, func(st api.ServiceStatus) bool {
 			return len(st.Generations) == 1 && st.Generations[0].PID != 0
 		})
 		return d
 	}
-	d.waitFor("generation 1 active", 15*time.Second, func(st api.ServiceStatus) bool {
+	d.waitFor("generation 1 active", 15*time.Second*slow, func(st api.ServiceStatus) bool {
 		return len(st.Generations) == 1 && st.Generations[0].State == api.StateActive
 	})
 	return d
