@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoffd/handoffd/api"
+	"github.com/handoffd/handoffd/internal/cliapp"
 )
 
 func main() {
@@ -81,6 +82,7 @@ func main() {
 		},
 		HideHelpCommand: true,
 	}
+	cliapp.Setup(app)
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "handoffctl:", err)
 		os.Exit(1)

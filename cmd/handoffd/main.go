@@ -17,6 +17,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/handoffd/handoffd/api"
+	"github.com/handoffd/handoffd/handoff"
+	"github.com/handoffd/handoffd/internal/cliapp"
 	"github.com/handoffd/handoffd/internal/config"
 	"github.com/handoffd/handoffd/internal/control"
 	"github.com/handoffd/handoffd/internal/host"
@@ -44,6 +46,7 @@ func main() {
 		Action:          run,
 		HideHelpCommand: true,
 	}
+	cliapp.Setup(app)
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "handoffd:", err)
 		os.Exit(1)
@@ -144,6 +147,10 @@ func serve(sup *lifecycle.Supervisor, k *loader.Kernel, sigs <-chan os.Signal, s
 				return err
 			}
 			log.Info("handoffd running")
+			// Under systemd (Type=notify), the unit is started once its services are.
+			if err := handoff.Notify("READY=1"); err != nil {
+				log.Warn("tell systemd handoffd is ready", "err", err)
+			}
 			if reloadPending {
 				reload()
 			}
@@ -163,6 +170,7 @@ func serve(sup *lifecycle.Supervisor, k *loader.Kernel, sigs <-chan os.Signal, s
 				}
 				return err
 			case syscall.SIGTERM:
+				handoff.Notify("STOPPING=1")
 				cancel()
 				if starting {
 					<-started // the generation being started is failed, not left behind
