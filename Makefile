@@ -2,11 +2,27 @@
 # load eBPF programs and attach them to sockets.
 
 GO      ?= go
-VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X main.version=$(VERSION)
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION) \
+	-X github.com/handoffd/handoffd/internal/cliapp.Version=$(VERSION) \
+	-X github.com/handoffd/handoffd/internal/cliapp.Commit=$(COMMIT)
 BINS    := bin/handoffd bin/handoffctl bin/demo bin/grpcdemo
 
-.PHONY: all build demo test unit e2e fuzz soak generate check-generated lint clean bench bench-quick
+# make install: PREFIX and DESTDIR as usual; the config and the unit go
+# where systemd and handoffd look for them.
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+BINDIR     ?= $(PREFIX)/bin
+SBINDIR    ?= $(PREFIX)/sbin
+MANDIR     ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/vendor-completions
+
+.PHONY: all build demo test unit e2e fuzz soak generate check-generated lint clean bench bench-quick \
+	install deb test-vm
 
 all: build
 
@@ -25,6 +41,38 @@ unit:
 
 e2e: build
 	$(GO) test -count=1 -v -timeout 20m ./test/
+
+# Boots Debian 12's kernel (6.1) under qemu (TCG, no /dev/kvm needed) and
+# runs loader's tests, the swap test and the systemd unit inside it; see
+# test/vm/run.sh. Installs qemu and the kernel package from Debian.
+test-vm: deb
+	bash test/vm/run.sh
+
+# Binaries, man pages and shell completion into $(DESTDIR)$(PREFIX); the
+# unit, and the example config as $(SYSCONFDIR)/handoff/handoff.yaml.example.
+install: build
+	install -d bin/doc
+	for p in handoffd handoffctl; do \
+		./bin/$$p man >bin/doc/$$p.8 && \
+		./bin/$$p completion bash >bin/doc/$$p.bash && \
+		./bin/$$p completion zsh >bin/doc/_$$p || exit 1; \
+	done
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+		packaging/handoffd.service.in >bin/doc/handoffd.service
+	install -D -m 0755 bin/handoffd $(DESTDIR)$(SBINDIR)/handoffd
+	install -D -m 0755 bin/handoffctl $(DESTDIR)$(BINDIR)/handoffctl
+	install -D -m 0644 bin/doc/handoffd.8 $(DESTDIR)$(MANDIR)/man8/handoffd.8
+	install -D -m 0644 bin/doc/handoffctl.8 $(DESTDIR)$(MANDIR)/man8/handoffctl.8
+	install -D -m 0644 bin/doc/handoffd.bash $(DESTDIR)$(BASHCOMPDIR)/handoffd
+	install -D -m 0644 bin/doc/handoffctl.bash $(DESTDIR)$(BASHCOMPDIR)/handoffctl
+	install -D -m 0644 bin/doc/_handoffd $(DESTDIR)$(ZSHCOMPDIR)/_handoffd
+	install -D -m 0644 bin/doc/_handoffctl $(DESTDIR)$(ZSHCOMPDIR)/_handoffctl
+	install -D -m 0644 bin/doc/handoffd.service $(DESTDIR)$(UNITDIR)/handoffd.service
+	install -D -m 0644 packaging/handoff.yaml $(DESTDIR)$(SYSCONFDIR)/handoff/handoff.yaml.example
+
+# A Debian package of what make install installs, into dist/.
+deb:
+	bash packaging/deb.sh $(VERSION) $(COMMIT)
 
 # Each fuzz target for 10s, from its seed corpus in testdata/fuzz.
 FUZZ := FuzzLifecycle@./internal/lifecycle FuzzParseConfig@./internal/config FuzzAPIRequest@./internal/control FuzzNotifyMessage@./internal/host
@@ -63,4 +111,4 @@ lint:
 	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy and commit"; exit 1; }
 
 clean:
-	rm -rf bin
+	rm -rf bin dist

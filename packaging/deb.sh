@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# make deb: a Debian package of what make install installs (PREFIX=/usr),
+# with the maintainer scripts of packaging/deb, into dist/. Needs dpkg-deb
+# only: no debhelper.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+version=$1 commit=$2
+# A release tag (v1.2.0, 1.2.0-3-gabc) gives the Debian version; an
+# untagged tree gets 0~git<commits>.<commit>.
+if [[ $version =~ ^v?[0-9]+\.[0-9] ]]; then
+	debver=${version#v}
+	debver=${debver//-/+}
+else
+	debver=0~git$(git rev-list --count HEAD).$commit
+fi
+arch=$(dpkg --print-architecture)
+root=$PWD/bin/deb/root
+rm -rf bin/deb && mkdir -p "$root/DEBIAN" dist
+# Static binaries: the package depends on nothing.
+CGO_ENABLED=0 make --no-print-directory install DESTDIR="$root" PREFIX=/usr SYSCONFDIR=/etc \
+	UNITDIR=/lib/systemd/system VERSION="$version" COMMIT="$commit" >/dev/null
+gzip -9n "$root"/usr/share/man/man8/*.8
+cp packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$root/DEBIAN/"
+echo /etc/handoff/handoff.yaml.example >"$root/DEBIAN/conffiles"
+cat >"$root/DEBIAN/control" <<CONTROL
+Package: handoffd
+Version: $debver
+Architecture: $arch
+Maintainer: handoffd maintainers <maintainers@handoffd.invalid>
+Section: admin
+Priority: optional
+Installed-Size: $(du -sk --exclude=DEBIAN "$root" | cut -f1)
+Description: zero-downtime generation swaps for TCP services
+ handoffd supervises services as numbered generations and swaps them
+ without failing a request: an eBPF SK_REUSEPORT program steers new
+ connections to the new generation (or, without eBPF, the generations
+ share passed listening sockets) while the old one drains. Commit $commit.
+CONTROL
+deb=dist/handoffd_${debver}_$arch.deb
+dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+echo "$deb"
