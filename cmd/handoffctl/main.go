@@ -23,7 +23,10 @@ func main() {
 	app := &cli.App{
 		Name:  "handoffctl",
 		Usage: "control handoffd",
-		Description: "A swap waits until the new generation is ready: it said READY=1 (ready: notify, the default)\n" +
+		Description: "handoffctl drives handoffd over its control socket (--control, HANDOFF_CONTROL): " +
+			"status, swap, rollback, drain, stop, reload. It exits non-zero with one line that says why " +
+			"when handoffd refuses or cannot be reached.\n" +
+			"A swap waits until the new generation is ready: it said READY=1 (ready: notify, the default)\n" +
 			"and, with a health: check, passed it on its own listening socket before any client reaches it;\n" +
 			"ready: health takes the check alone, for apps without sd_notify. A canary (swap --canary P%)\n" +
 			"gets P% of new connections beside the active generation until promote or rollback; one that\n" +

@@ -36,6 +36,10 @@ func main() {
 	app := &cli.App{
 		Name:  "handoffd",
 		Usage: "zero-downtime generation swaps for TCP services",
+		Description: "handoffd runs the services of its config file as numbered generations and swaps them " +
+			"without failing a request (handoffctl swap). SIGHUP reloads the config; SIGTERM ends handoffd " +
+			"and leaves the services serving, for a new handoffd to re-adopt from state_dir/state.json; " +
+			"SIGINT stops every service, then handoffd. Under systemd: handoffd.service.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Value: config.DefaultConfigPath, Usage: "config file"},
 			&cli.StringFlag{Name: "control", Usage: "control socket (overrides the config)"},
