@@ -19,7 +19,7 @@ MANDIR     ?= $(PREFIX)/share/man
 SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
-ZSHCOMPDIR ?= $(PREFIX)/share/zsh/vendor-completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
 
 .PHONY: all build demo test unit e2e fuzz soak generate check-generated lint clean bench bench-quick \
 	install deb test-vm

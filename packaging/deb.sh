@@ -18,7 +18,7 @@ root=$PWD/bin/deb/root
 rm -rf bin/deb && mkdir -p "$root/DEBIAN" dist
 # Static binaries: the package depends on nothing.
 CGO_ENABLED=0 make --no-print-directory install DESTDIR="$root" PREFIX=/usr SYSCONFDIR=/etc \
-	UNITDIR=/lib/systemd/system VERSION="$version" COMMIT="$commit" >/dev/null
+	UNITDIR=/lib/systemd/system ZSHCOMPDIR=/usr/share/zsh/vendor-completions VERSION="$version" COMMIT="$commit" >/dev/null
 gzip -9n "$root"/usr/share/man/man8/*.8
 cp packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$root/DEBIAN/"
 echo /etc/handoff/handoff.yaml.example >"$root/DEBIAN/conffiles"
