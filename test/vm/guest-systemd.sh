@@ -21,7 +21,7 @@ rc=${PIPESTATUS[0]}
 end=$(cut -d' ' -f1 /proc/uptime)
 {
 	echo "guest kernel: $(uname -r), systemd $(systemctl --version | head -1 | cut -d' ' -f2) as PID 1; booted in ${booted}s; test ran $(awk -v a="$end" -v b="$booted" 'BEGIN {printf "%.1f", a - b}')s"
-	grep -hE '^(--- |ok|FAIL|PASS)|requests, |version ' "$R/systemd.log" | sed 's/^/  /'
+	grep -hE '^(--- |ok|FAIL|PASS)|requests, |handoffd version ' "$R/systemd.log" | sed 's/^/  /'
 } >"$R/systemd.summary"
 echo "$rc" >"$R/systemd.rc"
 sync

@@ -160,7 +160,7 @@ fail=0
 for run in $VM_RUNS; do
 	case $run in
 	tests) boot /handoff-vm/bin/guest-tests.sh tests "" || fail=1 ;;
-	systemd) boot /lib/systemd/systemd systemd "systemd.unit=handoff-vm.target" || fail=1 ;;
+	systemd) boot /lib/systemd/systemd systemd "systemd.unit=handoff-vm.target systemd.show_status=false" || fail=1 ;;
 	*) echo "test-vm: VM_RUNS: unknown run $run (use tests, systemd)" >&2; exit 2 ;;
 	esac
 done
