@@ -32,24 +32,24 @@ func TestSystemdUnit(t *testing.T) {
 		t.Fatalf("PID 1 is %q, not systemd: run by make test-vm", strings.TrimSpace(string(comm)))
 	}
 	deb := os.Getenv("HANDOFF_DEB")
-	run(t, "dpkg", "-i", deb)
-	t.Logf("%s; %s", run(t, "handoffd", "--version"), run(t, "handoffctl", "--version"))
-	run(t, "systemd-analyze", "verify", "/lib/systemd/system/handoffd.service")
+	sdRun(t, "dpkg", "-i", deb)
+	t.Logf("%s; %s", sdRun(t, "handoffd", "--version"), sdRun(t, "handoffctl", "--version"))
+	sdRun(t, "systemd-analyze", "verify", "/lib/systemd/system/handoffd.service")
 	for _, page := range []string{"handoffd", "handoffctl"} {
-		out := run(t, "man", "-P", "cat", "-l", "/usr/share/man/man8/"+page+".8.gz")
+		out := sdRun(t, "man", "-P", "cat", "-l", "/usr/share/man/man8/"+page+".8.gz")
 		if !strings.Contains(out, "NAME") || !strings.Contains(out, page) {
 			t.Errorf("man -l %s.8.gz renders no NAME section:\n%s", page, out)
 		}
 	}
 
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	writeSystemdConfig(t, addr)
-	run(t, "systemctl", "start", "handoffd")
-	gen1 := activeGeneration(t)
+	sdWriteConfig(t, addr)
+	sdRun(t, "systemctl", "start", "handoffd")
+	gen1 := sdActiveGeneration(t)
 	if gen1.ID != 1 {
 		t.Fatalf("after systemctl start: generation %d active, want 1", gen1.ID)
 	}
-	if cg := cgroupOf(t, gen1.PID); cg != "/system.slice/handoffd.service" {
+	if cg := sdCgroupOf(t, gen1.PID); cg != "/system.slice/handoffd.service" {
 		t.Errorf("generation 1 is in cgroup %s, want /system.slice/handoffd.service", cg)
 	}
 
@@ -57,26 +57,26 @@ func TestSystemdUnit(t *testing.T) {
 	keepAlive := startLoad(addr, "/slow?ms=2", loadClients/2, true)
 	pause := func() { time.Sleep(2 * time.Second) }
 	pause()
-	if out := run(t, "handoffctl", "swap", "demo"); !strings.Contains(out, "generation 2 active") {
+	if out := sdRun(t, "handoffctl", "swap", "demo"); !strings.Contains(out, "generation 2 active") {
 		t.Errorf("swap: %q, want generation 2 active", out)
 	}
 	pause()
-	run(t, "systemctl", "reload", "handoffd")
+	sdRun(t, "systemctl", "reload", "handoffd")
 	pause()
 	for i := range 2 {
-		before := mainPID(t)
-		active := activeGeneration(t)
-		run(t, "systemctl", "restart", "handoffd")
-		after := mainPID(t)
+		before := sdMainPID(t)
+		active := sdActiveGeneration(t)
+		sdRun(t, "systemctl", "restart", "handoffd")
+		after := sdMainPID(t)
 		if after == before || after == 0 {
 			t.Errorf("restart %d: handoffd's pid went from %d to %d, want a new handoffd", i+1, before, after)
 		}
-		if g := activeGeneration(t); g.ID != active.ID || g.PID != active.PID {
+		if g := sdActiveGeneration(t); g.ID != active.ID || g.PID != active.PID {
 			t.Errorf("restart %d: active generation %d (pid %d), want %d (pid %d) re-adopted", i+1, g.ID, g.PID, active.ID, active.PID)
 		}
 		pause()
 	}
-	if out := run(t, "handoffctl", "swap", "demo"); !strings.Contains(out, "generation 3 active") {
+	if out := sdRun(t, "handoffctl", "swap", "demo"); !strings.Contains(out, "generation 3 active") {
 		t.Errorf("swap after the restarts: %q, want generation 3 active", out)
 	}
 	pause()
@@ -92,26 +92,26 @@ func TestSystemdUnit(t *testing.T) {
 	}
 
 	// stop ends handoffd alone; the service keeps serving.
-	active := activeGeneration(t)
-	run(t, "systemctl", "stop", "handoffd")
+	active := sdActiveGeneration(t)
+	sdRun(t, "systemctl", "stop", "handoffd")
 	if gen, err := oneRequest(addr, "/slow?ms=1"); err != nil || gen != active.ID {
 		t.Errorf("after systemctl stop: request answered by generation %d, %v; want %d", gen, err, active.ID)
 	}
-	run(t, "systemctl", "start", "handoffd")
-	if g := activeGeneration(t); g.PID != active.PID {
+	sdRun(t, "systemctl", "start", "handoffd")
+	if g := sdActiveGeneration(t); g.PID != active.PID {
 		t.Errorf("after stop and start: active pid %d, want %d re-adopted", g.PID, active.PID)
 	}
 	// handoffctl stop ends the services and handoffd; the unit is
 	// inactive, not failed.
-	run(t, "handoffctl", "stop")
-	waitUntil(t, "handoffd.service inactive", 30*time.Second, func() bool {
+	sdRun(t, "handoffctl", "stop")
+	sdWaitUntil(t, "handoffd.service inactive", 30*time.Second, func() bool {
 		out, _ := exec.Command("systemctl", "is-active", "handoffd").Output()
 		return strings.TrimSpace(string(out)) == "inactive"
 	})
-	waitUntil(t, fmt.Sprintf("generation pid %d to end", active.PID), 30*time.Second, func() bool {
+	sdWaitUntil(t, fmt.Sprintf("generation pid %d to end", active.PID), 30*time.Second, func() bool {
 		return syscall.Kill(active.PID, 0) != nil
 	})
-	run(t, "dpkg", "-r", "handoffd")
+	sdRun(t, "dpkg", "-r", "handoffd")
 	for _, f := range []string{"/usr/sbin/handoffd", "/usr/bin/handoffctl", "/lib/systemd/system/handoffd.service", "/usr/share/man/man8/handoffd.8.gz"} {
 		if _, err := os.Stat(f); err == nil {
 			t.Errorf("%s is still there after dpkg -r", f)
@@ -122,11 +122,11 @@ func TestSystemdUnit(t *testing.T) {
 	}
 }
 
-// writeSystemdConfig writes /etc/handoff/handoff.yaml with the demo on
+// sdWriteConfig writes /etc/handoff/handoff.yaml with the demo on
 // addr, from HANDOFF_E2E_BIN copied where the unit can run it.
-func writeSystemdConfig(t *testing.T, addr string) {
+func sdWriteConfig(t *testing.T, addr string) {
 	demo := "/usr/local/lib/handoff-vm/demo"
-	run(t, "install", "-D", "-m", "0755", filepath.Join(bin, "demo"), demo)
+	sdRun(t, "install", "-D", "-m", "0755", filepath.Join(bin, "demo"), demo)
 	cfg := fmt.Sprintf(`services:
   - name: demo
     command: [%q, "--idle-grace", "%s"]
@@ -142,40 +142,42 @@ func writeSystemdConfig(t *testing.T, addr string) {
 	}
 }
 
-// run runs a command and returns its trimmed output; it fails the test if
+// sdRun runs a command and returns its trimmed output; it fails the test if
 // the command fails.
-func run(t *testing.T, name string, args ...string) string {
+func sdRun(t *testing.T, name string, args ...string) string {
 	t.Helper()
 	start := time.Now()
-	defer func() { t.Logf("$ %s %s (%s)", name, strings.Join(args, " "), time.Since(start).Round(time.Millisecond)) }()
+	defer func() {
+		t.Logf("$ %s %s (%s)", name, strings.Join(args, " "), time.Since(start).Round(time.Millisecond))
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("%s %s: %v\n%s\n%s", name, strings.Join(args, " "), err, out, journal())
+		t.Fatalf("%s %s: %v\n%s\n%s", name, strings.Join(args, " "), err, out, sdJournal())
 	}
 	return strings.TrimSpace(string(out))
 }
 
-func journal() string {
+func sdJournal() string {
 	out, _ := exec.Command("journalctl", "--no-pager", "-n", "60", "-u", "handoffd").CombinedOutput()
 	return "journal of handoffd.service:\n" + string(out)
 }
 
-func mainPID(t *testing.T) int {
+func sdMainPID(t *testing.T) int {
 	t.Helper()
-	pid, err := strconv.Atoi(run(t, "systemctl", "show", "-P", "MainPID", "handoffd"))
+	pid, err := strconv.Atoi(sdRun(t, "systemctl", "show", "-P", "MainPID", "handoffd"))
 	if err != nil {
 		t.Fatalf("MainPID: %v", err)
 	}
 	return pid
 }
 
-// activeGeneration returns demo's active generation, from handoffctl.
-func activeGeneration(t *testing.T) api.GenerationStatus {
+// sdActiveGeneration returns demo's active generation, from handoffctl.
+func sdActiveGeneration(t *testing.T) api.GenerationStatus {
 	t.Helper()
 	var st api.Status
-	if err := json.Unmarshal([]byte(run(t, "handoffctl", "status", "--json", "demo")), &st); err != nil {
+	if err := json.Unmarshal([]byte(sdRun(t, "handoffctl", "status", "--json", "demo")), &st); err != nil {
 		t.Fatalf("status --json: %v", err)
 	}
 	for _, g := range st.Services[0].Generations {
@@ -187,7 +189,7 @@ func activeGeneration(t *testing.T) api.GenerationStatus {
 	return api.GenerationStatus{}
 }
 
-func cgroupOf(t *testing.T, pid int) string {
+func sdCgroupOf(t *testing.T, pid int) string {
 	t.Helper()
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
@@ -196,11 +198,11 @@ func cgroupOf(t *testing.T, pid int) string {
 	return strings.TrimSpace(strings.TrimPrefix(string(data), "0::"))
 }
 
-func waitUntil(t *testing.T, what string, limit time.Duration, cond func() bool) {
+func sdWaitUntil(t *testing.T, what string, limit time.Duration, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(limit); !cond(); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s\n%s", limit, what, journal())
+			t.Fatalf("timed out after %s waiting for %s\n%s", limit, what, sdJournal())
 		}
 	}
 }
