@@ -174,9 +174,17 @@ func TestSplitAccuracy(t *testing.T) {
 		sel2 := counters(t, s, 2).Selected - before2.Selected
 		acc1, acc2 := total(got[0]), total(got[1])
 
-		if sel1 != uint64(acc1) || sel2 != uint64(acc2) {
-			t.Errorf("share %.0f%%: kernel counted %d/%d selections, listeners accepted %d/%d",
-				share*100, sel1, sel2, acc1, acc2)
+		// The program runs for every packet that looks up the listener:
+		// once per connection here, and once more for the odd late packet
+		// (a SYN sent again, a client's reset after the server closed),
+		// which a slow machine shows (up to 24 in 20,000 under qemu
+		// without KVM). So a slot is selected at least as often as its
+		// socket accepted, and at most 0.5% more.
+		for i, sa := range [][2]uint64{{sel1, uint64(acc1)}, {sel2, uint64(acc2)}} {
+			if sa[0] < sa[1] || sa[0] > sa[1]+uint64(splitConns)/200 {
+				t.Errorf("share %.0f%%: slot %d: kernel counted %d selections, its listener accepted %d",
+					share*100, i+1, sa[0], sa[1])
+			}
 		}
 		byKernel := 100 * float64(sel2) / float64(sel1+sel2)
 		byAccept := 100 * float64(acc2) / float64(acc1+acc2)
