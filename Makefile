@@ -22,7 +22,7 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
 
 .PHONY: all build demo test unit e2e fuzz soak generate check-generated lint clean bench bench-quick \
-	install deb test-vm
+	bench-deps install deb test-vm
 
 all: build
 
@@ -98,10 +98,15 @@ check-generated: generate
 
 # handoffd against its peers, side by side (root; test/bench is its own
 # module). bench: 100 swaps per row, ~20 min; bench-quick: 3 swaps, < 5 min.
-bench:
+# The HAProxy row needs Debian's haproxy.
+bench-deps:
+	@command -v haproxy >/dev/null || { echo "installing haproxy from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }
+
+bench: bench-deps
 	cd test/bench && timeout 40m $(GO) run . -swaps 100 -cost-rounds 5 -cost-each 10s -out .
 
-bench-quick:
+bench-quick: bench-deps
 	cd test/bench && timeout 5m $(GO) run . -swaps 3 -cost-each 3s -out out/quick
 
 lint:

@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/cloudflare/tableflip v1.2.3
+	github.com/fvbock/endless v0.0.0-20170109170031-447134032cb6
 	golang.org/x/sys v0.50.0
 	gonum.org/v1/plot v0.17.0
 )

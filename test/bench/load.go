@@ -60,6 +60,16 @@ type loadStats struct {
 	ByGen    map[int]*genSeen
 	OKBins   []int
 	FailBins []int
+	// Timings holds every successful request's timing, in the order the
+	// client made them.
+	Timings []timing
+}
+
+// timing is one successful request as its client timed it: when it began
+// (µs since the row's start; a new connection's dial is part of the
+// request) and how long it took until the last byte of the answer (µs).
+type timing struct {
+	At, Took uint32
 }
 
 func newLoadStats() *loadStats {
@@ -87,6 +97,7 @@ func (s *loadStats) merge(o *loadStats) {
 		m.FirstConn = earliest(m.FirstConn, g.FirstConn)
 		m.FirstAnswer = earliest(m.FirstAnswer, g.FirstAnswer)
 	}
+	s.Timings = append(s.Timings, o.Timings...)
 	for i := range s.OKBins {
 		s.OKBins[i] += o.OKBins[i]
 		s.FailBins[i] += o.FailBins[i]
@@ -171,15 +182,15 @@ func (l *load) client(id int, st *loadStats) {
 			return
 		default:
 		}
+		began := time.Now()
 		if cc == nil {
-			now := time.Now()
 			c, err := net.DialTimeout("tcp", l.addr, requestTimeout)
 			if err != nil {
 				l.fail(st, "dial", err)
 				time.Sleep(failurePause)
 				continue
 			}
-			cc = &clientConn{c: c, br: bufio.NewReader(c), dialed: now}
+			cc = &clientConn{c: c, br: bufio.NewReader(c), dialed: began}
 		}
 		gen, closeConn, err := l.roundTrip(cc, req.Bytes())
 		if err != nil {
@@ -189,7 +200,7 @@ func (l *load) client(id int, st *loadStats) {
 			time.Sleep(failurePause)
 			continue
 		}
-		l.record(st, gen, cc.dialed)
+		l.record(st, gen, cc.dialed, began)
 		if closeConn {
 			cc.c.Close()
 			cc = nil
@@ -227,8 +238,10 @@ func (l *load) bin(t time.Time) int {
 	return min(max(int(t.Sub(l.start)/binWidth), 0), maxBins-1)
 }
 
-func (l *load) record(st *loadStats, gen int, dialed time.Time) {
+func (l *load) record(st *loadStats, gen int, dialed, began time.Time) {
 	now := time.Now()
+	st.Timings = append(st.Timings, timing{At: uint32(began.Sub(l.start) / time.Microsecond),
+		Took: uint32(now.Sub(began) / time.Microsecond)})
 	st.OK++
 	st.OKBins[l.bin(now)]++
 	g := st.ByGen[gen]

@@ -11,7 +11,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -37,13 +36,7 @@ const (
 )
 
 var strategies = []string{"none", "naive", "reuseport", "reuseport-migrate", "tableflip", "endless",
-	"handoffd-fdpass", "handoffd-ebpf"}
-
-// endlessUnavailable is why the endless row is left out: `go get
-// github.com/fvbock/endless` was tried once when this benchmark was
-// written, and the module proxy refused it.
-const endlessUnavailable = "go get github.com/fvbock/endless: proxy.golang.org answered 403 Forbidden " +
-	"(\"This module version is not available\"); row left out"
+	"haproxy", "handoffd-fdpass", "handoffd-ebpf"}
 
 type config struct {
 	swaps      int
@@ -207,16 +200,16 @@ func newServer(strategy, bins, dir, addr string) (server, error) {
 	peer := filepath.Join(bins, "peer")
 	logPath := filepath.Join(dir, "peer.log")
 	switch strategy {
-	case "none", "naive", "reuseport", "tableflip":
+	case "none", "naive", "reuseport", "tableflip", "endless":
 		return newPeerServer(peer, strategy, addr, logPath), nil
 	case "reuseport-migrate":
 		return newPeerServer(peer, "reuseport", addr, logPath), nil
+	case "haproxy":
+		return newHAProxyServer(bins, dir, addr), nil
 	case "handoffd-ebpf":
 		return newHandoffdServer(bins, dir, "ebpf", addr), nil
 	case "handoffd-fdpass":
 		return newHandoffdServer(bins, dir, "fdpass", addr), nil
-	case "endless":
-		return nil, errors.New(endlessUnavailable)
 	}
 	return nil, fmt.Errorf("unknown strategy %q", strategy)
 }
@@ -267,16 +260,16 @@ func runRow(c config, bins, tmp, strategy string, keepAlive bool) (r row) {
 		swaps = 0
 	}
 	for i := range swaps {
-		time.Sleep(time.Until(start.Add(warmup + time.Duration(i)*swapEvery)))
+		time.Sleep(time.Until(start.Add(warmup + steadyFor + time.Duration(i)*swapEvery)))
 		r.SwapAt = append(r.SwapAt, time.Since(start).Seconds())
 		if err := srv.Swap(); err != nil {
 			r.SwapErrors = append(r.SwapErrors, fmt.Sprintf("swap %d: %v", i+1, err))
 			break
 		}
-		time.Sleep(time.Until(start.Add(warmup + time.Duration(i)*swapEvery + swapEvery/2)))
+		time.Sleep(time.Until(start.Add(warmup + steadyFor + time.Duration(i)*swapEvery + swapEvery/2)))
 		srv.Observe()
 	}
-	time.Sleep(time.Until(start.Add(warmup + time.Duration(max(c.swaps, 1))*swapEvery + tail)))
+	time.Sleep(time.Until(start.Add(warmup + steadyFor + time.Duration(max(c.swaps, 1))*swapEvery + tail)))
 	st := l.stop()
 	r.Seconds = time.Since(start).Seconds()
 	if usage != nil {
@@ -284,6 +277,11 @@ func runRow(c config, bins, tmp, strategy string, keepAlive bool) (r row) {
 	}
 	srv.Settle()
 	r.fill(st, srv.Phases(st.ByGen))
+	steadyTo := warmup + steadyFor
+	if len(r.SwapAt) == 0 {
+		steadyTo = time.Duration(r.Seconds * float64(time.Second))
+	}
+	r.Latency = splitLatency(st.Timings, warmup, steadyTo, r.SwapAt)
 	if h, ok := srv.(*handoffdServer); ok {
 		r.StatusMS = h.statusMS
 		if r.Failed > 0 || len(r.SwapErrors) > 0 {

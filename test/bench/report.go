@@ -36,6 +36,7 @@ type row struct {
 	SwapErrors  []string       `json:"swap_errors,omitempty"`
 	Generations int            `json:"generations_answering"`
 	Phases      swapPhases     `json:"phases"`
+	Latency     latencies      `json:"latency"`
 	// OKBins and FailBins count answers and failures per binWidth.
 	BinMS    int   `json:"bin_ms"`
 	OKBins   []int `json:"ok_bins"`
@@ -88,6 +89,14 @@ func spread(xs []float64) string {
 	return fmt.Sprintf("%s / %s", fmtMS(s[len(s)/2]), fmtMS(s[len(s)-1]))
 }
 
+// latCell formats one latency figure, or – for an empty window.
+func latCell(l latency, v float64) string {
+	if l.Requests == 0 {
+		return "–"
+	}
+	return fmtMS(v)
+}
+
 func fmtMS(v float64) string {
 	if v > -10 && v < 10 {
 		return fmt.Sprintf("%.2f", v)
@@ -125,7 +134,19 @@ func markdown(res *results) string {
 			r.RPS, swaps, spread(r.Phases.Ready), spread(r.Phases.FirstResp), spread(r.Phases.OldExited), spread(r.Phases.ActToConn))
 	}
 	b.WriteString("\nPhases are median / max over the swaps, in ms, from the start of each swap (handoffd: the new generation's started_at).\n")
-	b.WriteString("\n| handoffd row | clients | max RSS MB | CPU s | CPU % of one core | `handoffctl status` ms |\n|---|---|--:|--:|--:|--:|\n")
+	b.WriteString("\n| strategy | clients | steady p50 ms | steady p99 ms | steady max ms | after swap p50 ms | after swap p99 ms | after swap max ms |\n")
+	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|\n")
+	for _, r := range res.Rows {
+		if r.Unavailable != "" {
+			continue
+		}
+		l := r.Latency
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Strategy, r.Mode,
+			latCell(l.Steady, l.Steady.P50), latCell(l.Steady, l.Steady.P99), latCell(l.Steady, l.Steady.Max),
+			latCell(l.AfterSwap, l.AfterSwap.P50), latCell(l.AfterSwap, l.AfterSwap.P99), latCell(l.AfterSwap, l.AfterSwap.Max))
+	}
+	b.WriteString("\nLatency of successful requests as the clients timed them (dial included for a new connection): steady is the 2 s before the first swap, after swap every request begun within 1 s of a swap's start.\n")
+	b.WriteString("\n| supervisor or proxy | clients | max RSS MB | CPU s | CPU % of one core | `handoffctl status` ms |\n|---|---|--:|--:|--:|--:|\n")
 	for _, r := range res.Rows {
 		if r.Unavailable == "" && r.DaemonMaxRSSMB > 0 {
 			fmt.Fprintf(&b, "| %s | %s | %.1f | %.2f | %.1f | %s |\n", r.Strategy, r.Mode, r.DaemonMaxRSSMB, r.DaemonCPUSec,

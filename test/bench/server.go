@@ -50,10 +50,10 @@ type swapPhases struct {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// peerServer runs bin/peer: naive, reuseport(-migrate), tableflip and none.
+// peerServer runs bin/peer: naive, reuseport(-migrate), tableflip, endless and none.
 type peerServer struct {
 	bin, listen, addr, logPath string
-	kind                       string // none, naive, reuseport, tableflip
+	kind                       string // none, naive, reuseport, tableflip, endless
 
 	pipeR, pipeW *os.File
 	logFile      *os.File
@@ -68,7 +68,8 @@ type peerServer struct {
 }
 
 func newPeerServer(bin, kind, addr, logPath string) *peerServer {
-	listen := map[string]string{"none": "plain", "naive": "plain", "reuseport": "reuseport", "tableflip": "tableflip"}[kind]
+	listen := map[string]string{"none": "plain", "naive": "plain", "reuseport": "reuseport", "tableflip": "tableflip",
+		"endless": "endless"}[kind]
 	return &peerServer{bin: bin, kind: kind, listen: listen, addr: addr, logPath: logPath,
 		pids: map[int]int{}, ready: map[int]time.Time{}, swapAt: map[int]time.Time{}, exited: map[int]time.Time{},
 		readyCh: make(chan int, 4096)}
@@ -88,7 +89,7 @@ func (p *peerServer) Start() error {
 }
 
 // readEvents reads "ready GEN PID" lines from every generation (tableflip's
-// children inherit the pipe) until all writers are gone.
+// and endless's children inherit the pipe) until all writers are gone.
 func (p *peerServer) readEvents() {
 	sc := bufio.NewScanner(p.pipeR)
 	for sc.Scan() {
@@ -164,8 +165,9 @@ func (p *peerServer) waitExit(gen int, limit time.Duration) bool {
 
 // Swap: naive stops the old process and waits for its exit before it
 // starts the new one; reuseport starts the new one, waits until it is
-// ready, then sends SIGTERM to the old one; tableflip sends SIGHUP to the
-// old process and waits until the child it forks is ready.
+// ready, then sends SIGTERM to the old one; tableflip and endless send
+// SIGHUP to the old process and wait until the child it forks is ready
+// (endless's child then sends SIGTERM to its parent itself).
 func (p *peerServer) Swap() error {
 	old := p.gen
 	next := old + 1
@@ -184,7 +186,7 @@ func (p *peerServer) Swap() error {
 			return err
 		}
 		return syscall.Kill(p.pid(old), syscall.SIGTERM)
-	case "tableflip":
+	case "tableflip", "endless":
 		if err := syscall.Kill(p.pid(old), syscall.SIGHUP); err != nil {
 			return err
 		}

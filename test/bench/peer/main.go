@@ -21,10 +21,12 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/cloudflare/tableflip"
+	"github.com/fvbock/endless"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,7 +34,7 @@ import (
 const shutdownLimit = 30 * time.Second
 
 func main() {
-	strategy := flag.String("strategy", "plain", "plain, reuseport or tableflip")
+	strategy := flag.String("strategy", "plain", "plain, reuseport, tableflip or endless")
 	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
 	flag.Parse()
 	gen, _ := strconv.Atoi(os.Getenv("BENCH_GEN"))
@@ -52,6 +54,8 @@ func main() {
 		})
 	case "tableflip":
 		err = serveTableflip(srv, gen, *addr)
+	case "endless":
+		err = serveEndless(srv.Handler, gen, *addr)
 	default:
 		err = fmt.Errorf("unknown strategy %q", *strategy)
 	}
@@ -157,4 +161,24 @@ func serveTableflip(srv *http.Server, gen int, addr string) error {
 		os.Exit(1)
 	})
 	return srv.Shutdown(context.Background())
+}
+
+// serveEndless is endless's README: endless.ListenAndServe, a SIGHUP forks
+// the child, which takes the listener and sends SIGTERM to its parent; the
+// parent then closes its listener, turns keep-alives off and exits once
+// its connections are done (or after the 60 s hammer time).
+func serveEndless(h http.Handler, gen int, addr string) error {
+	srv := endless.NewServer(addr, h)
+	// The child reads its generation from the environment it inherits.
+	srv.RegisterSignalHook(endless.PRE_SIGNAL, syscall.SIGHUP, func() {
+		os.Setenv("BENCH_GEN", strconv.Itoa(gen+1))
+	})
+	// BeforeBegin runs once the listener is open (and, in a child, after
+	// the parent was told to stop), just before Serve.
+	srv.BeforeBegin = func(string) { fmt.Printf("ready %d %d\n", gen, os.Getpid()) }
+	err := srv.ListenAndServe()
+	if errors.Is(err, net.ErrClosed) || err != nil && strings.Contains(err.Error(), "use of closed network connection") {
+		return nil
+	}
+	return err
 }
