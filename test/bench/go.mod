@@ -3,6 +3,7 @@ module github.com/handoffd/handoffd/test/bench
 go 1.26.8
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	github.com/cloudflare/tableflip v1.2.3
 	github.com/fvbock/endless v0.0.0-20170109170031-447134032cb6
 	golang.org/x/sys v0.50.0

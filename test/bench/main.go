@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
 
@@ -42,6 +43,9 @@ type config struct {
 	swaps      int
 	costRounds int
 	costEach   time.Duration
+	costTarget float64
+	costMax    time.Duration
+	growth     growthConfig
 	out        string
 	only       string
 	repo       string
@@ -73,13 +77,32 @@ func runCleanups() {
 func main() {
 	var c config
 	flag.IntVar(&c.swaps, "swaps", 3, "swaps per strategy and client mode (0.7 s apart)")
-	flag.IntVar(&c.costRounds, "cost-rounds", 3, "A/B rounds of the steering cost measurement")
+	flag.IntVar(&c.costRounds, "cost-rounds", 3, "least A/B rounds of the steering cost measurement")
 	flag.DurationVar(&c.costEach, "cost-each", 3*time.Second, "length of each A and B run of the cost measurement")
+	flag.Float64Var(&c.costTarget, "cost-target", 0.5, "more A/B rounds until the 95% interval of the cost is within ± this many points")
+	flag.DurationVar(&c.costMax, "cost-max", time.Minute, "time after which the cost measurement stops adding rounds")
 	flag.StringVar(&c.out, "out", ".", "directory for results.json and results.png")
 	flag.StringVar(&c.only, "only", "", "comma-separated strategies to run (default: all)")
 	flag.StringVar(&c.repo, "repo", "../..", "handoffd's checkout")
+	sizes := flag.String("growth-conns", "0,1000,10000,19000", "growth part: idle connections held on the old generation")
+	flag.IntVar(&c.growth.repeats, "growth-repeats", 3, "growth part: swaps per number of connections")
+	services := flag.String("growth-services", "1,10,50", "growth part: numbers of services at rest")
+	listeners := flag.String("growth-listeners", "1,4", "growth part: listeners per service at rest")
+	modes := flag.String("growth-modes", "ebpf,fdpass", "growth part: modes of the connection part")
+	flag.DurationVar(&c.growth.restFor, "growth-rest", 5*time.Second, "growth part: how long handoffd is sampled at rest")
 	from := flag.String("from", "", "print the tables and redraw the plot of an earlier results.json, run nothing")
 	flag.Parse()
+	var err error
+	for _, l := range []struct {
+		s   string
+		dst *[]int
+	}{{*sizes, &c.growth.sizes}, {*services, &c.growth.services}, {*listeners, &c.growth.listeners}} {
+		if *l.dst, err = intList(l.s); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
+	}
+	c.growth.modes = strings.Split(*modes, ",")
 	if *from != "" {
 		if err := rerender(*from); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
@@ -89,6 +112,10 @@ func main() {
 	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: run as root (handoffd loads eBPF programs; a row sets net.ipv4.tcp_migrate_req)")
+		os.Exit(1)
+	}
+	if err := raiseLimits(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 	// tableflip's children outlive their parent: as a subreaper we get
@@ -102,7 +129,7 @@ func main() {
 		runCleanups()
 		os.Exit(130)
 	}()
-	err := run(c)
+	err = run(c)
 	runCleanups()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -151,6 +178,22 @@ func run(c config) error {
 	res.Finished = time.Now()
 	if err := os.MkdirAll(c.out, 0o755); err != nil {
 		return err
+	}
+	if len(want) == 0 || want["growth"] {
+		g := measureGrowth(c.growth, bins, tmp, c.repo)
+		p, err := writeGrowth(g, c.out)
+		if err != nil {
+			return err
+		}
+		png := strings.TrimSuffix(p, ".json") + ".png"
+		if err := plotGrowth(g, png); err != nil {
+			return fmt.Errorf("plot growth: %w", err)
+		}
+		fmt.Print(growthMarkdown(g))
+		fmt.Printf("\ngrowth: %s, plot %s\n", p, png)
+		if len(want) > 0 && len(res.Rows) == 0 && res.Cost == nil {
+			return nil
+		}
 	}
 	jsonPath, _ := filepath.Abs(filepath.Join(c.out, "results.json"))
 	data, _ := json.MarshalIndent(res, "", " ")
@@ -340,77 +383,6 @@ func hostInfo(repo string) map[string]string {
 	}
 }
 
-// measureCost compares requests/s of the demo alone on a plain socket (A)
-// with the same demo under handoffd-ebpf with the steering program
-// attached (B), alternating A and B, with a new connection per request:
-// the program runs once per connection. A last B run counts the programs'
-// run time with BPF_ENABLE_STATS (which itself costs, hence apart).
-func measureCost(c config, bins, tmp string) *cost {
-	res := &cost{Each: c.costEach.String(), Mode: "new-conn"}
-	dir, _ := os.MkdirTemp(tmp, "cost-")
-	addrA, _ := freeAddr()
-	addrB, _ := freeAddr()
-	demo := exec.Command(filepath.Join(bins, "demo"), "--addr", addrA, "--version", "bench")
-	demo.Env = append(os.Environ(), "GIN_MODE=release")
-	if err := demo.Start(); err != nil {
-		res.Error = err.Error()
-		return res
-	}
-	own(demo.Process.Pid)
-	defer func() { demo.Process.Signal(syscall.SIGTERM); demo.Wait() }()
-	h := newHandoffdServer(bins, dir, "ebpf", addrB)
-	if err := h.Start(); err != nil {
-		h.Stop()
-		res.Error = err.Error()
-		return res
-	}
-	defer h.Stop()
-	if err := waitServing(addrA); err != nil {
-		res.Error = err.Error()
-		return res
-	}
-	rps := func(addr string) (float64, int, int) {
-		start := time.Now()
-		l := startLoad(addr, path, clients, false, start)
-		time.Sleep(c.costEach)
-		st := l.stop()
-		return float64(st.OK) / time.Since(start).Seconds(), st.OK, st.failedTotal()
-	}
-	var sumA, sumB float64
-	for range c.costRounds {
-		a, _, fa := rps(addrA)
-		b, _, fb := rps(addrB)
-		res.PlainRPS = append(res.PlainRPS, a)
-		res.SteeredRPS = append(res.SteeredRPS, b)
-		res.Failed += fa + fb
-		sumA += a
-		sumB += b
-	}
-	res.Ratio = sumB / sumA
-	res.CostPercent = (1 - res.Ratio) * 100
-
-	fd, err := enableBPFStats()
-	if err != nil {
-		res.StatsError = err.Error()
-		return res
-	}
-	before := bpfPrograms(h.DaemonPID())
-	_, conns, _ := rps(addrB)
-	after := bpfPrograms(h.DaemonPID())
-	unix.Close(fd)
-	res.StatsConnections = conns
-	for id, p := range after {
-		b := before[id]
-		p.RunCount -= b.RunCount
-		p.RunTimeNS -= b.RunTimeNS
-		res.Programs = append(res.Programs, p)
-	}
-	if len(res.Programs) == 0 {
-		res.StatsError = "handoffd holds no eBPF program fd to read run time from"
-	}
-	return res
-}
-
 func waitServing(addr string) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -445,4 +417,28 @@ func rerender(jsonPath string) error {
 	fmt.Print(markdown(&res))
 	fmt.Printf("\nplot: %s\n", pngPath)
 	return nil
+}
+
+// raiseLimits lifts the memlock limit, which the clone timer's maps are
+// charged to on kernels without memcg accounting. RLIMIT_NOFILE is left
+// as it is (Go raises the soft limit to the hard one): raising the hard
+// limit needs CAP_SYS_RESOURCE, and the growth part reports it as the
+// limit it meets.
+func raiseLimits() error {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("remove the memlock limit: %w", err)
+	}
+	return nil
+}
+
+func intList(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		var n int
+		if _, err := fmt.Sscan(f, &n); err != nil || n < 0 {
+			return nil, fmt.Errorf("%q: want a comma-separated list of counts", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -180,47 +179,3 @@ func enableBPFStats() (int, error) {
 	return int(fd), nil
 }
 
-// progStats is one eBPF program's counters, as its fd's fdinfo shows them.
-type progStats struct {
-	Type      string `json:"type"`
-	LinkType  string `json:"link_type,omitempty"` // set when the fd is a bpf_link, which has no run counters
-	ID        string `json:"id"`
-	RunCount  uint64 `json:"run_count"`
-	RunTimeNS uint64 `json:"run_time_ns"`
-}
-
-// bpfPrograms lists the eBPF programs that pid holds an fd of.
-func bpfPrograms(pid int) map[string]progStats {
-	progs := map[string]progStats{}
-	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		f, err := os.Open(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue
-		}
-		var p progStats
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			k, v, _ := strings.Cut(sc.Text(), ":")
-			v = strings.TrimSpace(v)
-			switch k {
-			case "prog_type":
-				p.Type = v
-			case "link_type":
-				p.LinkType = v
-			case "prog_id":
-				p.ID = v
-			case "run_cnt":
-				p.RunCount, _ = strconv.ParseUint(v, 10, 64)
-			case "run_time_ns":
-				p.RunTimeNS, _ = strconv.ParseUint(v, 10, 64)
-			}
-		}
-		f.Close()
-		if p.ID != "" {
-			progs[p.ID] = p
-		}
-	}
-	return progs
-}

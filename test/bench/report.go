@@ -63,22 +63,6 @@ func (r *row) fill(st *loadStats, ph swapPhases) {
 	r.OKBins, r.FailBins = st.OKBins[:n], st.FailBins[:n]
 }
 
-// cost is the steering program's price in requests/s.
-type cost struct {
-	Mode        string    `json:"client_mode"`
-	Each        string    `json:"each_run"`
-	PlainRPS    []float64 `json:"plain_socket_rps"`
-	SteeredRPS  []float64 `json:"handoffd_ebpf_rps"`
-	Failed      int       `json:"failed"`
-	Ratio       float64   `json:"ratio_steered_over_plain"`
-	CostPercent float64   `json:"cost_percent"`
-	Error       string    `json:"error,omitempty"`
-	// eBPF programs held by handoffd, counted over one more steered run.
-	StatsConnections int         `json:"stats_connections"`
-	Programs         []progStats `json:"programs,omitempty"`
-	StatsError       string      `json:"stats_error,omitempty"`
-}
-
 // spread formats the median and maximum of xs in ms.
 func spread(xs []float64) string {
 	if len(xs) == 0 {
@@ -154,30 +138,73 @@ func markdown(res *results) string {
 		}
 	}
 	if c := res.Cost; c != nil {
-		b.WriteString("\nSteering cost (demo alone on a plain socket vs the same demo under handoffd-ebpf, no swaps, new connection per request, alternated):\n\n")
-		if c.Error != "" {
-			fmt.Fprintf(&b, "not measured: %s\n", c.Error)
-		} else {
-			b.WriteString("| round | plain req/s | handoffd-ebpf req/s | ratio |\n|--:|--:|--:|--:|\n")
-			for i := range c.PlainRPS {
-				fmt.Fprintf(&b, "| %d | %.0f | %.0f | %.3f |\n", i+1, c.PlainRPS[i], c.SteeredRPS[i], c.SteeredRPS[i]/c.PlainRPS[i])
-			}
-			fmt.Fprintf(&b, "| all | | | **%.3f** (cost %.1f%%, %d failed) |\n", c.Ratio, c.CostPercent, c.Failed)
-			for _, p := range c.Programs {
-				if p.Type == "" {
-					fmt.Fprintf(&b, "\neBPF program %s is held through a bpf_link (%s): its run time is not visible from /proc\n", p.ID, p.LinkType)
-					continue
-				}
-				per := "–"
-				if p.RunCount > 0 {
-					per = fmt.Sprintf("%.0f ns/run", float64(p.RunTimeNS)/float64(p.RunCount))
-				}
-				fmt.Fprintf(&b, "\neBPF program %s (type %s): %d runs for %d connections, %s\n", p.ID, p.Type, p.RunCount, c.StatsConnections, per)
-			}
-			if c.StatsError != "" {
-				fmt.Fprintf(&b, "\neBPF run time not measured: %s\n", c.StatsError)
-			}
-		}
+		b.WriteString(costMarkdown(c))
 	}
 	return b.String()
+}
+
+// costMarkdown renders the steering cost: a summary of the rounds (each
+// is in results.json) and the parts measured apart.
+func costMarkdown(c *cost) string {
+	var b strings.Builder
+	b.WriteString("\nSteering cost (demo alone on a plain socket vs the same demo under handoffd-ebpf, no swaps, new connection per request, rounds alternated AB/BA):\n\n")
+	if c.Error != "" {
+		fmt.Fprintf(&b, "not measured: %s\n", c.Error)
+		return b.String()
+	}
+	ratios := make([]float64, len(c.PlainRPS))
+	for i := range c.PlainRPS {
+		ratios[i] = c.SteeredRPS[i] / c.PlainRPS[i]
+	}
+	slices.Sort(ratios)
+	b.WriteString("| rounds | each run | plain req/s (median) | handoffd-ebpf req/s (median) | ratio, mean | 95 % interval | rounds' range | cost |\n|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	fmt.Fprintf(&b, "| %d | %s | %.0f | %.0f | %.4f | ± %.2f points | %.3f – %.3f | **%.2f %%** |\n",
+		len(ratios), c.Each, median(c.PlainRPS), median(c.SteeredRPS), c.Ratio, c.CI95Points,
+		ratios[0], ratios[len(ratios)-1], c.CostPercent)
+	fmt.Fprintf(&b, "\nFrom CPU time per request (clients + server processes, every thread): plain %.1f µs, handoffd-ebpf %.1f µs (medians); "+
+		"ratio plain/steered, mean %.4f **± %.2f points** (95 %%): **cost %.2f %%**.\n",
+		median(c.PlainCPUNS)/1000, median(c.SteeredCPUNS)/1000, c.CPURatio, c.CPUCI95Points, c.CPUCost)
+	if min(c.CI95Points, c.CPUCI95Points) > c.TargetPts {
+		fmt.Fprintf(&b, "\nNeither interval narrowed to ± %.1f points in %.0f s.\n", c.TargetPts, c.Seconds)
+	}
+	if c.Failed > 0 {
+		fmt.Fprintf(&b, "\n%d requests failed during the rounds.\n", c.Failed)
+	}
+	if len(c.Parts) > 0 {
+		fmt.Fprintf(&b, "\nParts, over one more steered run (%d connections at %.0f req/s, BPF_ENABLE_STATS on):\n\n", c.StatsConnections, c.StatsRPS)
+		b.WriteString("| part | runs or calls | ns per run | ns per connection | share of a request's CPU |\n|---|--:|--:|--:|--:|\n")
+		for _, p := range c.Programs {
+			name := p.Type + " program"
+			if p.LinkType != "" {
+				name += " (" + p.LinkType + " link)"
+			}
+			per := "–"
+			if p.RunCount > 0 {
+				per = fmt.Sprintf("%.0f", float64(p.RunTimeNS)/float64(p.RunCount))
+			}
+			pc := float64(p.RunTimeNS) / float64(max(c.StatsConnections, 1))
+			fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %.3f %% |\n", name, p.RunCount, per, pc, share(c, pc))
+		}
+	}
+	if c.StatsError != "" {
+		fmt.Fprintf(&b, "\neBPF run time not measured: %s\n", c.StatsError)
+	}
+	return b.String()
+}
+
+// share is ns per connection as a percentage of one request's CPU time.
+func share(c *cost, nsPerConn float64) float64 {
+	if c.RequestCPUNS == 0 {
+		return 0
+	}
+	return 100 * nsPerConn / c.RequestCPUNS
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

@@ -258,6 +258,10 @@ type handoffdServer struct {
 	gens                  map[int]genStatus
 	statusMS              []float64 // how long each `handoffctl status` took
 	observed              int
+	// The growth part's settings: a metrics address, and more services
+	// (demo2, demo3, ...) and listeners per service than the one.
+	metrics             string
+	services, listeners int
 }
 
 // genStatus is one generation in `handoffctl status --json`.
@@ -298,21 +302,10 @@ func (h *handoffdServer) logText() string {
 }
 
 func (h *handoffdServer) Start() error {
-	cfg := fmt.Sprintf(`control: %s
-mode: %s
-state_dir: %s
-bpf_dir: %s
-services:
-  - name: demo
-    command: [%q, "--version", "bench"]
-    env: ["GIN_MODE=release"]
-    listeners:
-      - name: http
-        address: tcp://%s
-        backlog: 4096
-    ready_timeout: 10s
-    drain_timeout: 30s
-`, h.control, h.mode, h.dir, h.bpfDir, filepath.Join(h.bins, "demo"), h.addr)
+	cfg, err := h.config()
+	if err != nil {
+		return err
+	}
 	cfgPath := filepath.Join(h.dir, "handoff.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
@@ -325,20 +318,89 @@ services:
 	}
 	own(h.cmd.Process.Pid)
 	go func() { h.cmd.Wait(); close(h.exited) }()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(15*time.Second + time.Duration(h.services)*time.Second)
 	for time.Now().Before(deadline) {
 		select {
 		case <-h.exited:
 			return fmt.Errorf("handoffd exited: %s", lastLine(h.logText()))
 		default:
 		}
-		if gens, err := h.status(); err == nil && len(gens) == 1 && gens[0].State == "active" {
+		if h.services > 1 {
+			if n, err := h.activeServices(); err == nil && n == h.services {
+				return nil
+			}
+		} else if gens, err := h.status(); err == nil && len(gens) == 1 && gens[0].State == "active" {
 			own(gens[0].PID)
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return fmt.Errorf("generation 1 not active within 15s: %s", lastLine(h.logText()))
+	return fmt.Errorf("not every service active within %s: %s", 15*time.Second+time.Duration(h.services)*time.Second, lastLine(h.logText()))
+}
+
+// config is handoffd's configuration: the demo as service "demo" on
+// h.addr, and for the growth part more services and listeners on free
+// addresses.
+func (h *handoffdServer) config() (string, error) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "control: %s\nmode: %s\nstate_dir: %s\nbpf_dir: %s\n", h.control, h.mode, h.dir, h.bpfDir)
+	if h.metrics != "" {
+		fmt.Fprintf(&b, "metrics: %s\n", h.metrics)
+	}
+	b.WriteString("services:\n")
+	for i := range max(h.services, 1) {
+		name := "demo"
+		if i > 0 {
+			name = fmt.Sprintf("demo%d", i+1)
+		}
+		fmt.Fprintf(&b, "  - name: %s\n    command: [%q, \"--version\", \"bench\"]\n    env: [\"GIN_MODE=release\"]\n    listeners:\n",
+			name, filepath.Join(h.bins, "demo"))
+		for j := range max(h.listeners, 1) {
+			addr, lname := h.addr, "http"
+			if i > 0 || j > 0 {
+				a, err := freeAddr()
+				if err != nil {
+					return "", err
+				}
+				addr = a
+			}
+			if j > 0 {
+				lname = fmt.Sprintf("extra%d", j)
+			}
+			fmt.Fprintf(&b, "      - name: %s\n        address: tcp://%s\n        backlog: 4096\n", lname, addr)
+		}
+		b.WriteString("    ready_timeout: 30s\n    drain_timeout: 30s\n")
+	}
+	return b.String(), nil
+}
+
+// activeServices counts the services that have an active generation.
+func (h *handoffdServer) activeServices() (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := h.ctl(ctx, "status", "--json")
+	if err != nil {
+		return 0, err
+	}
+	var st struct {
+		Services []struct {
+			Generations []genStatus `json:"generations"`
+		} `json:"services"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		return 0, fmt.Errorf("decode status: %w", err)
+	}
+	n := 0
+	for _, s := range st.Services {
+		for _, g := range s.Generations {
+			own(g.PID)
+			if g.State == "active" {
+				n++
+				break
+			}
+		}
+	}
+	return n, nil
 }
 
 func lastLine(s string) string {

@@ -1,0 +1,325 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// growth is the second part of the benchmark: how handoffd's own costs
+// grow with the connections a generation holds and with the services and
+// listeners it runs. It is written to growth.json and drawn in growth.png.
+type growth struct {
+	Started  time.Time         `json:"started"`
+	Finished time.Time         `json:"finished"`
+	Host     map[string]string `json:"host"`
+	// FDLimit is RLIMIT_NOFILE (soft = hard) of this process and of
+	// everything it starts, the demo's generations included.
+	FDLimit uint64        `json:"rlimit_nofile"`
+	Conns   []growthConns `json:"connections"`
+	Rest    []growthRest  `json:"at_rest"`
+	LoadAvg []string      `json:"loadavg"`
+}
+
+// growthConns is one size of the connection part, in one mode: idle
+// keep-alive connections are opened on the active generation, `status`
+// and /metrics are timed with them open, then a swap leaves them on the
+// old generation, whose drain closes them after the SDK's idle grace.
+type growthConns struct {
+	Mode  string `json:"mode"`
+	Conns int    `json:"idle_connections"`
+	// Held is how many connections were open at each repeat.
+	Held     []int     `json:"held"`
+	StatusMS []float64 `json:"status_ms"`
+	ScrapeMS []float64 `json:"scrape_ms"`
+	// From the new generation's started_at to its active_at, and to the
+	// old generation's exited_at.
+	ActiveMS    []float64 `json:"start_to_active_ms"`
+	OldExitedMS []float64 `json:"start_to_old_exited_ms"`
+	// CPUMS is handoffd's CPU (every thread's sum_exec_runtime) from the
+	// swap command to the old generation's exit.
+	CPUMS []float64 `json:"handoffd_cpu_ms"`
+	Error string    `json:"error,omitempty"`
+}
+
+// growthRest is handoffd at rest with some services, each with some
+// listeners, every generation active and no traffic.
+type growthRest struct {
+	Mode      string  `json:"mode"`
+	Services  int     `json:"services"`
+	Listeners int     `json:"listeners_per_service"`
+	RSSMB     float64 `json:"rss_mb"`
+	CPUPct    float64 `json:"cpu_percent_of_one_core"`
+	FDs       int     `json:"fds"`
+	Seconds   float64 `json:"seconds"`
+	StartS    float64 `json:"start_s"` // handoffd started → every service active
+	Error     string  `json:"error,omitempty"`
+}
+
+type growthConfig struct {
+	modes     []string
+	sizes     []int
+	repeats   int
+	services  []int
+	listeners []int
+	restFor   time.Duration
+}
+
+func measureGrowth(gc growthConfig, bins, tmp, repo string) *growth {
+	g := &growth{Started: time.Now(), Host: hostInfo(repo)}
+	var lim unix.Rlimit
+	unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
+	g.FDLimit = lim.Cur
+	g.LoadAvg = append(g.LoadAvg, loadAvg())
+	for _, mode := range gc.modes {
+		g.Conns = append(g.Conns, connGrowth(gc, bins, tmp, mode)...)
+	}
+	for _, s := range gc.services {
+		for _, l := range gc.listeners {
+			r := restAt(bins, tmp, "ebpf", s, l, gc.restFor)
+			fmt.Fprintf(os.Stderr, "bench: growth at rest, %d services × %d listeners: RSS %.1f MB, CPU %.2f %%, %d fds %s\n",
+				s, l, r.RSSMB, r.CPUPct, r.FDs, r.Error)
+			g.Rest = append(g.Rest, r)
+		}
+	}
+	g.LoadAvg = append(g.LoadAvg, loadAvg())
+	g.Finished = time.Now()
+	return g
+}
+
+func connGrowth(gc growthConfig, bins, tmp, mode string) []growthConns {
+	var out []growthConns
+	fail := func(err error) []growthConns {
+		return append(out, growthConns{Mode: mode, Error: err.Error()})
+	}
+	dir, err := os.MkdirTemp(tmp, "growth-"+mode+"-")
+	if err != nil {
+		return fail(err)
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return fail(err)
+	}
+	maddr, err := freeAddr()
+	if err != nil {
+		return fail(err)
+	}
+	h := newHandoffdServer(bins, dir, mode, addr)
+	h.metrics = maddr
+	if err := h.Start(); err != nil {
+		h.Stop()
+		return fail(err)
+	}
+	defer h.Stop()
+	for _, n := range gc.sizes {
+		gcn := growthConns{Mode: mode, Conns: n}
+		for range gc.repeats {
+			if err := growthRound(h, maddr, n, &gcn); err != nil {
+				gcn.Error = err.Error()
+				break
+			}
+		}
+		fmt.Fprintf(os.Stderr, "bench: growth %s, %d idle connections: held %v, status %s ms, scrape %s ms, active %s ms, old exited %s ms, handoffd CPU %s ms %s\n",
+			mode, n, gcn.Held, spread(gcn.StatusMS), spread(gcn.ScrapeMS), spread(gcn.ActiveMS), spread(gcn.OldExitedMS), spread(gcn.CPUMS), gcn.Error)
+		out = append(out, gcn)
+	}
+	return out
+}
+
+// growthRound opens n idle connections, times status and a scrape five
+// times each, then a swap that leaves the connections to drain.
+func growthRound(h *handoffdServer, maddr string, n int, g *growthConns) error {
+	conns, err := openIdle(h.addr, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	g.Held = append(g.Held, len(conns))
+	if err != nil {
+		return err
+	}
+	for range 5 {
+		t0 := time.Now()
+		if _, err := h.status(); err != nil {
+			return err
+		}
+		g.StatusMS = append(g.StatusMS, ms(time.Since(t0)))
+		t0 = time.Now()
+		if err := scrape(maddr); err != nil {
+			return err
+		}
+		g.ScrapeMS = append(g.ScrapeMS, ms(time.Since(t0)))
+	}
+	gens, err := h.status()
+	if err != nil {
+		return err
+	}
+	var old genStatus
+	for _, gen := range gens {
+		if gen.State == "active" {
+			old = gen
+		}
+	}
+	if old.PID == 0 {
+		return fmt.Errorf("no active generation in %v", gens)
+	}
+	exit := watchExit(old.PID, time.Minute)
+	cpu0 := threadsCPU(h.DaemonPID())
+	if err := h.Swap(); err != nil {
+		return err
+	}
+	if _, ok := <-exit; !ok {
+		return fmt.Errorf("generation %d (pid %d) did not exit within a minute", old.ID, old.PID)
+	}
+	// handoffd learns of the exit through its own pidfd at the same
+	// moment; give it the time to record it before reading its CPU.
+	time.Sleep(50 * time.Millisecond)
+	g.CPUMS = append(g.CPUMS, ms(threadsCPU(h.DaemonPID())-cpu0))
+	if _, err := h.status(); err != nil {
+		return err
+	}
+	next, prev := h.gens[old.ID+1], h.gens[old.ID]
+	if next.ActiveAt == nil || prev.ExitedAt == nil {
+		return fmt.Errorf("status lacks the stamps of generations %d and %d", old.ID, old.ID+1)
+	}
+	g.ActiveMS = append(g.ActiveMS, ms(next.ActiveAt.Sub(next.StartedAt)))
+	g.OldExitedMS = append(g.OldExitedMS, ms(prev.ExitedAt.Sub(next.StartedAt)))
+	return nil
+}
+
+// openIdle opens n keep-alive connections to addr, each after one
+// answered request, and leaves them idle. It gives up after a minute.
+func openIdle(addr string, n int) ([]net.Conn, error) {
+	var mu sync.Mutex
+	var conns []net.Conn
+	var firstErr error
+	next := make(chan struct{}, n)
+	for range n {
+		next <- struct{}{}
+	}
+	close(next)
+	deadline := time.Now().Add(time.Minute)
+	req := fmt.Appendf(nil, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", addr)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range next {
+				c, err := openOne(addr, req, deadline)
+				mu.Lock()
+				if err != nil {
+					if firstErr == nil {
+						firstErr = fmt.Errorf("connection %d of %d: %w", len(conns)+1, n, err)
+					}
+					mu.Unlock()
+					return
+				}
+				conns = append(conns, c)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return conns, firstErr
+}
+
+func openOne(addr string, req []byte, deadline time.Time) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Until(deadline))
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(deadline)
+	if _, err := c.Write(req); err != nil {
+		c.Close()
+		return nil, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("status %s", resp.Status)
+		}
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func scrape(addr string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("scrape: %w", err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return fmt.Errorf("scrape: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("scrape: %s", resp.Status)
+	}
+	return nil
+}
+
+// restAt runs handoffd with services × listeners and samples its RSS and
+// CPU once every generation is active.
+func restAt(bins, tmp, mode string, services, listeners int, d time.Duration) growthRest {
+	r := growthRest{Mode: mode, Services: services, Listeners: listeners}
+	dir, err := os.MkdirTemp(tmp, fmt.Sprintf("rest-%d-%d-", services, listeners))
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	h := newHandoffdServer(bins, dir, mode, addr)
+	h.services, h.listeners = services, listeners
+	t0 := time.Now()
+	if err := h.Start(); err != nil {
+		h.Stop()
+		r.Error = err.Error()
+		return r
+	}
+	defer h.Stop()
+	r.StartS = time.Since(t0).Seconds()
+	time.Sleep(time.Second) // the start's own work settles
+	pid := h.DaemonPID()
+	cpu0 := threadsCPU(pid)
+	u := sampleUsage(pid)
+	t1 := time.Now()
+	time.Sleep(d)
+	rss, _ := u.end()
+	r.Seconds = time.Since(t1).Seconds()
+	r.RSSMB = rss
+	r.CPUPct = 100 * float64(threadsCPU(pid)-cpu0) / float64(time.Since(t1))
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	r.FDs = len(fds)
+	return r
+}
+
+func writeGrowth(g *growth, out string) (string, error) {
+	p, _ := filepath.Abs(filepath.Join(out, "growth.json"))
+	data, _ := json.MarshalIndent(g, "", " ")
+	return p, os.WriteFile(p, data, 0o644)
+}

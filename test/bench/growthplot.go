@@ -1,0 +1,3 @@
+package main
+
+func plotGrowth(g *growth, png string) error { return nil }

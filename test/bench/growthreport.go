@@ -1,0 +1,35 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// growthMarkdown renders the growth part's tables.
+func growthMarkdown(g *growth) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nGrowth part, RLIMIT_NOFILE %d; median / max in ms\n\n", g.FDLimit)
+	b.WriteString("| mode | idle connections | held | `status` ms | scrape ms | start → active ms | start → old exited ms | handoffd CPU per swap ms |\n")
+	b.WriteString("|---|--:|---|--:|--:|--:|--:|--:|\n")
+	for _, c := range g.Conns {
+		if c.Error != "" && len(c.Held) == 0 {
+			fmt.Fprintf(&b, "| %s | %d | failed: %s |\n", c.Mode, c.Conns, strings.ReplaceAll(c.Error, "|", "\\|"))
+			continue
+		}
+		held := fmt.Sprint(c.Held)
+		if c.Error != "" {
+			held += " (" + strings.ReplaceAll(c.Error, "|", "\\|") + ")"
+		}
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s |\n", c.Mode, c.Conns, held,
+			spread(c.StatusMS), spread(c.ScrapeMS), spread(c.ActiveMS), spread(c.OldExitedMS), spread(c.CPUMS))
+	}
+	b.WriteString("\n| mode | services | listeners each | start s | RSS MB | CPU % of one core | fds |\n|---|--:|--:|--:|--:|--:|--:|\n")
+	for _, r := range g.Rest {
+		if r.Error != "" {
+			fmt.Fprintf(&b, "| %s | %d | %d | failed: %s |\n", r.Mode, r.Services, r.Listeners, strings.ReplaceAll(r.Error, "|", "\\|"))
+			continue
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d | %.1f | %.1f | %.2f | %d |\n", r.Mode, r.Services, r.Listeners, r.StartS, r.RSSMB, r.CPUPct, r.FDs)
+	}
+	return b.String()
+}
