@@ -7,9 +7,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
-	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -37,9 +37,9 @@ type cost struct {
 	CPURatio      float64   `json:"cpu_ratio_plain_over_steered"`
 	CPUCost       float64   `json:"cpu_cost_percent"`
 	CPUCI95Points float64   `json:"cpu_ci95_points"`
-	TargetPts  float64 `json:"target_points"`
-	Seconds    float64 `json:"seconds"`
-	Error      string  `json:"error,omitempty"`
+	TargetPts     float64   `json:"target_points"`
+	Seconds       float64   `json:"seconds"`
+	Error         string    `json:"error,omitempty"`
 	// Counted over one more steered run with BPF_ENABLE_STATS (which
 	// costs something itself, hence apart).
 	StatsConnections int         `json:"stats_connections"`

@@ -178,4 +178,3 @@ func enableBPFStats() (int, error) {
 	}
 	return int(fd), nil
 }
-
