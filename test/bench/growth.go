@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,7 +50,11 @@ type growthConns struct {
 	// CPUMS is handoffd's CPU (every thread's sum_exec_runtime) from the
 	// swap command to the old generation's exit.
 	CPUMS []float64 `json:"handoffd_cpu_ms"`
-	Error string    `json:"error,omitempty"`
+	// RSS of the generation holding the connections and of handoffd,
+	// with them open (the last repeat's).
+	GenRSSMB      float64 `json:"generation_rss_mb"`
+	HandoffdRSSMB float64 `json:"handoffd_rss_mb"`
+	Error         string  `json:"error,omitempty"`
 }
 
 // growthRest is handoffd at rest with some services, each with some
@@ -63,7 +68,13 @@ type growthRest struct {
 	FDs       int     `json:"fds"`
 	Seconds   float64 `json:"seconds"`
 	StartS    float64 `json:"start_s"` // handoffd started → every service active
-	Error     string  `json:"error,omitempty"`
+	// StatusMS times `handoffctl status --json` of every service, after
+	// the sample.
+	StatusMS []float64 `json:"status_ms"`
+	// Uncounted is how many listeners handoffd counts from /proc, not
+	// from its kernel probes (it logs each: no tracking slot was left).
+	Uncounted int    `json:"listeners_counted_from_proc"`
+	Error     string `json:"error,omitempty"`
 }
 
 type growthConfig struct {
@@ -173,6 +184,12 @@ func growthRound(h *handoffdServer, maddr string, n int, g *growthConns) error {
 	}
 	if old.PID == 0 {
 		return fmt.Errorf("no active generation in %v", gens)
+	}
+	if u, err := readUsage(old.PID); err == nil {
+		g.GenRSSMB = float64(u.RSSKB) / 1024
+	}
+	if u, err := readUsage(h.DaemonPID()); err == nil {
+		g.HandoffdRSSMB = float64(u.RSSKB) / 1024
 	}
 	exit := watchExit(old.PID, time.Minute)
 	cpu0 := threadsCPU(h.DaemonPID())
@@ -315,6 +332,15 @@ func restAt(bins, tmp, mode string, services, listeners int, d time.Duration) gr
 	r.CPUPct = 100 * float64(threadsCPU(pid)-cpu0) / float64(time.Since(t1))
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	r.FDs = len(fds)
+	for range 3 {
+		t := time.Now()
+		if _, err := h.activeServices(); err != nil {
+			r.Error = err.Error()
+			break
+		}
+		r.StatusMS = append(r.StatusMS, ms(time.Since(t)))
+	}
+	r.Uncounted = strings.Count(h.logText(), "too many listeners for the kernel probes")
 	return r
 }
 

@@ -1,3 +1,156 @@
 package main
 
-func plotGrowth(g *growth, png string) error { return nil }
+import (
+	"fmt"
+	"image/color"
+	"os"
+	"slices"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+var modeColors = map[string]color.Color{
+	"ebpf":   color.RGBA{R: 31, G: 119, B: 180, A: 255},
+	"fdpass": color.RGBA{R: 214, G: 39, B: 40, A: 255},
+}
+
+// plotGrowth draws the growth part: against idle connections, the swap's
+// phases, handoffd's CPU per swap, and status and scrape times; against
+// services, handoffd's RSS and CPU at rest. Points are medians.
+func plotGrowth(g *growth, png string) error {
+	swap, cpu, reads := plot.New(), plot.New(), plot.New()
+	rss, restCPU, fds := plot.New(), plot.New(), plot.New()
+	swap.Title.Text = "swap: start → active (dashed), → old exited"
+	cpu.Title.Text = "handoffd CPU per swap"
+	reads.Title.Text = "status (solid) and /metrics scrape (dashed)"
+	rss.Title.Text = "handoffd RSS at rest"
+	restCPU.Title.Text = "handoffd CPU at rest"
+	fds.Title.Text = "handoffd open fds at rest"
+	for _, p := range []*plot.Plot{swap, cpu, reads} {
+		p.X.Label.Text = "idle keep-alive connections"
+		p.Y.Label.Text = "ms"
+		p.Legend.Top, p.Legend.Left = true, true
+	}
+	for _, p := range []*plot.Plot{rss, restCPU, fds} {
+		p.X.Label.Text = "services"
+		p.Legend.Top, p.Legend.Left = true, true
+	}
+	rss.Y.Label.Text, restCPU.Y.Label.Text, fds.Y.Label.Text = "MB", "% of one core", "fds"
+	byMode := map[string][]growthConns{}
+	var modes []string
+	for _, c := range g.Conns {
+		if len(c.CPUMS) == 0 && len(c.StatusMS) == 0 {
+			continue
+		}
+		if byMode[c.Mode] == nil {
+			modes = append(modes, c.Mode)
+		}
+		byMode[c.Mode] = append(byMode[c.Mode], c)
+	}
+	for _, m := range modes {
+		cs := byMode[m]
+		col := modeColors[m]
+		xy := func(f func(growthConns) []float64) plotter.XYs {
+			var out plotter.XYs
+			for _, c := range cs {
+				if v := f(c); len(v) > 0 {
+					out = append(out, plotter.XY{X: float64(c.Conns), Y: median(v)})
+				}
+			}
+			return out
+		}
+		steps := []struct {
+			p      *plot.Plot
+			f      func(growthConns) []float64
+			name   string
+			dashed bool
+		}{
+			{swap, func(c growthConns) []float64 { return c.ActiveMS }, m + " active", true},
+			{swap, func(c growthConns) []float64 { return c.OldExitedMS }, m + " old exited", false},
+			{cpu, func(c growthConns) []float64 { return c.CPUMS }, m, false},
+			{reads, func(c growthConns) []float64 { return c.StatusMS }, m + " status", false},
+			{reads, func(c growthConns) []float64 { return c.ScrapeMS }, m + " scrape", true},
+		}
+		for _, s := range steps {
+			if err := addPoints(s.p, xy(s.f), col, s.name, s.dashed); err != nil {
+				return err
+			}
+		}
+	}
+	var perService []int
+	for _, r := range g.Rest {
+		if r.Error == "" && !slices.Contains(perService, r.Listeners) {
+			perService = append(perService, r.Listeners)
+		}
+	}
+	shades := []color.Color{color.RGBA{R: 44, G: 160, B: 44, A: 255}, color.RGBA{R: 148, G: 103, B: 189, A: 255},
+		color.RGBA{R: 255, G: 127, B: 14, A: 255}, color.Gray{Y: 80}}
+	for i, l := range perService {
+		var a, b, c plotter.XYs
+		for _, r := range g.Rest {
+			if r.Error == "" && r.Listeners == l {
+				a = append(a, plotter.XY{X: float64(r.Services), Y: r.RSSMB})
+				b = append(b, plotter.XY{X: float64(r.Services), Y: r.CPUPct})
+				c = append(c, plotter.XY{X: float64(r.Services), Y: float64(r.FDs)})
+			}
+		}
+		name := fmt.Sprintf("%d listener(s) per service", l)
+		col := shades[i%len(shades)]
+		for _, s := range []struct {
+			p  *plot.Plot
+			xy plotter.XYs
+		}{{rss, a}, {restCPU, b}, {fds, c}} {
+			if err := addPoints(s.p, s.xy, col, name, false); err != nil {
+				return err
+			}
+		}
+	}
+	for _, p := range []*plot.Plot{cpu, reads, rss, restCPU, fds} {
+		p.Y.Min = 0
+	}
+	// Activation takes ms, the old generation's exit about a second.
+	swap.Y.Scale, swap.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+	swap.Y.Label.Text = "ms (log)"
+	grid := [][]*plot.Plot{{swap, cpu, reads}, {rss, restCPU, fds}}
+	img := vgimg.New(18*vg.Inch, 9*vg.Inch)
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 2, Cols: 3, PadX: vg.Inch / 3, PadY: vg.Inch / 3,
+		PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 8}
+	canvases := plot.Align(grid, tiles, dc)
+	for i := range grid {
+		for j := range grid[i] {
+			grid[i][j].Draw(canvases[i][j])
+		}
+	}
+	f, err := os.Create(png)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// addPoints draws xy as a line with its points marked.
+func addPoints(p *plot.Plot, xy plotter.XYs, c color.Color, name string, dashed bool) error {
+	if len(xy) == 0 {
+		return nil
+	}
+	l, s, err := plotter.NewLinePoints(xy)
+	if err != nil {
+		return err
+	}
+	l.Color, s.Color = c, c
+	if dashed {
+		l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+	}
+	p.Add(l, s)
+	p.Legend.Add(name, l, s)
+	return nil
+}

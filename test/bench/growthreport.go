@@ -9,8 +9,8 @@ import (
 func growthMarkdown(g *growth) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nGrowth part, RLIMIT_NOFILE %d; median / max in ms\n\n", g.FDLimit)
-	b.WriteString("| mode | idle connections | held | `status` ms | scrape ms | start → active ms | start → old exited ms | handoffd CPU per swap ms |\n")
-	b.WriteString("|---|--:|---|--:|--:|--:|--:|--:|\n")
+	b.WriteString("| mode | idle connections | held | `status` ms | scrape ms | start → active ms | start → old exited ms | handoffd CPU per swap ms | generation RSS MB | handoffd RSS MB |\n")
+	b.WriteString("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, c := range g.Conns {
 		if c.Error != "" && len(c.Held) == 0 {
 			fmt.Fprintf(&b, "| %s | %d | failed: %s |\n", c.Mode, c.Conns, strings.ReplaceAll(c.Error, "|", "\\|"))
@@ -20,16 +20,18 @@ func growthMarkdown(g *growth) string {
 		if c.Error != "" {
 			held += " (" + strings.ReplaceAll(c.Error, "|", "\\|") + ")"
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s |\n", c.Mode, c.Conns, held,
-			spread(c.StatusMS), spread(c.ScrapeMS), spread(c.ActiveMS), spread(c.OldExitedMS), spread(c.CPUMS))
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s | %.1f | %.1f |\n", c.Mode, c.Conns, held,
+			spread(c.StatusMS), spread(c.ScrapeMS), spread(c.ActiveMS), spread(c.OldExitedMS), spread(c.CPUMS),
+			c.GenRSSMB, c.HandoffdRSSMB)
 	}
-	b.WriteString("\n| mode | services | listeners each | start s | RSS MB | CPU % of one core | fds |\n|---|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("\n| mode | services | listeners each | listeners counted from /proc | start s | RSS MB | CPU % of one core | fds | `status` ms |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range g.Rest {
 		if r.Error != "" {
 			fmt.Fprintf(&b, "| %s | %d | %d | failed: %s |\n", r.Mode, r.Services, r.Listeners, strings.ReplaceAll(r.Error, "|", "\\|"))
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %.1f | %.1f | %.2f | %d |\n", r.Mode, r.Services, r.Listeners, r.StartS, r.RSSMB, r.CPUPct, r.FDs)
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %.1f | %.1f | %.2f | %d | %s |\n", r.Mode, r.Services, r.Listeners, r.Uncounted,
+			r.StartS, r.RSSMB, r.CPUPct, r.FDs, spread(r.StatusMS))
 	}
 	return b.String()
 }

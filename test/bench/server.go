@@ -348,6 +348,8 @@ func (h *handoffdServer) config() (string, error) {
 		fmt.Fprintf(&b, "metrics: %s\n", h.metrics)
 	}
 	b.WriteString("services:\n")
+	// freeAddr's port is free again once it returns: keep them apart.
+	used := map[string]bool{h.addr: true, h.metrics: true}
 	for i := range max(h.services, 1) {
 		name := "demo"
 		if i > 0 {
@@ -357,12 +359,15 @@ func (h *handoffdServer) config() (string, error) {
 			name, filepath.Join(h.bins, "demo"))
 		for j := range max(h.listeners, 1) {
 			addr, lname := h.addr, "http"
-			if i > 0 || j > 0 {
+			for i > 0 || j > 0 {
 				a, err := freeAddr()
 				if err != nil {
 					return "", err
 				}
-				addr = a
+				if !used[a] {
+					used[a], addr = true, a
+					break
+				}
 			}
 			if j > 0 {
 				lname = fmt.Sprintf("extra%d", j)
