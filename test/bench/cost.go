@@ -42,12 +42,13 @@ type cost struct {
 	Error         string    `json:"error,omitempty"`
 	// Counted over one more steered run with BPF_ENABLE_STATS (which
 	// costs something itself, hence apart).
-	StatsConnections int         `json:"stats_connections"`
-	StatsRPS         float64     `json:"stats_rps"`
-	RequestCPUNS     float64     `json:"request_cpu_ns"` // CPUs × 1 s / requests/s
-	Programs         []progStats `json:"programs,omitempty"`
-	StatsError       string      `json:"stats_error,omitempty"`
-	Parts            []costPart  `json:"parts,omitempty"`
+	StatsConnections int          `json:"stats_connections"`
+	StatsRPS         float64      `json:"stats_rps"`
+	RequestCPUNS     float64      `json:"request_cpu_ns"` // CPUs × 1 s / requests/s
+	Programs         []progStats  `json:"programs,omitempty"`
+	StatsError       string       `json:"stats_error,omitempty"`
+	Parts            []costPart   `json:"parts,omitempty"`
+	Storage          *storageCost `json:"socket_storage,omitempty"`
 }
 
 // costPart is one measured part of the cost: its time per connection and
@@ -65,8 +66,8 @@ type costPart struct {
 // Rounds alternate AB and BA so that a drift of the host's load weighs on
 // both; they go on until the 95 % interval of the mean ratio is within
 // costTarget points (after at least costRounds) or costMax has passed.
-// A last B run counts the eBPF programs' run time (BPF_ENABLE_STATS) and
-// times the socket storage clone.
+// A last B run counts the eBPF programs' run time (BPF_ENABLE_STATS), and
+// measureStorageCost what the listener's socket storage adds.
 func measureCost(c config, bins, tmp string) *cost {
 	res := &cost{Each: c.costEach.String(), Mode: "new-conn", TargetPts: c.costTarget}
 	dir, _ := os.MkdirTemp(tmp, "cost-")
@@ -128,6 +129,11 @@ func measureCost(c config, bins, tmp string) *cost {
 	res.CostPercent = (1 - res.Ratio) * 100
 	res.CPUCost = (1 - res.CPURatio) * 100
 	statsRun(res, h, addrB, rps)
+	res.Storage = measureStorageCost(40, 2000)
+	if res.Storage.Error == "" && res.RequestCPUNS > 0 {
+		res.Parts = append(res.Parts, costPart{Name: "socket storage clone and free", NSPerConn: res.Storage.DiffNS,
+			PercentPoints: 100 * res.Storage.DiffNS / res.RequestCPUNS})
+	}
 	return res
 }
 
@@ -212,8 +218,13 @@ func statsRun(res *cost, h *handoffdServer, addr string, rps func(string) (float
 	r, conns, _ := rps(addr)
 	after := bpfPrograms(h.DaemonPID())
 	res.StatsConnections, res.StatsRPS = conns, r
-	// One request costs this much CPU time, in ns, on a CPU-bound host.
-	perRequestNS := float64(runtime.NumCPU()) * 1e9 / r
+	// One request costs this much CPU time, in ns: as measured over the
+	// steered rounds, or else what a CPU-bound host's throughput says
+	// (which counts the share other work on the host took, too).
+	perRequestNS := median(res.SteeredCPUNS)
+	if perRequestNS == 0 {
+		perRequestNS = float64(runtime.NumCPU()) * 1e9 / r
+	}
 	res.RequestCPUNS = perRequestNS
 	part := func(name string, ns float64) {
 		res.Parts = append(res.Parts, costPart{Name: name, NSPerConn: ns, PercentPoints: 100 * ns / perRequestNS})

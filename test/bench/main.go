@@ -103,6 +103,7 @@ func main() {
 		}
 	}
 	c.growth.modes = strings.Split(*modes, ",")
+
 	if *from != "" {
 		if err := rerender(*from); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
@@ -419,7 +420,7 @@ func rerender(jsonPath string) error {
 	return nil
 }
 
-// raiseLimits lifts the memlock limit, which the clone timer's maps are
+// raiseLimits lifts the memlock limit, which the socket storage map is
 // charged to on kernels without memcg accounting. RLIMIT_NOFILE is left
 // as it is (Go raises the soft limit to the hard one): raising the hard
 // limit needs CAP_SYS_RESOURCE, and the growth part reports it as the
