@@ -96,18 +96,21 @@ generate:
 check-generated: generate
 	@git diff --exit-code --stat -- bpf/ || { echo "bpf/: committed objects differ from their sources: run make generate and commit"; exit 1; }
 
-# handoffd against its peers, side by side (root; test/bench is its own
-# module). bench: 100 swaps per row, ~20 min; bench-quick: 3 swaps, < 5 min.
+# handoffd against its peers, side by side, then how handoffd's costs grow
+# (root; test/bench is its own module). bench: 100 swaps per row, ~30 min;
+# bench-quick: 3 swaps, small sizes, < 5 min.
 # The HAProxy row needs Debian's haproxy.
 bench-deps:
 	@command -v haproxy >/dev/null || { echo "installing haproxy from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }
 
 bench: bench-deps
-	cd test/bench && timeout 40m $(GO) run . -swaps 100 -cost-rounds 5 -cost-each 10s -out .
+	cd test/bench && timeout 45m $(GO) run . -swaps 100 -cost-rounds 10 -cost-each 1s -cost-max 3m -out .
 
 bench-quick: bench-deps
-	cd test/bench && timeout 5m $(GO) run . -swaps 3 -cost-each 3s -out out/quick
+	cd test/bench && timeout 5m $(GO) run . -swaps 3 -steady 1s -cost-each 1s -cost-rounds 3 -cost-max 10s \
+		-growth-conns 0,1000 -growth-repeats 1 -growth-modes ebpf -growth-services 1,10 -growth-listeners 1 \
+		-growth-rest 1s -out out/quick
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel\.go$$')); \

@@ -278,7 +278,7 @@ func (h *haproxyServer) Settle() {
 func (h *haproxyServer) Phases(seen map[int]*genSeen) swapPhases {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var ph swapPhases
+	ph := swapPhases{Drained: h.drainedMS}
 	for gen := 2; gen <= h.gen; gen++ {
 		t0 := h.swapAt[gen]
 		if r, ok := h.ready[gen]; ok {

@@ -7,8 +7,8 @@ import (
 )
 
 // steadyFor is how long the clients run after the warm-up and before the
-// first swap: the window whose latency is the row's steady state.
-const steadyFor = 2 * time.Second
+// first swap: the window whose latency is the row's steady state (-steady).
+var steadyFor = 2 * time.Second
 
 // afterSwap is the window after the start of each swap whose requests make
 // the "after a swap" latency.
@@ -27,7 +27,8 @@ type latency struct {
 type latencies struct {
 	// Steady: requests begun between the end of the warm-up and the first
 	// swap (the whole row after the warm-up when it has no swaps).
-	Steady latency `json:"steady"`
+	SteadyS float64 `json:"steady_window_s"`
+	Steady  latency `json:"steady"`
 	// AfterSwap: requests begun within afterSwap of the start of a swap.
 	AfterSwap latency `json:"after_swap"`
 }

@@ -90,6 +90,7 @@ func main() {
 	listeners := flag.String("growth-listeners", "1,4", "growth part: listeners per service at rest")
 	modes := flag.String("growth-modes", "ebpf,fdpass", "growth part: modes of the connection part")
 	flag.DurationVar(&c.growth.restFor, "growth-rest", 5*time.Second, "growth part: how long handoffd is sampled at rest")
+	flag.DurationVar(&steadyFor, "steady", steadyFor, "clients' run before the first swap, the steady-state latency window")
 	from := flag.String("from", "", "print the tables and redraw the plot of an earlier results.json, run nothing")
 	flag.Parse()
 	var err error
@@ -326,6 +327,7 @@ func runRow(c config, bins, tmp, strategy string, keepAlive bool) (r row) {
 		steadyTo = time.Duration(r.Seconds * float64(time.Second))
 	}
 	r.Latency = splitLatency(st.Timings, warmup, steadyTo, r.SwapAt)
+	r.Latency.SteadyS = (steadyTo - warmup).Seconds()
 	if h, ok := srv.(*handoffdServer); ok {
 		r.StatusMS = h.statusMS
 		if r.Failed > 0 || len(r.SwapErrors) > 0 {
@@ -401,21 +403,35 @@ func loadAvg() string {
 	return strings.TrimSpace(string(b))
 }
 
-// rerender prints the tables of an earlier run and redraws its plot.
+// rerender prints the tables of an earlier run and redraws its plot
+// (results.json, or growth.json of the growth part).
 func rerender(jsonPath string) error {
 	data, err := os.ReadFile(jsonPath)
 	if err != nil {
 		return err
 	}
+	pngPath := strings.TrimSuffix(jsonPath, ".json") + ".png"
+	if filepath.Base(jsonPath) == "growth.json" {
+		var g growth
+		if err := json.Unmarshal(data, &g); err != nil {
+			return fmt.Errorf("%s: %w", jsonPath, err)
+		}
+		if err := plotGrowth(&g, pngPath); err != nil {
+			return fmt.Errorf("plot: %w", err)
+		}
+		fmt.Print(growthMarkdown(&g))
+		fmt.Printf("\nplot: %s\n", pngPath)
+		return nil
+	}
 	var res results
 	if err := json.Unmarshal(data, &res); err != nil {
 		return fmt.Errorf("%s: %w", jsonPath, err)
 	}
-	pngPath := strings.TrimSuffix(jsonPath, ".json") + ".png"
 	if err := plotResults(&res, pngPath); err != nil {
 		return fmt.Errorf("plot: %w", err)
 	}
 	fmt.Print(markdown(&res))
+	fmt.Print("\nREADME table:\n\n" + readmeTable(&res))
 	fmt.Printf("\nplot: %s\n", pngPath)
 	return nil
 }

@@ -118,6 +118,11 @@ func markdown(res *results) string {
 			r.RPS, swaps, spread(r.Phases.Ready), spread(r.Phases.FirstResp), spread(r.Phases.OldExited), spread(r.Phases.ActToConn))
 	}
 	b.WriteString("\nPhases are median / max over the swaps, in ms, from the start of each swap (handoffd: the new generation's started_at).\n")
+	for _, r := range res.Rows {
+		if len(r.Phases.Drained) > 0 {
+			fmt.Fprintf(&b, "%s %s: from `state drain` to no session on the old server, %s ms.\n", r.Strategy, r.Mode, spread(r.Phases.Drained))
+		}
+	}
 	b.WriteString("\n| strategy | clients | steady p50 ms | steady p99 ms | steady max ms | after swap p50 ms | after swap p99 ms | after swap max ms |\n")
 	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range res.Rows {
@@ -129,7 +134,7 @@ func markdown(res *results) string {
 			latCell(l.Steady, l.Steady.P50), latCell(l.Steady, l.Steady.P99), latCell(l.Steady, l.Steady.Max),
 			latCell(l.AfterSwap, l.AfterSwap.P50), latCell(l.AfterSwap, l.AfterSwap.P99), latCell(l.AfterSwap, l.AfterSwap.Max))
 	}
-	b.WriteString("\nLatency of successful requests as the clients timed them (dial included for a new connection): steady is the 2 s before the first swap, after swap every request begun within 1 s of a swap's start.\n")
+	b.WriteString("\nLatency of successful requests as the clients timed them (dial included for a new connection): steady is the window before the first swap (the whole row without swaps), after swap every request begun within 1 s of a swap's start.\n")
 	b.WriteString("\n| supervisor or proxy | clients | max RSS MB | CPU s | CPU % of one core | `handoffctl status` ms |\n|---|---|--:|--:|--:|--:|\n")
 	for _, r := range res.Rows {
 		if r.Unavailable == "" && r.DaemonMaxRSSMB > 0 {
@@ -217,4 +222,69 @@ func median(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// readmeLabels name the strategies in the README's table.
+var readmeLabels = map[string]string{
+	"none":              "none (no swap: the baseline)",
+	"naive":             "naive (stop, then start)",
+	"reuseport":         "reuseport + `Shutdown`",
+	"reuseport-migrate": "reuseport + `tcp_migrate_req=1`",
+	"tableflip":         "cloudflare/tableflip",
+	"endless":           "fvbock/endless",
+	"haproxy":           "HAProxy blue/green",
+	"handoffd-fdpass":   "handoffd, fdpass",
+	"handoffd-ebpf":     "handoffd, ebpf",
+}
+
+// readmeTable is the README's summary of a run: failures, requests/s and
+// p99 latency before and after swaps, in both client modes.
+func readmeTable(res *results) string {
+	var b strings.Builder
+	b.WriteString("| strategy | failed (new connection per request) | failed (keep-alive) | req/s (new conn / keep-alive) | p99 ms, steady → after swaps (new conn) | p99 ms, steady → after swaps (keep-alive) |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|\n")
+	var names []string
+	by := map[string]map[string]row{}
+	for _, r := range res.Rows {
+		if r.Unavailable != "" {
+			continue
+		}
+		if by[r.Strategy] == nil {
+			by[r.Strategy] = map[string]row{}
+			names = append(names, r.Strategy)
+		}
+		by[r.Strategy][r.Mode] = r
+	}
+	failed := func(r row) string {
+		if r.Failed == 0 {
+			return fmt.Sprintf("0 of %s", thousands(r.OK))
+		}
+		return thousands(r.Failed)
+	}
+	p99 := func(r row) string {
+		l := r.Latency
+		if l.AfterSwap.Requests == 0 {
+			return latCell(l.Steady, l.Steady.P99)
+		}
+		return latCell(l.Steady, l.Steady.P99) + " → " + latCell(l.AfterSwap, l.AfterSwap.P99)
+	}
+	for _, n := range names {
+		nc, ka := by[n]["new-conn"], by[n]["keep-alive"]
+		label := readmeLabels[n]
+		if label == "" {
+			label = n
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s / %s | %s | %s |\n", label, failed(nc), failed(ka),
+			thousands(int(nc.RPS+0.5)), thousands(int(ka.RPS+0.5)), p99(nc), p99(ka))
+	}
+	return b.String()
+}
+
+// thousands writes n with commas between groups of three digits.
+func thousands(n int) string {
+	s := fmt.Sprint(n)
+	for i := len(s) - 3; i > 0 && s[i-1] != '-'; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }

@@ -46,6 +46,9 @@ type swapPhases struct {
 	FirstResp []float64 `json:"first_response_ms"`
 	OldExited []float64 `json:"old_exited_ms"`
 	ActToConn []float64 `json:"activation_to_first_conn_ms"`
+	// Drained (HAProxy): from `state drain` to no session left on the
+	// old server.
+	Drained []float64 `json:"drained_ms,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
