@@ -302,6 +302,11 @@ func (h *haproxyServer) DaemonPID() int {
 	return h.proxy.Process.Pid
 }
 
+func (h *haproxyServer) LogText() string {
+	b, _ := os.ReadFile(filepath.Join(h.dir, "haproxy.log"))
+	return string(b)
+}
+
 func (h *haproxyServer) Stop() {
 	h.mu.Lock()
 	pids := make(map[int]int, len(h.pids))

@@ -330,11 +330,14 @@ func runRow(c config, bins, tmp, strategy string, keepAlive bool) (r row) {
 	r.Latency.SteadyS = (steadyTo - warmup).Seconds()
 	if h, ok := srv.(*handoffdServer); ok {
 		r.StatusMS = h.statusMS
-		if r.Failed > 0 || len(r.SwapErrors) > 0 {
-			r.Log = filepath.Join(c.out, fmt.Sprintf("%s-%s.log", strategy, r.Mode))
-			if err := os.MkdirAll(c.out, 0o755); err == nil {
-				os.WriteFile(r.Log, []byte(h.logText()), 0o644)
-			}
+	}
+	// A handoffd row that failed a request keeps handoffd's log; any row
+	// whose swap failed keeps its server's log.
+	_, isHandoffd := srv.(*handoffdServer)
+	if len(r.SwapErrors) > 0 || isHandoffd && r.Failed > 0 {
+		r.Log = filepath.Join(c.out, fmt.Sprintf("%s-%s.log", strategy, r.Mode))
+		if err := os.MkdirAll(c.out, 0o755); err == nil {
+			os.WriteFile(r.Log, []byte(srv.LogText()), 0o644)
 		}
 	}
 	return r

@@ -34,6 +34,8 @@ type server interface {
 	DaemonPID() int
 	// Stop ends every process of the server, by pid.
 	Stop()
+	// LogText is what the server's processes logged so far.
+	LogText() string
 }
 
 // swapPhases are the durations of every swap, in ms, from the start of
@@ -230,6 +232,11 @@ func (p *peerServer) Phases(seen map[int]*genSeen) swapPhases {
 
 func (p *peerServer) DaemonPID() int { return 0 }
 
+func (p *peerServer) LogText() string {
+	b, _ := os.ReadFile(p.logPath)
+	return string(b)
+}
+
 func (p *peerServer) Stop() {
 	if pid := p.pid(p.gen); pid != 0 {
 		syscall.Kill(pid, syscall.SIGTERM)
@@ -297,6 +304,8 @@ func (w syncWriter) Write(b []byte) (int, error) {
 	defer w.mu.Unlock()
 	return w.w.Write(b)
 }
+
+func (h *handoffdServer) LogText() string { return h.logText() }
 
 func (h *handoffdServer) logText() string {
 	h.logMu.Lock()
