@@ -203,12 +203,19 @@ func growthRound(h *handoffdServer, maddr string, n int, g *growthConns) error {
 	// moment; give it the time to record it before reading its CPU.
 	time.Sleep(50 * time.Millisecond)
 	g.CPUMS = append(g.CPUMS, ms(threadsCPU(h.DaemonPID())-cpu0))
-	if _, err := h.status(); err != nil {
-		return err
-	}
-	next, prev := h.gens[old.ID+1], h.gens[old.ID]
-	if next.ActiveAt == nil || prev.ExitedAt == nil {
-		return fmt.Errorf("status lacks the stamps of generations %d and %d", old.ID, old.ID+1)
+	// On a busy host handoffd may record the exit later than that.
+	var next, prev genStatus
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := h.status(); err != nil {
+			return err
+		}
+		next, prev = h.gens[old.ID+1], h.gens[old.ID]
+		if next.ActiveAt != nil && prev.ExitedAt != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("status lacks the stamps of generations %d and %d after 10s", old.ID, old.ID+1)
+		}
 	}
 	g.ActiveMS = append(g.ActiveMS, ms(next.ActiveAt.Sub(next.StartedAt)))
 	g.OldExitedMS = append(g.OldExitedMS, ms(prev.ExitedAt.Sub(next.StartedAt)))
