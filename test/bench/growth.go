@@ -150,6 +150,7 @@ func connGrowth(gc growthConfig, bins, tmp, mode string) []growthConns {
 // growthRound opens n idle connections, times status and a scrape five
 // times each, then a swap that leaves the connections to drain.
 func growthRound(h *handoffdServer, maddr string, n int, g *growthConns) error {
+	pruneOwn()
 	conns, err := openIdle(h.addr, n)
 	defer func() {
 		for _, c := range conns {

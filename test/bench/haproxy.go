@@ -242,7 +242,7 @@ func (h *haproxyServer) Swap() error {
 	if _, err := h.api("set server " + oldSrv + " state maint"); err != nil {
 		return err
 	}
-	return syscall.Kill(h.pid(old), syscall.SIGTERM)
+	return signalOwn(h.pid(old), syscall.SIGTERM)
 }
 
 func (h *haproxyServer) pid(gen int) int {
@@ -316,7 +316,7 @@ func (h *haproxyServer) Stop() {
 	gen := h.gen
 	h.mu.Unlock()
 	if p := pids[gen]; p != 0 {
-		syscall.Kill(p, syscall.SIGTERM)
+		signalOwn(p, syscall.SIGTERM)
 		h.waitExit(gen, 35*time.Second)
 	}
 	if h.proxy != nil && h.proxy.Process != nil {
@@ -329,9 +329,7 @@ func (h *haproxyServer) Stop() {
 		}
 	}
 	for _, p := range pids {
-		if alive(p) {
-			syscall.Kill(p, syscall.SIGKILL)
-		}
+		signalOwn(p, syscall.SIGKILL)
 	}
 	if h.logFile != nil {
 		h.logFile.Close()

@@ -261,6 +261,7 @@ func newServer(strategy, bins, dir, addr string) (server, error) {
 
 // runRow runs the workload against one strategy in one client mode.
 func runRow(c config, bins, tmp, strategy string, keepAlive bool) (r row) {
+	pruneOwn()
 	r = row{Strategy: strategy, Mode: modeName(keepAlive)}
 	dir, err := os.MkdirTemp(tmp, strategy+"-")
 	if err != nil {

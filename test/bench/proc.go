@@ -15,39 +15,76 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// started holds every pid this benchmark started (or that one of those
-// started and reported), so that a failure or an interrupt kills exactly
-// those and nothing else.
+// started holds a pidfd of every process this benchmark started (or that
+// one of those started and reported), so that a failure or an interrupt
+// kills exactly those and nothing else: a pidfd names one process, where
+// a pid may by then name another one (or a thread of this one) that took
+// the number over.
 var started = struct {
 	sync.Mutex
-	pids map[int]bool
-}{pids: map[int]bool{}}
+	fds map[int]int // pid → pidfd
+}{fds: map[int]int{}}
 
+// own opens a pidfd of pid, which must run now (a process just started,
+// or reported by its parent or by handoffd).
 func own(pid int) {
-	started.Lock()
-	started.pids[pid] = true
-	started.Unlock()
-}
-
-// killOwn kills, by pid, every process this benchmark started that still runs.
-func killOwn() {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return // gone already
+	}
 	started.Lock()
 	defer started.Unlock()
-	for pid := range started.pids {
-		if alive(pid) {
-			syscall.Kill(pid, syscall.SIGKILL)
+	if old, ok := started.fds[pid]; ok {
+		if !exited(old) {
+			unix.Close(fd) // the same process, owned before
+			return
+		}
+		unix.Close(old) // the number was reused by a process we started
+	}
+	started.fds[pid] = fd
+}
+
+// signalOwn sends sig to pid if it is a process this benchmark owns;
+// anything else is left alone.
+func signalOwn(pid int, sig syscall.Signal) error {
+	started.Lock()
+	fd, ok := started.fds[pid]
+	started.Unlock()
+	if !ok {
+		return fmt.Errorf("pid %d is not a process this benchmark started", pid)
+	}
+	return unix.PidfdSendSignal(fd, sig, nil, 0)
+}
+
+// exited reports whether the process of pidfd fd has exited.
+func exited(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, _ := unix.Poll(fds, 0)
+	return n > 0
+}
+
+// pruneOwn closes the pidfds of the processes that have exited, so that
+// a long run does not pile them up.
+func pruneOwn() {
+	started.Lock()
+	defer started.Unlock()
+	for pid, fd := range started.fds {
+		if exited(fd) {
+			unix.Close(fd)
+			delete(started.fds, pid)
 		}
 	}
 }
 
-// alive reports whether pid runs (a zombie does not).
-func alive(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
+// killOwn kills every process this benchmark started that still runs.
+func killOwn() {
+	started.Lock()
+	defer started.Unlock()
+	for pid, fd := range started.fds {
+		unix.PidfdSendSignal(fd, syscall.SIGKILL, nil, 0)
+		unix.Close(fd)
+		delete(started.fds, pid)
 	}
-	i := strings.LastIndexByte(string(stat), ')')
-	return i > 0 && len(stat) > i+2 && stat[i+2] != 'Z'
 }
 
 // watchExit returns a channel that receives the time pid exits, found

@@ -181,7 +181,7 @@ func (p *peerServer) Swap() error {
 	p.mu.Unlock()
 	switch p.kind {
 	case "naive":
-		syscall.Kill(p.pid(old), syscall.SIGTERM)
+		signalOwn(p.pid(old), syscall.SIGTERM)
 		if !p.waitExit(old, 35*time.Second) {
 			return fmt.Errorf("generation %d did not exit within 35s", old)
 		}
@@ -190,9 +190,9 @@ func (p *peerServer) Swap() error {
 		if err := p.startGen(next); err != nil {
 			return err
 		}
-		return syscall.Kill(p.pid(old), syscall.SIGTERM)
+		return signalOwn(p.pid(old), syscall.SIGTERM)
 	case "tableflip", "endless":
-		if err := syscall.Kill(p.pid(old), syscall.SIGHUP); err != nil {
+		if err := signalOwn(p.pid(old), syscall.SIGHUP); err != nil {
 			return err
 		}
 		return p.waitReady(next)
@@ -239,14 +239,12 @@ func (p *peerServer) LogText() string {
 
 func (p *peerServer) Stop() {
 	if pid := p.pid(p.gen); pid != 0 {
-		syscall.Kill(pid, syscall.SIGTERM)
+		signalOwn(pid, syscall.SIGTERM)
 		p.waitExit(p.gen, 35*time.Second)
 	}
 	p.mu.Lock()
 	for _, pid := range p.pids {
-		if alive(pid) {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
+		signalOwn(pid, syscall.SIGKILL)
 	}
 	p.mu.Unlock()
 	if p.pipeW != nil {
@@ -410,8 +408,8 @@ func (h *handoffdServer) activeServices() (int, error) {
 	n := 0
 	for _, s := range st.Services {
 		for _, g := range s.Generations {
-			own(g.PID)
 			if g.State == "active" {
+				own(g.PID)
 				n++
 				break
 			}
@@ -454,7 +452,9 @@ func (h *handoffdServer) status() ([]genStatus, error) {
 	}
 	for _, g := range st.Services[0].Generations {
 		h.gens[g.ID] = g
-		own(g.PID)
+		if g.ExitedAt == nil {
+			own(g.PID) // an exited one's pid may be someone else's by now
+		}
 	}
 	return st.Services[0].Generations, nil
 }
@@ -542,9 +542,7 @@ func (h *handoffdServer) Stop() {
 		}
 	}
 	for _, g := range h.gens {
-		if alive(g.PID) {
-			syscall.Kill(g.PID, syscall.SIGKILL)
-		}
+		signalOwn(g.PID, syscall.SIGKILL)
 	}
 	os.RemoveAll(h.bpfDir)
 }
