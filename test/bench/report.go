@@ -101,8 +101,8 @@ func markdown(res *results) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n%d clients, POST %s, %d swaps %s apart per row; kernel %s, %s CPUs, %s, handoffd %s\n\n",
 		res.Clients, res.Path, res.Swaps, res.SwapEvery, res.Host["kernel"], res.Host["cpus"], res.Host["go"], res.Host["handoffd"])
-	b.WriteString("| strategy | clients | ok | failed | refused | reset | eof | timeout | other | req/s | swaps | ready ms | first answer ms | old exited ms | activation → first conn ms |\n")
-	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("| strategy | clients | ok | failed | refused | reset | eof | timeout | other | req/s | swaps | ready ms | first answer ms | old exited ms | activation → first conn ms | host load |\n")
+	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range res.Rows {
 		if r.Unavailable != "" {
 			fmt.Fprintf(&b, "| %s | %s | not available: %s |\n", r.Strategy, r.Mode, strings.ReplaceAll(r.Unavailable, "|", "\\|"))
@@ -113,11 +113,12 @@ func markdown(res *results) string {
 		if len(r.SwapErrors) > 0 {
 			swaps += " (" + strings.ReplaceAll(r.SwapErrors[0], "|", "\\|") + ")"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %d | %d | %d | %.0f | %s | %s | %s | %s | %s |\n",
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %d | %d | %d | %.0f | %s | %s | %s | %s | %s | %s |\n",
 			r.Strategy, r.Mode, r.OK, r.Failed, c[classRefused], c[classReset], c[classEOF], c[classTimeout], c[classOther],
-			r.RPS, swaps, spread(r.Phases.Ready), spread(r.Phases.FirstResp), spread(r.Phases.OldExited), spread(r.Phases.ActToConn))
+			r.RPS, swaps, spread(r.Phases.Ready), spread(r.Phases.FirstResp), spread(r.Phases.OldExited), spread(r.Phases.ActToConn),
+			hostLoad(r.LoadAvg))
 	}
-	b.WriteString("\nPhases are median / max over the swaps, in ms, from the start of each swap (handoffd: the new generation's started_at).\n")
+	b.WriteString("\nPhases are median / max over the swaps, in ms, from the start of each swap (handoffd: the new generation's started_at). Host load: the 1-minute load average before → after the row.\n")
 	for _, r := range res.Rows {
 		if len(r.Phases.Drained) > 0 {
 			fmt.Fprintf(&b, "%s %s: from `state drain` to no session on the old server, %s ms.\n", r.Strategy, r.Mode, spread(r.Phases.Drained))
@@ -287,4 +288,18 @@ func thousands(n int) string {
 		s = s[:i] + "," + s[i:]
 	}
 	return s
+}
+
+// hostLoad gives the 1-minute load averages of /proc/loadavg lines as "a → b".
+func hostLoad(lines []string) string {
+	var out []string
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) > 0 {
+			out = append(out, f[0])
+		}
+	}
+	if len(out) == 0 {
+		return "–"
+	}
+	return strings.Join(out, " → ")
 }
