@@ -50,6 +50,11 @@ type growthConns struct {
 	// CPUMS is handoffd's CPU (every thread's sum_exec_runtime) from the
 	// swap command to the old generation's exit.
 	CPUMS []float64 `json:"handoffd_cpu_ms"`
+	// HostTCP and HostTimeWait are the host's TCP sockets in use and in
+	// TIME_WAIT (/proc/net/sockstat) while status and scrape were timed:
+	// fdpass counts through sock_diag, which walks them all.
+	HostTCP      []int `json:"host_tcp_inuse"`
+	HostTimeWait []int `json:"host_tcp_timewait"`
 	// RSS of the generation holding the connections and of handoffd,
 	// with them open (the last repeat's).
 	GenRSSMB      float64 `json:"generation_rss_mb"`
@@ -161,6 +166,8 @@ func growthRound(h *handoffdServer, maddr string, n int, g *growthConns) error {
 	if err != nil {
 		return err
 	}
+	inuse, tw := sockstat()
+	g.HostTCP, g.HostTimeWait = append(g.HostTCP, inuse), append(g.HostTimeWait, tw)
 	for range 5 {
 		t0 := time.Now()
 		if _, err := h.status(); err != nil {
@@ -356,4 +363,23 @@ func writeGrowth(g *growth, out string) (string, error) {
 	p, _ := filepath.Abs(filepath.Join(out, "growth.json"))
 	data, _ := json.MarshalIndent(g, "", " ")
 	return p, os.WriteFile(p, data, 0o644)
+}
+
+// sockstat reads the host's TCP sockets in use and in TIME_WAIT.
+func sockstat() (inuse, timeWait int) {
+	data, _ := os.ReadFile("/proc/net/sockstat")
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "TCP: "); ok {
+			f := strings.Fields(rest)
+			for i := 0; i+1 < len(f); i += 2 {
+				switch f[i] {
+				case "inuse":
+					fmt.Sscan(f[i+1], &inuse)
+				case "tw":
+					fmt.Sscan(f[i+1], &timeWait)
+				}
+			}
+		}
+	}
+	return inuse, timeWait
 }
