@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -180,6 +181,14 @@ func growthRound(h *handoffdServer, maddr string, n int, g *growthConns) error {
 		}
 		g.ScrapeMS = append(g.ScrapeMS, ms(time.Since(t0)))
 	}
+	// Use every connection once more, so that at the swap all of them
+	// have been idle for about the same short time whatever the mode
+	// (status and scrapes take longer in fdpass): the SDK closes an idle
+	// connection of a draining generation once it has been idle for its
+	// IdleGrace (1 s).
+	if err := touch(conns, h.addr); err != nil {
+		return err
+	}
 	gens, err := h.status()
 	if err != nil {
 		return err
@@ -267,30 +276,65 @@ func openIdle(addr string, n int) ([]net.Conn, error) {
 	return conns, firstErr
 }
 
+// touch sends one more request on each connection and reads its answer.
+func touch(conns []net.Conn, addr string) error {
+	req := fmt.Appendf(nil, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", addr)
+	deadline := time.Now().Add(time.Minute)
+	var mu sync.Mutex
+	var firstErr error
+	next := make(chan net.Conn, len(conns))
+	for _, c := range conns {
+		next <- c
+	}
+	close(next)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range next {
+				if err := roundTrip(c, req, deadline); err != nil {
+					mu.Lock()
+					firstErr = cmp.Or(firstErr, fmt.Errorf("request on an idle connection: %w", err))
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
 func openOne(addr string, req []byte, deadline time.Time) (net.Conn, error) {
 	c, err := net.DialTimeout("tcp", addr, time.Until(deadline))
 	if err != nil {
 		return nil, err
 	}
-	c.SetDeadline(deadline)
-	if _, err := c.Write(req); err != nil {
+	if err := roundTrip(c, req, deadline); err != nil {
 		c.Close()
 		return nil, err
+	}
+	return c, nil
+}
+
+// roundTrip sends req on c and reads a 200 answer, within deadline.
+func roundTrip(c net.Conn, req []byte, deadline time.Time) error {
+	c.SetDeadline(deadline)
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write(req); err != nil {
+		return err
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err == nil {
-		_, err = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if err == nil && resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("status %s", resp.Status)
-		}
-	}
 	if err != nil {
-		c.Close()
-		return nil, err
+		return err
 	}
-	c.SetDeadline(time.Time{})
-	return c, nil
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %s", resp.Status)
+	}
+	return err
 }
 
 func scrape(addr string) error {
