@@ -181,14 +181,6 @@ func growthRound(h *handoffdServer, maddr string, n int, g *growthConns) error {
 		}
 		g.ScrapeMS = append(g.ScrapeMS, ms(time.Since(t0)))
 	}
-	// Use every connection once more, so that at the swap all of them
-	// have been idle for about the same short time whatever the mode
-	// (status and scrapes take longer in fdpass): the SDK closes an idle
-	// connection of a draining generation once it has been idle for its
-	// IdleGrace (1 s).
-	if err := touch(conns, h.addr); err != nil {
-		return err
-	}
 	gens, err := h.status()
 	if err != nil {
 		return err
@@ -207,6 +199,14 @@ func growthRound(h *handoffdServer, maddr string, n int, g *growthConns) error {
 	}
 	if u, err := readUsage(h.DaemonPID()); err == nil {
 		g.HandoffdRSSMB = float64(u.RSSKB) / 1024
+	}
+	// Use every connection once more, so that at the swap each has been
+	// idle for at most the time this takes, whatever the mode (status and
+	// scrapes take longer in fdpass, the call above too): the SDK closes
+	// an idle connection of a draining generation once it has been idle
+	// for its IdleGrace (1 s).
+	if err := touch(conns, h.addr); err != nil {
+		return err
 	}
 	exit := watchExit(old.PID, time.Minute)
 	cpu0 := threadsCPU(h.DaemonPID())
