@@ -37,7 +37,7 @@ const (
 )
 
 var strategies = []string{"none", "naive", "reuseport", "reuseport-migrate", "tableflip", "endless",
-	"haproxy", "handoffd-fdpass", "handoffd-ebpf"}
+	"haproxy", "handoffd-fdpass", "handoffd-ebpf", "handoffd-canary"}
 
 type config struct {
 	swaps      int
@@ -255,6 +255,10 @@ func newServer(strategy, bins, dir, addr string) (server, error) {
 		return newHandoffdServer(bins, dir, "ebpf", addr), nil
 	case "handoffd-fdpass":
 		return newHandoffdServer(bins, dir, "fdpass", addr), nil
+	case "handoffd-canary":
+		h := newHandoffdServer(bins, dir, "ebpf", addr)
+		h.canary = true
+		return h, nil
 	}
 	return nil, fmt.Errorf("unknown strategy %q", strategy)
 }

@@ -236,6 +236,7 @@ var readmeLabels = map[string]string{
 	"haproxy":           "HAProxy blue/green",
 	"handoffd-fdpass":   "handoffd, fdpass",
 	"handoffd-ebpf":     "handoffd, ebpf",
+	"handoffd-canary":   "handoffd, ebpf, canary 5 % → 50 % → promote",
 }
 
 // readmeTable is the README's summary of a run: failures, requests/s and

@@ -270,6 +270,8 @@ type handoffdServer struct {
 	// (demo2, demo3, ...) and listeners per service than the one.
 	metrics             string
 	services, listeners int
+	// canary makes every swap 5 % → 50 % → promote.
+	canary bool
 }
 
 // genStatus is one generation in `handoffctl status --json`.
@@ -464,7 +466,27 @@ func (h *handoffdServer) status() ([]genStatus, error) {
 func (h *handoffdServer) Swap() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if h.canary {
+		return h.canarySwap(ctx)
+	}
 	_, err := h.ctl(ctx, "swap", "demo")
+	return err
+}
+
+// canarySwap starts the next generation as a canary with 5 % of new
+// connections, raises it to 50 % a quarter of the swap interval after the
+// start, and promotes it at half of it; it returns once promoted.
+func (h *handoffdServer) canarySwap(ctx context.Context) error {
+	t0 := time.Now()
+	if _, err := h.ctl(ctx, "swap", "--canary", "5%", "demo"); err != nil {
+		return err
+	}
+	time.Sleep(time.Until(t0.Add(swapEvery / 4)))
+	if _, err := h.ctl(ctx, "canary", "demo", "50%"); err != nil {
+		return err
+	}
+	time.Sleep(time.Until(t0.Add(swapEvery / 2)))
+	_, err := h.ctl(ctx, "promote", "demo")
 	return err
 }
 
