@@ -158,18 +158,28 @@ func costMarkdown(c *cost) string {
 		fmt.Fprintf(&b, "not measured: %s\n", c.Error)
 		return b.String()
 	}
-	ratios := make([]float64, len(c.PlainRPS))
+	rpsRatios := make([]float64, len(c.PlainRPS))
 	for i := range c.PlainRPS {
-		ratios[i] = c.SteeredRPS[i] / c.PlainRPS[i]
+		rpsRatios[i] = c.SteeredRPS[i] / c.PlainRPS[i]
 	}
-	slices.Sort(ratios)
-	b.WriteString("| rounds | each run | plain req/s (median) | handoffd-ebpf req/s (median) | ratio, mean | 95 % interval | rounds' range | cost |\n|--:|--:|--:|--:|--:|--:|--:|--:|\n")
-	fmt.Fprintf(&b, "| %d | %s | %.0f | %.0f | %.4f | ± %.2f points | %.3f – %.3f | **%.2f %%** |\n",
-		len(ratios), c.Each, median(c.PlainRPS), median(c.SteeredRPS), c.Ratio, c.CI95Points,
-		ratios[0], ratios[len(ratios)-1], c.CostPercent)
-	fmt.Fprintf(&b, "\nFrom CPU time per request (clients + server processes, every thread): plain %.1f µs, handoffd-ebpf %.1f µs (medians); "+
-		"ratio plain/steered, mean %.4f **± %.2f points** (95 %%): **cost %.2f %%**.\n",
-		median(c.PlainCPUNS)/1000, median(c.SteeredCPUNS)/1000, c.CPURatio, c.CPUCI95Points, c.CPUCost)
+	cpuRatios := make([]float64, len(c.PlainCPUNS))
+	for i := range c.PlainCPUNS {
+		cpuRatios[i] = c.PlainCPUNS[i] / c.SteeredCPUNS[i]
+	}
+	fmt.Fprintf(&b, "%d rounds of %s runs each, %.0f s.\n\n", len(rpsRatios), c.Each, c.Seconds)
+	b.WriteString("| measure | plain (median) | handoffd-ebpf (median) | ratio, mean | 95 % interval | rounds' range | ratio, median | cost (from the mean) |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
+	line := func(name, unit string, plain, steered float64, ratios []float64, mean, ci, cost float64) {
+		if len(ratios) == 0 {
+			return
+		}
+		s := slices.Clone(ratios)
+		slices.Sort(s)
+		fmt.Fprintf(&b, "| %s | %.1f %s | %.1f %s | %.4f | ± %.2f points | %.3f – %.3f | %.4f | %.2f %% |\n",
+			name, plain, unit, steered, unit, mean, ci, s[0], s[len(s)-1], median(s), cost)
+	}
+	line("requests/s (steered / plain)", "req/s", median(c.PlainRPS), median(c.SteeredRPS), rpsRatios, c.Ratio, c.CI95Points, c.CostPercent)
+	line("CPU per request (plain / steered)", "µs", median(c.PlainCPUNS)/1000, median(c.SteeredCPUNS)/1000, cpuRatios, c.CPURatio, c.CPUCI95Points, c.CPUCost)
+	b.WriteString("\nCPU per request: the clients' and the servers' processes, every thread's sum_exec_runtime (the softirqs they ran included), per answered request.\n")
 	if min(c.CI95Points, c.CPUCI95Points) > c.TargetPts {
 		fmt.Fprintf(&b, "\nNeither interval narrowed to ± %.1f points in %.0f s.\n", c.TargetPts, c.Seconds)
 	}
