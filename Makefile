@@ -38,6 +38,7 @@ test: lint unit e2e
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test$$)
+	cd test/bench && $(GO) test -count=1 ./...
 
 e2e: build
 	$(GO) test -count=1 -v -timeout 20m ./test/
