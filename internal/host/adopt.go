@@ -1,10 +1,12 @@
 package host
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -44,6 +46,14 @@ func (l *ExecLauncher) StartTicks(pid int) uint64 { return kernel.StartTicks(pid
 // listenerFiles copies, with pidfd_getfd, the listening sockets of p that
 // match listeners, in their order.
 func listenerFiles(p *PidfdProcess, listeners []config.ListenerConfig) ([]*os.File, error) {
+	binds := make([]bindAddr, len(listeners))
+	for i, l := range listeners {
+		b, err := listenerBindAddr(l)
+		if err != nil {
+			return nil, err
+		}
+		binds[i] = b
+	}
 	files := make([]*os.File, len(listeners))
 	dir := fmt.Sprintf("/proc/%d/fd", p.Pid())
 	ents, err := os.ReadDir(dir)
@@ -64,7 +74,7 @@ func listenerFiles(p *PidfdProcess, listeners []config.ListenerConfig) ([]*os.Fi
 			closeFiles(files)
 			return nil, err
 		}
-		if i := matchListener(f, listeners); i >= 0 && files[i] == nil {
+		if i := matchListener(f, binds); i >= 0 && files[i] == nil {
 			files[i] = f
 		} else {
 			f.Close()
@@ -79,26 +89,73 @@ func listenerFiles(p *PidfdProcess, listeners []config.ListenerConfig) ([]*os.Fi
 	return files, nil
 }
 
-// matchListener returns the index of the listener whose address the
-// listening socket f is bound to, or -1.
-func matchListener(f *os.File, listeners []config.ListenerConfig) int {
+// bindAddr is where handoffd binds a listener's socket: a unix path, or a
+// TCP port on one of ips.
+type bindAddr struct {
+	path string
+	port int
+	ips  []net.IP
+}
+
+// listenerBindAddr returns where kernel.ListenTCP (or net.ListenUnix)
+// binds l. An empty host is the unspecified address of the family
+// ListenTCP picks for it: IPv6 for tcp6, else IPv4. A name may be bound to
+// any of its addresses in the listener's network, since the name may
+// resolve in another order now than when the socket was made.
+func listenerBindAddr(l config.ListenerConfig) (bindAddr, error) {
+	network, hostport, err := config.ParseAddress(l.Address)
+	if err != nil {
+		return bindAddr{}, err
+	}
+	if network == "unix" {
+		return bindAddr{path: hostport}, nil
+	}
+	host, portStr, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return bindAddr{}, fmt.Errorf("listener %s (%s): %w", l.Name, l.Address, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return bindAddr{}, fmt.Errorf("listener %s (%s): port %q: %w", l.Name, l.Address, portStr, err)
+	}
+	switch {
+	case host == "" && network == "tcp6":
+		return bindAddr{port: port, ips: []net.IP{net.IPv6unspecified}}, nil
+	case host == "":
+		return bindAddr{port: port, ips: []net.IP{net.IPv4zero}}, nil
+	}
+	addrs, err := net.DefaultResolver.LookupIPAddr(context.Background(), host)
+	if err != nil {
+		return bindAddr{}, fmt.Errorf("resolve listener %s (%s): %w", l.Name, l.Address, err)
+	}
+	b := bindAddr{port: port}
+	for _, a := range addrs {
+		if v4 := a.IP.To4() != nil; network == "tcp4" && !v4 || network == "tcp6" && v4 {
+			continue
+		}
+		b.ips = append(b.ips, a.IP)
+	}
+	if len(b.ips) == 0 {
+		return bindAddr{}, fmt.Errorf("resolve listener %s (%s): no %s address for %s", l.Name, l.Address, network, host)
+	}
+	return b, nil
+}
+
+// matchListener returns the index of the bind address that the listening
+// socket f is bound to, or -1.
+func matchListener(f *os.File, binds []bindAddr) int {
 	bound, err := kernel.ListeningAddr(f)
 	if err != nil {
 		return -1
 	}
-	for i, l := range listeners {
-		network, addr, err := config.ParseAddress(l.Address)
-		if err != nil {
-			continue
-		}
+	for i, b := range binds {
 		switch bound := bound.(type) {
 		case *net.UnixAddr:
-			if network == "unix" && bound.Name == addr {
+			if b.path != "" && bound.Name == b.path {
 				return i
 			}
 		case *net.TCPAddr:
-			if a, err := net.ResolveTCPAddr(network, addr); err == nil && network != "unix" &&
-				a.Port == bound.Port && a.IP.Equal(bound.IP) {
+			if b.path == "" && bound.Port == b.port && slices.ContainsFunc(b.ips, bound.IP.Equal) {
 				return i
 			}
 		}
