@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -71,15 +72,52 @@ func requireEBPF(t *testing.T) {
 	t.Skipf("end-to-end test %s", why)
 }
 
-// freePort returns a loopback TCP port that nothing listens on now.
+// portsIssued counts the ports freePort handed out in this test binary.
+var portsIssued atomic.Int64
+
+// freePort returns a TCP port that nothing is bound to now, taken below
+// the kernel's ephemeral range (net.ipv4.ip_local_port_range): no socket
+// bound to port 0 and no connecting client ever gets such a port, so it
+// stays free until handoffd binds it. Ports are spread by pid and a
+// counter, so that test binaries running side by side seldom try the same
+// one, and each is checked free by binding it on every address.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	low, err := ephemeralLow()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	// The upper half below the ephemeral range: clear of the ports that
+	// well-known and registered services are usually configured on.
+	floor := low / 2
+	if floor < 1024 {
+		t.Fatalf("ip_local_port_range starts at %d: no port below it is out of the way of services and ephemeral binds", low)
+	}
+	span := uint64(low - floor)
+	// Fibonacci hashing (the high bits of pid·2⁶⁴/φ): near pids start far apart.
+	start := uint64(os.Getpid()) * 11400714819323198485 >> 32
+	for range 200 {
+		port := floor + int((start+uint64(portsIssued.Add(1)))%span)
+		if l, err := net.Listen("tcp", fmt.Sprintf(":%d", port)); err == nil {
+			l.Close()
+			return port
+		}
+	}
+	t.Fatalf("200 ports in %d..%d were all taken", floor, low-1)
+	return 0
+}
+
+// ephemeralLow returns the first port of the kernel's ephemeral range.
+func ephemeralLow() (int, error) {
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, err
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) != 2 {
+		return 0, fmt.Errorf("ip_local_port_range: %q", data)
+	}
+	return strconv.Atoi(fields[0])
 }
 
 // daemon is a running handoffd with the demo service.
