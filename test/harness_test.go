@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -161,6 +162,10 @@ type daemonOptions struct {
 	// serviceYAML is added to the demo service's keys, indented by four
 	// spaces per line (health:, ready:).
 	serviceYAML string
+	// listen is the listener's address, %d standing for the port;
+	// tcp://127.0.0.1:%d when empty. d.addr is where clients connect:
+	// on an all-addresses listener, the loopback address of its family.
+	listen string
 }
 
 // startDaemon runs handoffd with one demo service on a fresh port, and
@@ -182,9 +187,13 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 	if opts.probation == "" {
 		opts.probation = "0s"
 	}
+	if opts.listen == "" {
+		opts.listen = "tcp://127.0.0.1:%d"
+	}
 	dir := t.TempDir()
 	port := freePort(t)
-	d := &daemon{t: t, mode: opts.mode, control: filepath.Join(dir, "handoffd.sock"), addr: fmt.Sprintf("127.0.0.1:%d", port),
+	listen := fmt.Sprintf(opts.listen, port)
+	d := &daemon{t: t, mode: opts.mode, control: filepath.Join(dir, "handoffd.sock"), addr: dialAddr(t, listen),
 		log: new(bytes.Buffer), exited: make(chan struct{})}
 	bpfDir := fmt.Sprintf("/sys/fs/bpf/handoff-e2e-%d-%d", os.Getpid(), port)
 	if opts.metrics {
@@ -204,17 +213,11 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 		}
 	}
 	argv, _ := json.Marshal(command)
-	listen := "tcp://" + d.addr
 	if opts.unixSocket != "" {
 		listen, d.addr = "unix://"+opts.unixSocket, opts.unixSocket
 	}
-	cfg := fmt.Sprintf(`control: %s
-metrics: %q
-mode: %s
-state_dir: %s
-bpf_dir: %s
-services:
-  - name: demo
+	service := func(name, address string) string {
+		return fmt.Sprintf(`  - name: %s
     command: %s
     env: ["GIN_MODE=release"]
     listeners:
@@ -224,13 +227,18 @@ services:
     ready_timeout: %s
     drain_timeout: %s
     probation: %s
-`, d.control, d.metrics, opts.mode, dir, bpfDir, argv, listen, opts.readyTimeout, opts.drainTimeout, opts.probation)
-	cfg += opts.serviceYAML
+`, name, argv, address, opts.readyTimeout, opts.drainTimeout, opts.probation) + opts.serviceYAML
+	}
+	cfg := fmt.Sprintf(`control: %s
+metrics: %q
+mode: %s
+state_dir: %s
+bpf_dir: %s
+services:
+`, d.control, d.metrics, opts.mode, dir, bpfDir) + service("demo", listen)
 	if opts.web {
 		d.webAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		cfg += strings.ReplaceAll(cfg[strings.Index(cfg, "  - name: demo"):], "name: demo", "name: web")
-		cfg = strings.Replace(cfg, "tcp://"+d.addr, "tcp://"+d.webAddr, 2)
-		cfg = strings.Replace(cfg, "tcp://"+d.webAddr, "tcp://"+d.addr, 1)
+		cfg += service("web", "tcp://"+d.webAddr)
 	}
 	cfgPath := filepath.Join(dir, "handoff.yaml")
 	d.config = cfgPath
@@ -259,6 +267,24 @@ services:
 		return len(st.Generations) == 1 && st.Generations[0].State == api.StateActive
 	})
 	return d
+}
+
+// dialAddr returns where a client reaches a TCP listener at address: its
+// own host, or the loopback address of its family when it listens on all.
+func dialAddr(t *testing.T, address string) string {
+	t.Helper()
+	u, err := url.Parse(address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := u.Hostname()
+	switch {
+	case host == "" && u.Scheme == "tcp6", host == "::":
+		host = "::1"
+	case host == "", host == "0.0.0.0":
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, u.Port())
 }
 
 // shutdown stops every service and handoffd, killing (by pid) whatever
