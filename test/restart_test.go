@@ -144,3 +144,51 @@ func TestRestartWithServicesReordered(t *testing.T) {
 	d.restart(syscall.SIGKILL)
 	waitCounts("after a restart with the services reordered")
 }
+
+// TestRestartOnAllAddresses kills handoffd (SIGKILL) under load and starts
+// it again, for a service that listens on every IPv4 address (tcp://:P)
+// and on every IPv6 address (tcp6://[::]:P): the new handoffd re-adopts
+// generation 1 and swaps it out. Not one request fails, across the
+// restart nor across the swap.
+func TestRestartOnAllAddresses(t *testing.T) {
+	for _, mode := range modes {
+		for _, tc := range []struct{ name, listen string }{
+			{"all-ipv4", "tcp://:%d"},
+			{"all-ipv6", "tcp6://[::]:%d"},
+		} {
+			t.Run(mode+"/"+tc.name, func(t *testing.T) {
+				d := startDaemon(t, daemonOptions{mode: mode, listen: tc.listen})
+				pid := d.status().Generations[0].PID
+				l := startLoad(d.addr, "/slow?ms=2", loadClients, false)
+				time.Sleep(300 * time.Millisecond)
+				d.restart(syscall.SIGKILL)
+				st := d.waitFor("re-adopted generation 1", 15*time.Second, func(st api.ServiceStatus) bool {
+					last := st.Generations[len(st.Generations)-1]
+					return last.ID == 1 && last.State == api.StateActive
+				})
+				if got := st.Generations[0].PID; got != pid {
+					t.Fatalf("generation 1 has pid %d after the restart, want the same process %d", got, pid)
+				}
+				time.Sleep(300 * time.Millisecond)
+				res := l.stop()
+				t.Logf("%s on %s: %d ok, %d failed across a SIGKILL and a restart of handoffd", tc.name, d.addr, res.OK, res.Failed)
+				if res.Failed > 0 || res.OK == 0 {
+					t.Errorf("%d requests failed, %d ok: %q", res.Failed, res.OK, res.Failures)
+				}
+
+				l = startLoad(d.addr, "/slow?ms=2", loadClients, false)
+				time.Sleep(300 * time.Millisecond)
+				out, err := d.ctl("swap", "--wait", "demo")
+				if err != nil || !strings.Contains(out, "generation 2 active") || !strings.Contains(out, "drained") {
+					t.Fatalf("swap after the restart: %v: %s", err, out)
+				}
+				time.Sleep(300 * time.Millisecond)
+				res = l.stop()
+				t.Logf("%s on %s: %d ok, %d failed across the swap that followed (generation 2 answered %d)", tc.name, d.addr, res.OK, res.Failed, res.ByGen[2])
+				if res.Failed > 0 || res.ByGen[2] == 0 {
+					t.Errorf("%d requests failed, %d answered by generation 2: %q", res.Failed, res.ByGen[2], res.Failures)
+				}
+			})
+		}
+	}
+}
