@@ -38,13 +38,24 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = dir
-	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/handoffd", "../cmd/handoffctl", "../demo", "../demo/grpcdemo")
+	args := []string{"build", "-o", dir + "/"}
+	if raceBuild {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/handoffd", "../cmd/handoffctl", "../demo", "../demo/grpcdemo")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)
 		os.Exit(1)
 	}
+	if err := setupRace(); err != nil {
+		fmt.Fprintln(os.Stderr, "race reports directory:", err)
+		os.Exit(1)
+	}
 	code := m.Run()
+	if finishRaces() && code == 0 {
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -219,7 +230,7 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 	service := func(name, address string) string {
 		return fmt.Sprintf(`  - name: %s
     command: %s
-    env: ["GIN_MODE=release"]
+    env: %s
     listeners:
       - name: http
         address: %s
@@ -227,7 +238,7 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
     ready_timeout: %s
     drain_timeout: %s
     probation: %s
-`, name, argv, address, opts.readyTimeout, opts.drainTimeout, opts.probation) + opts.serviceYAML
+`, name, argv, demoEnv(), address, opts.readyTimeout, opts.drainTimeout, opts.probation) + opts.serviceYAML
 	}
 	cfg := fmt.Sprintf(`control: %s
 metrics: %q
@@ -269,6 +280,12 @@ services:
 	return d
 }
 
+// demoEnv is the env: list, in YAML, of a demo service.
+func demoEnv() string {
+	env, _ := json.Marshal(append([]string{"GIN_MODE=release"}, raceEnv()...))
+	return string(env)
+}
+
 // dialAddr returns where a client reaches a TCP listener at address: its
 // own host, or the loopback address of its family when it listens on all.
 func dialAddr(t *testing.T, address string) string {
@@ -307,6 +324,7 @@ func (d *daemon) shutdown() {
 		d.t.Errorf("generation pid %d still runs after handoffd stopped", pid)
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
+	checkRaces(d.t)
 	if d.t.Failed() {
 		d.t.Logf("handoffd log:\n%s", d.logText())
 	}

@@ -38,8 +38,8 @@ func startOutsider(t *testing.T, d *daemon, demo string, cred *syscall.Credentia
 	t.Helper()
 	o := &outsider{exited: make(chan struct{})}
 	o.cmd = exec.Command(demo, "--version", "outsider")
-	o.cmd.Env = []string{"PATH=/usr/bin:/bin", "GIN_MODE=release",
-		"HANDOFF_CONTROL=" + d.control, "HANDOFF_SERVICE=demo"}
+	o.cmd.Env = append([]string{"PATH=/usr/bin:/bin", "GIN_MODE=release",
+		"HANDOFF_CONTROL=" + d.control, "HANDOFF_SERVICE=demo"}, raceEnv()...)
 	o.out.w = new(bytes.Buffer)
 	o.cmd.Stdout, o.cmd.Stderr = &o.out, &o.out
 	if cred != nil {

@@ -119,13 +119,13 @@ func reloadAppUnderLoad(t *testing.T, mode string) {
 func webService(addr string) string {
 	return fmt.Sprintf(`  - name: web
     command: [%q, "--version", "web"]
-    env: ["GIN_MODE=release"]
+    env: %s
     listeners:
       - name: http
         address: tcp://%s
     ready_timeout: 10s
     drain_timeout: 5s
-`, filepath.Join(bin, "demo"), addr)
+`, filepath.Join(bin, "demo"), demoEnv(), addr)
 }
 
 func serviceStatus(d *daemon, name string) (api.ServiceStatus, error) {

@@ -70,14 +70,14 @@ services:
   - name: demo
     command: ["./demo", "--version", "e2e"]
     dir: %s
-    env: ["GIN_MODE=release"]
+    env: %s
     user: nobody
     listeners:
       - name: http
         address: tcp://%s
     ready_timeout: 10s
     drain_timeout: 10s
-`, d.control, dir, bpfDir, adminGroup, dir, d.addr)
+`, d.control, dir, bpfDir, adminGroup, dir, demoEnv(), d.addr)
 	cfgPath := filepath.Join(dir, "handoff.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -183,6 +183,7 @@ func TestGenerationUnprivileged(t *testing.T) {
 		name, _, _ := strings.Cut(kv, "=")
 		switch {
 		case name == "PATH" || name == "GIN_MODE" || name == "NOTIFY_SOCKET":
+		case name == "GORACE" && raceBuild: // given by the config, as demoEnv says
 		case strings.HasPrefix(name, "LISTEN_") || strings.HasPrefix(name, "HANDOFF_"):
 		default:
 			t.Errorf("generation has %s in its environment, which its config does not give", name)
