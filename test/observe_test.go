@@ -1,7 +1,9 @@
 package test
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -200,7 +202,10 @@ func TestTenThousandConnections(t *testing.T) {
 	t.Logf("scrape of a daemon tracking %d connections: %s", 2*perGen, spread(scrapes))
 }
 
-// openIdle opens n connections to addr and sends nothing on them.
+// openIdle opens n connections to addr, each answered once by the demo
+// and then left idle: a connection that never sends a request would be
+// closed by the demo's ReadHeaderTimeout (10 s), and one still in the
+// accept queue at a swap would be migrated to the next generation.
 func openIdle(t *testing.T, addr string, n int) []net.Conn {
 	t.Helper()
 	conns := make([]net.Conn, 0, n)
@@ -210,6 +215,21 @@ func openIdle(t *testing.T, addr string, n int) []net.Conn {
 			t.Fatalf("connection %d: %v", i, err)
 		}
 		conns = append(conns, c)
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: demo\r\n\r\n"); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	for i, c := range conns {
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.Close {
+			t.Fatalf("connection %d: %s, closing %v; want 200 on a kept-alive connection", i, resp.Status, resp.Close)
+		}
+		c.SetDeadline(time.Time{})
 	}
 	return conns
 }
