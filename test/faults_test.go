@@ -19,12 +19,12 @@ import (
 func TestFailedSwapsLoseNothing(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode, func(t *testing.T) {
-			d := startDaemon(t, daemonOptions{mode: mode, readyTimeout: "1s", demoArgs: []string{"--fault", "exit@2,hang@3"}})
+			d := startDaemon(t, daemonOptions{mode: mode, readyTimeout: "3s", demoArgs: []string{"--fault", "exit@2,hang@3"}})
 			first := d.status().Generations[0]
 			l := startLoad(d.addr, "/slow?ms=2", loadClients, false)
 			for _, want := range [][2]string{
 				{"generation 2: exited before it was ready: exit status 3, stderr: ", "demo: failing before ready on purpose"},
-				{"generation 3: not ready within ready_timeout 1s, stderr: ", "demo: never saying ready, on purpose"},
+				{"generation 3: not ready within ready_timeout 3s, stderr: ", "demo: never saying ready, on purpose"},
 			} {
 				time.Sleep(300 * time.Millisecond)
 				out, err := d.ctl("swap", "demo")
