@@ -115,6 +115,9 @@ func (p *probeSource) register(fd int, addr netip.Addr, slot uint32) error {
 func (s *Steering) addProbe(key *bpf.SteerProbeKey, slot uint32) error {
 	s.probeMu.Lock()
 	defer s.probeMu.Unlock()
+	if s.closed {
+		return errors.New("the steering is closed")
+	}
 	if err := s.probeCount.Update(uint32(0), s.probeN+1, ebpf.UpdateAny); err != nil {
 		return err
 	}
@@ -129,6 +132,9 @@ func (s *Steering) addProbe(key *bpf.SteerProbeKey, slot uint32) error {
 func (s *Steering) removeProbe(key *bpf.SteerProbeKey) error {
 	s.probeMu.Lock()
 	defer s.probeMu.Unlock()
+	if s.closed {
+		return nil // a reopened Steering clears what the pins still hold
+	}
 	if err := s.probes.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return err
 	}

@@ -63,7 +63,10 @@ type Steering struct {
 	// holds probeN: the program reads client addresses only while it is
 	// not 0.
 	probeMu sync.Mutex
-	probeN  uint32
+	// closed is set by Close, under probeMu: probes are no longer
+	// added or removed.
+	closed bool
+	probeN uint32
 }
 
 // SlotCounters counts what the steering program did for one slot.
@@ -380,6 +383,11 @@ func (s *Steering) Fallbacks() (uint64, error) {
 // Close releases the Steering's handles and keeps the pins, so steering
 // goes on in the kernel and OpenPinned can find it again.
 func (s *Steering) Close() error {
+	// A probe connection closed later must not touch the closed maps
+	// (their fd numbers may belong to something else by then).
+	s.probeMu.Lock()
+	s.closed = true
+	s.probeMu.Unlock()
 	// Close of a nil *ebpf.Map or *ebpf.Program is a no-op, which covers
 	// a half-opened Steering.
 	err := errors.Join(s.prog.Close(), s.sockets.Close(), s.active.Close(),
