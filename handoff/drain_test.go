@@ -410,3 +410,39 @@ func listenNotify(t *testing.T, name string) *net.UnixConn {
 	t.Setenv("NOTIFY_SOCKET", notify.LocalAddr().String())
 	return notify
 }
+
+// TestDrainKeepsIdleConnWithRequestArriving: a connection that looks idle
+// but has a request waiting in its receive queue (a slow server has not
+// read it yet) is not closed as idle: the client would see its request
+// cut. It is answered, or ends at the drain's deadline.
+func TestDrainKeepsIdleConnWithRequestArriving(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	d := NewDrainer(&http.Server{})
+	d.IdleGrace = 20 * time.Millisecond
+	d.track(server, http.StateIdle)
+	client.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")) // never read by a server here
+	time.Sleep(20 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	drained := make(chan error, 1)
+	go func() { drained <- d.Drain(ctx) }()
+	time.Sleep(150 * time.Millisecond) // well past IdleGrace
+	if n := d.Closed(); n != 0 {
+		t.Errorf("Drain closed %d connection(s) with a request waiting unread", n)
+	}
+	<-drained
+}

@@ -338,3 +338,39 @@ func TestProcessSettings(t *testing.T) {
 		t.Errorf("child says:\n%s\nwant NoNewPrivs 1 and fd 3 close-on-exec", out)
 	}
 }
+
+func TestUnread(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if n, ok := Unread(s); !ok || n != 0 {
+		t.Errorf("Unread of a quiet connection = %d, %v; want 0", n, ok)
+	}
+	c.Write([]byte("GET / HTTP/1.1\r\n"))
+	deadline := time.Now().Add(2 * time.Second)
+	n, ok := Unread(s)
+	for ok && n < 16 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+		n, ok = Unread(s)
+	}
+	if !ok || n != 16 {
+		t.Errorf("Unread = %d, %v; want the 16 bytes sent", n, ok)
+	}
+	if _, ok := Unread(fakeConn{}); ok {
+		t.Error("Unread answered for a connection without a socket")
+	}
+}
+
+type fakeConn struct{ net.Conn }

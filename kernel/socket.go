@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -148,4 +149,23 @@ func CheckListening(fd int) (Family, error) {
 		return 0, fmt.Errorf("read SO_DOMAIN: %w", err)
 	}
 	return Family(domain), nil
+}
+
+// Unread returns how many bytes wait in the receive queue of the
+// connection c (SIOCINQ), unread by the process: a request on its way.
+// A TLS connection is asked through its underlying connection. false when
+// c has no socket to ask.
+func Unread(c net.Conn) (int, bool) {
+	if t, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = t.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return 0, false
+	}
+	n, opErr := 0, error(nil)
+	if err := control(sc, func(fd int) { n, opErr = unix.IoctlGetInt(fd, unix.SIOCINQ) }); err != nil || opErr != nil {
+		return 0, false
+	}
+	return n, true
 }
