@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/handoffd/handoffd/kernel"
 )
 
 // DefaultIdleGrace is the IdleGrace of a Drainer that sets none.
@@ -410,7 +412,7 @@ func (d *Drainer) closeIdle(now time.Time) (done bool) {
 	var idle []net.Conn
 	for c, ci := range d.conns {
 		busy := ci.state == http.StateActive || ci.state == http.StateHijacked || ci.holds > 0
-		if !ci.closing && !busy && now.Sub(ci.since) > grace {
+		if !ci.closing && !busy && now.Sub(ci.since) > grace && !requestWaiting(c) {
 			ci.closing = true
 			idle = append(idle, c)
 		}
@@ -420,6 +422,15 @@ func (d *Drainer) closeIdle(now time.Time) (done bool) {
 	d.mu.Unlock()
 	closeConns(idle)
 	return done
+}
+
+// requestWaiting reports whether bytes wait unread on c: the next request
+// arrived, and the server, slow, has not read it yet (net/http marks the
+// connection active only once it has read the header). Closing c now
+// would cut that request.
+func requestWaiting(c net.Conn) bool {
+	n, ok := kernel.Unread(c)
+	return ok && n > 0
 }
 
 func (d *Drainer) idleGrace() time.Duration {
