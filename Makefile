@@ -81,7 +81,7 @@ deb:
 # any of them fails the test that was running. About 3x the time of e2e
 # (here 7.5 min plain, over 20 min race-built).
 e2e-race:
-	HANDOFF_RACE=1 $(GO) test -count=1 -v -timeout 25m ./test/
+	HANDOFF_RACE=1 $(GO) test -count=1 -v -timeout 40m ./test/
 
 # Each fuzz target for 10s, from its seed corpus in testdata/fuzz.
 FUZZ := FuzzLifecycle@./internal/lifecycle FuzzParseConfig@./internal/config FuzzAPIRequest@./internal/control FuzzNotifyMessage@./internal/host
