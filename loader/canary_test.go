@@ -154,18 +154,27 @@ func splitCounts(t *testing.T, s *Steering, slot uint32) SplitCounts {
 	return c
 }
 
-// TestSplitAccuracy measures, over 20,000 new connections each, the share
-// a canary gets, from the program's per-slot counters and from which
-// listener accepted.
-func TestSplitAccuracy(t *testing.T) {
+// activeGroup moves the test into a network namespace of its own and
+// returns a fresh steering with two listeners of one group in slots 1 and
+// 2, slot 1 active. Call it on the test's goroutine.
+func activeGroup(t *testing.T) (*Steering, int, int) {
+	t.Helper()
 	requireEBPF(t)
 	inNetns(t)
 	s := loadSteering(t)
 	ln1, ln2 := group(t, s)
-	p := port(t, ln1)
 	if err := s.Activate(1); err != nil {
 		t.Fatal(err)
 	}
+	return s, ln1, ln2
+}
+
+// TestSplitAccuracy measures, over 20,000 new connections each, the share
+// a canary gets, from the program's per-slot counters and from which
+// listener accepted.
+func TestSplitAccuracy(t *testing.T) {
+	s, ln1, ln2 := activeGroup(t)
+	p := port(t, ln1)
 	for _, share := range []float64{0.05, 0.25, 0.50} {
 		setSplit(t, s, Split{Slot: 2, Share: share})
 		before1, before2 := counters(t, s, 1), counters(t, s, 2)
@@ -230,14 +239,8 @@ func stickyHash(a [4]byte) uint32 {
 // sees one listener only, the one the address's hash picks, and that
 // raising the share only moves clients to the canary.
 func TestSplitSticky(t *testing.T) {
-	requireEBPF(t)
-	inNetns(t)
-	s := loadSteering(t)
-	ln1, ln2 := group(t, s)
+	s, ln1, ln2 := activeGroup(t)
 	p := port(t, ln1)
-	if err := s.Activate(1); err != nil {
-		t.Fatal(err)
-	}
 	var sources [][4]byte
 	for i := range 64 {
 		sources = append(sources, [4]byte{127, 0, 1, byte(10 + i)})
@@ -356,14 +359,8 @@ func waitQueued(t *testing.T, n int, listeners ...int) {
 // TestSplitFailover closes the canary's listener while the split still
 // sends it half: every new connection goes to the active one.
 func TestSplitFailover(t *testing.T) {
-	requireEBPF(t)
-	inNetns(t)
-	s := loadSteering(t)
-	ln1, ln2 := group(t, s)
+	s, ln1, ln2 := activeGroup(t)
 	p := port(t, ln1)
-	if err := s.Activate(1); err != nil {
-		t.Fatal(err)
-	}
 	setSplit(t, s, Split{Slot: 2, Share: 0.5})
 	if err := unix.Close(ln2); err != nil {
 		t.Fatal(err)
@@ -500,13 +497,7 @@ func probeCount(t *testing.T, s *Steering) int {
 // mid-probe are gone once a new one opens the pins, so that no client
 // that reuses such a port is caught.
 func TestOpenPinnedForgetsProbes(t *testing.T) {
-	requireEBPF(t)
-	inNetns(t)
-	s := loadSteering(t)
-	_, ln2 := group(t, s)
-	if err := s.Activate(1); err != nil {
-		t.Fatal(err)
-	}
+	s, _, ln2 := activeGroup(t)
 	c, err := s.DialProbe(context.Background(), listenAddr(t, ln2), 2)
 	if err != nil {
 		t.Fatal(err)
@@ -582,13 +573,7 @@ func listenAddr(t *testing.T, fd int) netip.AddrPort {
 // TestProbeAnswer reads and writes through a probe connection, as a health
 // check does.
 func TestProbeAnswer(t *testing.T) {
-	requireEBPF(t)
-	inNetns(t)
-	s := loadSteering(t)
-	_, ln2 := group(t, s)
-	if err := s.Activate(1); err != nil {
-		t.Fatal(err)
-	}
+	s, _, ln2 := activeGroup(t)
 	c, err := s.DialProbe(context.Background(), netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(port(t, ln2))), 2)
 	if err != nil {
 		t.Fatal(err)
