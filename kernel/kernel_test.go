@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -374,3 +375,31 @@ func TestUnread(t *testing.T) {
 }
 
 type fakeConn struct{ net.Conn }
+
+func TestSealedMemfd(t *testing.T) {
+	f, err := SealedMemfd("test", func(w io.Writer) error {
+		_, err := io.WriteString(w, "state")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := CheckSealed(int(f.Fd())); err != nil {
+		t.Errorf("sealed memfd: %v", err)
+	}
+	if b, err := io.ReadAll(f); err != nil || string(b) != "state" {
+		t.Errorf("read back %q, %v", b, err)
+	}
+	if _, err := f.Write([]byte("x")); err == nil {
+		t.Error("a write to a sealed memfd succeeded")
+	}
+	plain, err := os.CreateTemp(t.TempDir(), "plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if err := CheckSealed(int(plain.Fd())); err != ErrNotSealed {
+		t.Errorf("plain file: %v, want ErrNotSealed", err)
+	}
+}
