@@ -45,12 +45,34 @@ type Server struct {
 	srv   *grpc.Server
 	began chan struct{}
 	once  sync.Once
+	// lnClosed is closed when GracefulStop closes the listener that
+	// Serve serves on; nil when the app called srv.Serve itself.
+	lnClosed chan struct{}
 }
 
 // New returns a Server for srv, whose services are registered or will be
 // before Serve.
 func New(srv *grpc.Server) *Server {
 	return &Server{srv: srv, began: make(chan struct{})}
+}
+
+// goAwayGrace is how long after GracefulStop closed the listener the
+// Draining channels start to close. GracefulStop queues a GOAWAY on each
+// connection only once its listeners are closed and its accept loops have
+// ended; a stream ended before its connection's GOAWAY would bring the
+// client's next call back to this generation on the same connection.
+const goAwayGrace = 100 * time.Millisecond
+
+// watchedListener closes closed when it is closed.
+type watchedListener struct {
+	net.Listener
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (l *watchedListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Listener.Close()
 }
 
 // Serve serves on ln, sends READY=1 (handoff.Ready), and waits for
@@ -62,7 +84,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop, unwatch := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer unwatch() // after the drain: a second SIGTERM must not cut calls
 	served := make(chan error, 1)
-	go func() { served <- s.srv.Serve(ln) }()
+	watched := &watchedListener{Listener: ln, closed: make(chan struct{})}
+	s.lnClosed = watched.closed
+	go func() { served <- s.srv.Serve(watched) }()
 
 	var cause error
 	if err := handoff.Ready(); err != nil {
@@ -86,12 +110,12 @@ func (s *Server) Drain() error {
 	if timeout <= 0 {
 		timeout = DefaultDrainTimeout
 	}
-	s.once.Do(func() {
-		handoff.StopReloads()
-		close(s.began)
-	})
 	done := make(chan struct{})
 	go func() { s.srv.GracefulStop(); close(done) }()
+	s.once.Do(func() {
+		handoff.StopReloads()
+		go s.begin(done)
+	})
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
@@ -104,11 +128,33 @@ func (s *Server) Drain() error {
 	}
 }
 
+// begin closes began, which starts the Draining channels, once the
+// connections had their GOAWAY: goAwayGrace after GracefulStop closed the
+// listener of Serve (at most a second after the drain began), or at once
+// when GracefulStop is done.
+func (s *Server) begin(done <-chan struct{}) {
+	defer close(s.began)
+	if s.lnClosed != nil {
+		select {
+		case <-s.lnClosed:
+		case <-done:
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	select {
+	case <-time.After(goAwayGrace):
+	case <-done:
+	}
+}
+
 // Draining returns a channel that is closed when the stream of ctx (a
 // handler's stream context) should end: at a moment drawn at random within
-// Spread after the drain began. A server-streaming handler selects on it
-// and returns status.Error(codes.Unavailable, ...). The channel is left
-// open, and the goroutine behind it ends, when ctx ends first.
+// Spread after the drain began and the connections had their GOAWAY, so
+// that the client's next call opens a connection to the next generation.
+// A server-streaming handler selects on it and returns
+// status.Error(codes.Unavailable, ...). The channel is left open, and the
+// goroutine behind it ends, when ctx ends first.
 func (s *Server) Draining(ctx context.Context) <-chan struct{} {
 	ch := make(chan struct{})
 	spread := s.Spread
