@@ -69,6 +69,32 @@ type ServiceConfig struct {
 	// socket before it receives traffic, and rolls back a canary or a
 	// generation on probation that fails it.
 	Health *HealthConfig `yaml:"health"`
+	// FDStoreMax bounds the fds a service's generations may keep in
+	// handoffd's fd store (FDSTORE=1 on NOTIFY_SOCKET); 0 turns the store
+	// off. Nil (unset) is DefaultFDStoreMax; see FDStoreLimit.
+	FDStoreMax *int `yaml:"fd_store_max"`
+	// StateHandoff adds the state handoff to swaps and canary starts:
+	// once the new generation said READY=1, the old one hands it a
+	// snapshot of its state before it is activated. Needs ready: notify.
+	StateHandoff bool `yaml:"state_handoff"`
+	// StateTimeout bounds the whole state handoff of one swap (snapshot,
+	// delivery, LOADED); past it the new generation starts cold.
+	StateTimeout Duration `yaml:"state_timeout"`
+}
+
+// DefaultFDStoreMax is fd_store_max when the config does not set it.
+const DefaultFDStoreMax = 16
+
+// MaxFDStoreMax is the highest fd_store_max.
+const MaxFDStoreMax = 1024
+
+// FDStoreLimit returns fd_store_max: how many fds the service may keep
+// in the fd store (0: none).
+func (s *ServiceConfig) FDStoreLimit() int {
+	if s.FDStoreMax == nil {
+		return DefaultFDStoreMax
+	}
+	return *s.FDStoreMax
 }
 
 // When a generation is ready (ServiceConfig.Ready).
@@ -249,6 +275,13 @@ func (c *Config) setDefaults() {
 		if s.Ready == "" {
 			s.Ready = ReadyNotify
 		}
+		if s.FDStoreMax == nil {
+			n := DefaultFDStoreMax
+			s.FDStoreMax = &n
+		}
+		if s.StateTimeout == 0 {
+			s.StateTimeout = Duration(5 * time.Second)
+		}
 		if h := s.Health; h != nil {
 			if h.Listener == "" && len(s.Listeners) > 0 {
 				h.Listener = s.Listeners[0].Name
@@ -381,6 +414,7 @@ func (s *ServiceConfig) validate() []error {
 		add("probation: must not be negative")
 	}
 	errs = append(errs, s.validateHealth(names)...)
+	errs = append(errs, s.validateState()...)
 	if s.StopDelay < 0 || (s.DrainTimeout > 0 && s.StopDelay >= s.DrainTimeout) {
 		add("stop_delay: must be at least 0 and less than drain_timeout (%s)", s.DrainTimeout.Std())
 	}
@@ -441,6 +475,21 @@ func (s *ServiceConfig) validateHealth(listeners map[string]bool) []error {
 	}
 	if h.Healthy < 1 || h.Unhealthy < 1 {
 		add("health: healthy and unhealthy must be 1 or more")
+	}
+	return errs
+}
+
+func (s *ServiceConfig) validateState() []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if n := s.FDStoreLimit(); n < 0 || n > MaxFDStoreMax {
+		add("fd_store_max %d: use 0 (no fd store) to %d", n, MaxFDStoreMax)
+	}
+	if s.StateTimeout <= 0 {
+		add("state_timeout: must be positive")
+	}
+	if s.StateHandoff && s.Ready != ReadyNotify {
+		add("state_handoff: needs ready: notify (the new generation says READY=1, then receives the state)")
 	}
 	return errs
 }

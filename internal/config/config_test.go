@@ -240,3 +240,34 @@ func TestParseConfigFieldErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestParseConfigState(t *testing.T) {
+	base := "services: [{name: web, command: [web], listeners: [{name: http, address: 'tcp://127.0.0.1:80'}]"
+	cfg, err := ParseConfig([]byte(base + "}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := cfg.Services[0]; s.FDStoreLimit() != DefaultFDStoreMax || s.StateHandoff || s.StateTimeout.Std() != 5*time.Second {
+		t.Fatalf("defaults: fd_store_max %d, state_handoff %v, state_timeout %s", s.FDStoreLimit(), s.StateHandoff, s.StateTimeout.Std())
+	}
+	cfg, err = ParseConfig([]byte(base + ", fd_store_max: 0, state_handoff: true, state_timeout: 2s}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := cfg.Services[0]; s.FDStoreLimit() != 0 || !s.StateHandoff || s.StateTimeout.Std() != 2*time.Second {
+		t.Fatalf("parsed fd_store_max %d, state_handoff %v, state_timeout %s", s.FDStoreLimit(), s.StateHandoff, s.StateTimeout.Std())
+	}
+	for _, tc := range []struct{ keys, want string }{
+		{"fd_store_max: -1", "services[0] (web): fd_store_max -1: use 0 (no fd store) to 1024"},
+		{"fd_store_max: 5000", "fd_store_max 5000: use 0 (no fd store) to 1024"},
+		{"state_timeout: -1s", "state_timeout: must be positive"},
+		{"state_timeout: soon", `"soon" is not a duration`},
+		{"state_handoff: true, ready: health, health: {tcp: true}", "state_handoff: needs ready: notify"},
+		{"state_handoff: yes please", "into bool"},
+	} {
+		_, err := ParseConfig([]byte(base + ", " + tc.keys + "}]"))
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: err = %v, want one line with %q", tc.keys, err, tc.want)
+		}
+	}
+}

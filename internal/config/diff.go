@@ -12,6 +12,10 @@ import (
 // a reload to next would change, or every reason why next cannot be
 // applied while handoffd runs, on one line. stopping holds the removed
 // services that have not finished stopping. next must be valid.
+//
+// A changed service's new fd_store_max and state_timeout apply at once
+// (a lower fd_store_max refuses new fds but keeps the stored ones); the
+// rest applies from its next generation on (see StateHandoffTurnedOn).
 func Diff(cur, next *Config, stopping map[string]*ServiceConfig) (api.ConfigChanges, error) {
 	var errs []error
 	fixed := func(field, was, now string) {
@@ -74,4 +78,11 @@ func Diff(cur, next *Config, stopping map[string]*ServiceConfig) (api.ConfigChan
 		return api.ConfigChanges{}, err
 	}
 	return ch, nil
+}
+
+// StateHandoffTurnedOn reports whether a reload from cur to next turns
+// state_handoff on: it takes effect at the next swap, which starts cold,
+// since the running generation was started without a state channel.
+func StateHandoffTurnedOn(cur, next *ServiceConfig) bool {
+	return !cur.StateHandoff && next.StateHandoff
 }

@@ -48,6 +48,12 @@ func TestDiffConfig(t *testing.T) {
 			c.Services[1].Watch = []string{"bin/api"}
 			c.Services[1].DrainTimeout = Duration(time.Minute)
 		}, want: api.ConfigChanges{Changed: []string{"api"}}},
+		{name: "fd store and state handoff changed", edit: func(c *Config) {
+			n := 4
+			c.Services[0].FDStoreMax = &n
+			c.Services[1].StateHandoff = true
+			c.Services[1].StateTimeout = Duration(time.Second)
+		}, want: api.ConfigChanges{Changed: []string{"demo", "api"}}},
 		{name: "added", edit: func(c *Config) { c.Services = append(c.Services, web) },
 			want: api.ConfigChanges{Added: []string{"web"}}},
 		{name: "removed", edit: func(c *Config) { c.Services = c.Services[:1] },

@@ -10,6 +10,7 @@ import (
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(designExample))
 	f.Add([]byte("services: [{name: web, command: [web], listeners: [{name: http, address: 'tcp6://[::1]:80'}]}]"))
+	f.Add([]byte("services: [{name: web, command: [web], fd_store_max: 0, state_handoff: true, state_timeout: 1s, listeners: [{name: http, address: 'tcp://127.0.0.1:80'}]}]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := ParseConfig(data)
 		if err != nil {
