@@ -38,6 +38,9 @@ type ServiceStatus struct {
 	// listener's queue to the active one (ebpf mode).
 	MigratedRequests uint64             `json:"migrated_requests"`
 	Generations      []GenerationStatus `json:"generations"`
+	// FDStore counts the fds in the service's fd store by FDNAME
+	// (empty when nothing is stored).
+	FDStore map[string]int `json:"fd_store"`
 }
 
 // ListenerStatus is one listener of a service and how it is handed over.

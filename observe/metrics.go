@@ -43,6 +43,11 @@ var (
 	generationWeight = prometheus.NewDesc(namespace+"_generation_weight",
 		"Share of new connections, from 0 to 1, that steering sends to a live generation: 1 for the active one, P and 1-P for a canary and the active one, 0 for the others.",
 		[]string{"service", "generation"}, nil)
+	// The fd store's metrics are named handoffd_*, as the state handoff
+	// design names them.
+	fdStoreFDs = prometheus.NewDesc("handoffd_fd_store_fds",
+		"Fds a service keeps in handoffd's fd store (FDSTORE=1), passed to each new generation after its listeners.",
+		[]string{"service"}, nil)
 	modeDesc = prometheus.NewDesc(namespace+"_mode",
 		"How handoffd hands listeners over: ebpf (steering) or fdpass (shared sockets). Always 1.",
 		[]string{"mode"}, nil)
@@ -63,7 +68,7 @@ func NewCollector(src StatusSource, mode api.Mode, log *slog.Logger) *Collector 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{generationInfo, connectionsActive, connectionsAccepted,
-		acceptQueue, steered, migrated, generationWeight, modeDesc} {
+		acceptQueue, steered, migrated, generationWeight, modeDesc, fdStoreFDs} {
 		ch <- d
 	}
 }
@@ -77,6 +82,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	for _, svc := range st.Services {
+		n := 0
+		for _, fds := range svc.FDStore {
+			n += fds
+		}
+		ch <- prometheus.MustNewConstMetric(fdStoreFDs, prometheus.GaugeValue, float64(n), svc.Name)
 		if svc.Mode == api.ModeEBPF {
 			ch <- prometheus.MustNewConstMetric(migrated, prometheus.CounterValue, float64(svc.MigratedRequests), svc.Name)
 		}
@@ -121,6 +131,11 @@ type Swaps struct {
 	phases *prometheus.HistogramVec
 	kills  *prometheus.CounterVec
 	cut    *prometheus.CounterVec
+	// refused, handoffs and finals count the fd store's refusals and
+	// the state handoffs.
+	refused  *prometheus.CounterVec
+	handoffs *prometheus.CounterVec
+	finals   *prometheus.CounterVec
 }
 
 // NewSwaps returns the swap metrics, to be registered with Register.
@@ -144,8 +159,33 @@ func NewSwaps() *Swaps {
 			Namespace: namespace, Name: "drain_killed_connections_total",
 			Help: "Connections that generations still held when drain_timeout ended them.",
 		}, []string{"service"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handoffd_fd_store_refused_total",
+			Help: "Messages to the fd store that handoffd refused, their fds closed, by reason: full (over fd_store_max), name (invalid FDNAME), unsealed (a snapshot or final that is not a sealed memfd), oversize (over 4096 bytes, or fds cut off), unexpected (a HANDOFF_STATE nobody asked for, a HANDOFF_FINAL from a generation not draining, fds without FDSTORE=1), off (fd_store_max 0).",
+		}, []string{"service", "reason"}),
+		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handoffd_state_handoffs_total",
+			Help: "State handoffs to new generations (state_handoff), by result: loaded (the previous generation's snapshot was loaded), cold (there was none to hand over), failed, timeout (state_timeout passed); all but loaded start cold.",
+		}, []string{"service", "result"}),
+		finals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handoffd_state_finals_total",
+			Help: "Final deltas of drained generations (HANDOFF_FINAL=1), by result: relayed to the active generation, or dropped.",
+		}, []string{"service", "result"}),
 	}
 }
+
+// FDStoreRefused implements lifecycle.Observer.
+func (s *Swaps) FDStoreRefused(service, reason string) {
+	s.refused.WithLabelValues(service, reason).Inc()
+}
+
+// StateHandoff implements lifecycle.Observer.
+func (s *Swaps) StateHandoff(service, result string) {
+	s.handoffs.WithLabelValues(service, result).Inc()
+}
+
+// StateFinal implements lifecycle.Observer.
+func (s *Swaps) StateFinal(service, result string) { s.finals.WithLabelValues(service, result).Inc() }
 
 // DrainKilled implements lifecycle.Observer.
 func (s *Swaps) DrainKilled(service string, held int64) {
@@ -169,6 +209,9 @@ func (s *Swaps) Describe(ch chan<- *prometheus.Desc) {
 	s.phases.Describe(ch)
 	s.kills.Describe(ch)
 	s.cut.Describe(ch)
+	s.refused.Describe(ch)
+	s.handoffs.Describe(ch)
+	s.finals.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -177,6 +220,9 @@ func (s *Swaps) Collect(ch chan<- prometheus.Metric) {
 	s.phases.Collect(ch)
 	s.kills.Collect(ch)
 	s.cut.Collect(ch)
+	s.refused.Collect(ch)
+	s.handoffs.Collect(ch)
+	s.finals.Collect(ch)
 }
 
 // Known makes the swap counters of a service exist at 0 before its first

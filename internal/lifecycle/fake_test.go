@@ -9,11 +9,14 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/handoffd/handoffd/internal/config"
+	"github.com/handoffd/handoffd/internal/stateproto"
+	"github.com/handoffd/handoffd/kernel"
 )
 
 // fakeProcess is a generation whose readiness and exit the test drives.
@@ -30,6 +33,25 @@ type fakeProcess struct {
 	exitedAt time.Time
 	// noReload: the process never said that it reloads on SIGHUP.
 	noReload bool
+	// spec is what it was started with; stored, what it found in its
+	// stored fds (name=contents).
+	spec   LaunchSpec
+	stored []string
+	// ch is its state channel, nil without state_handoff.
+	ch *fakeChannel
+}
+
+// Channel implements Stateful.
+func (p *fakeProcess) Channel() StateChannel {
+	if p.ch == nil {
+		return nil
+	}
+	return p.ch
+}
+
+// send sends a message with files to handoffd on NOTIFY_SOCKET.
+func (p *fakeProcess) send(m stateproto.Message, files ...*os.File) {
+	p.spec.Notice(Notice{Msg: m, Files: files})
 }
 
 func (p *fakeProcess) Reloads() bool { return !p.noReload }
@@ -93,6 +115,9 @@ type fakeLauncher struct {
 	ignoreStop bool
 	// noReload makes processes that never say they reload on SIGHUP.
 	noReload bool
+	// onState, if set, is how processes answer what handoffd sends on
+	// their state channels; see answerState.
+	onState func(p *fakeProcess, m stateproto.Message, data string)
 }
 
 func (l *fakeLauncher) Start(spec LaunchSpec) (Process, error) {
@@ -103,8 +128,92 @@ func (l *fakeLauncher) Start(spec LaunchSpec) (Process, error) {
 	if l.ready {
 		close(p.ready)
 	}
+	p.spec = spec
+	for _, sf := range spec.Stored {
+		data, err := io.ReadAll(io.NewSectionReader(sf.File, 0, 1<<20))
+		if err != nil {
+			return nil, err
+		}
+		p.stored = append(p.stored, sf.Name+"="+string(data))
+	}
+	if spec.StateChannel {
+		p.ch = &fakeChannel{replies: make(chan stateproto.Message, 8)}
+		if on := l.onState; on != nil {
+			p.ch.onSend = func(m stateproto.Message, data string) { on(p, m, data) }
+		}
+	}
 	l.procs = append(l.procs, p)
 	return p, nil
+}
+
+// fakeChannel is handoffd's end of a fake generation's state channel:
+// what handoffd sends is recorded, with the contents of the file
+// attached, and onSend plays the generation's side.
+type fakeChannel struct {
+	mu      sync.Mutex
+	sent    []string
+	replies chan stateproto.Message
+	onSend  func(m stateproto.Message, data string)
+}
+
+func (c *fakeChannel) Send(m stateproto.Message, f *os.File) error {
+	var data string
+	if f != nil {
+		b, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<20))
+		if err != nil {
+			return err
+		}
+		data = string(b)
+	}
+	line := strings.TrimSpace(strings.ReplaceAll(string(m.Encode()), "\n", " "))
+	if f != nil {
+		line += " [" + data + "]"
+	}
+	c.mu.Lock()
+	c.sent = append(c.sent, line)
+	on := c.onSend
+	c.mu.Unlock()
+	if on != nil {
+		on(m, data)
+	}
+	return nil
+}
+
+func (c *fakeChannel) Receive(ctx context.Context) (stateproto.Message, error) {
+	select {
+	case m := <-c.replies:
+		return m, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// got returns what handoffd sent, one line per message.
+func (c *fakeChannel) got() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.sent)
+}
+
+// answerState is the state side of a well-behaved generation: it hands
+// over "state of N" on HANDOVER and loads what it receives.
+func answerState(p *fakeProcess, m stateproto.Message, _ string) {
+	switch {
+	case m[stateproto.Handover] == "1":
+		f := sealedMemfd(fmt.Sprintf("state of %d", p.pid-1000))
+		p.send(stateproto.Message{stateproto.FDStore: "1", stateproto.FDName: stateproto.StateName, stateproto.NotifyState: "1"}, f)
+	case m[stateproto.State] == "1":
+		p.ch.replies <- stateproto.Message{stateproto.Loaded: "1"}
+	}
+}
+
+// sealedMemfd returns a sealed memfd that holds data, or panics.
+func sealedMemfd(data string) *os.File {
+	f, err := kernel.SealedMemfd("test", func(w io.Writer) error { _, err := io.WriteString(w, data); return err })
+	if err != nil {
+		panic(err)
+	}
+	return f
 }
 
 // Adopt finds nothing: no earlier handoffd ran in a unit test.
@@ -312,6 +421,16 @@ func (o *fakeObserver) DrainKilled(_ string, held int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.events = append(o.events, fmt.Sprintf("killed %d", held))
+}
+
+func (o *fakeObserver) FDStoreRefused(_, reason string) { o.add("refused " + reason) }
+func (o *fakeObserver) StateHandoff(_, result string)   { o.add("handoff " + result) }
+func (o *fakeObserver) StateFinal(_, result string)     { o.add("final " + result) }
+
+func (o *fakeObserver) add(e string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.events = append(o.events, e)
 }
 
 func (o *fakeObserver) got() []string {

@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/handoffd/handoffd/internal/config"
+	"github.com/handoffd/handoffd/internal/stateproto"
 )
 
 // What the lifecycle needs from the operating system and the kernel, as
@@ -38,6 +39,68 @@ type LaunchSpec struct {
 	// the child gets them as fds 3, 4, ...
 	Files   []*os.File
 	Control string
+	// Stored are the fds of the service's fd store, in the order they
+	// were stored: the child gets them after the listeners, named in
+	// LISTEN_FDNAMES. The caller closes them once Start returned.
+	Stored []StoredFile
+	// StateChannel gives the generation a state channel (the service
+	// has state_handoff); the Process then implements Stateful.
+	StateChannel bool
+	// Notice, if set, receives in order what the process sends on
+	// NOTIFY_SOCKET for the fd store and the state handoff. It owns the
+	// files of each Notice; it must not block for long.
+	Notice func(Notice)
+}
+
+// StoredFile is one fd of a service's fd store.
+type StoredFile struct {
+	Name string
+	File *os.File
+}
+
+// Notice is one message that a generation sent on NOTIFY_SOCKET about
+// the fd store or its state (stateproto): FDSTORE=1, FDSTOREREMOVE=1,
+// HANDOFF_STATE, HANDOFF_FINAL, or fds attached to anything else.
+type Notice struct {
+	Msg stateproto.Message
+	// Files are the fds that came with it, now handoffd's.
+	Files []*os.File
+	// Oversize: the message was over stateproto.MaxMessage bytes, or the
+	// kernel cut off its fds; Refused counts the fds, already closed.
+	Oversize bool
+	Refused  int
+}
+
+// StateChannel is handoffd's end of a generation's state channel.
+type StateChannel interface {
+	// Send writes one message, with f attached unless it is nil.
+	Send(m stateproto.Message, f *os.File) error
+	// Receive returns the next message from the generation; it gives up
+	// when ctx ends, and fails once the generation's end is closed.
+	Receive(ctx context.Context) (stateproto.Message, error)
+}
+
+// Stateful is a Process started with a state channel.
+type Stateful interface {
+	Channel() StateChannel
+}
+
+// channelOf returns p's state channel, or nil when it has none (started
+// without state_handoff, joined from outside, re-adopted after a restart
+// of handoffd).
+func channelOf(p Process) StateChannel {
+	if st, ok := p.(Stateful); ok {
+		return st.Channel()
+	}
+	return nil
+}
+
+// FileFinder is a Process whose open files handoffd can copy: a
+// re-adopted one (pidfd_getfd).
+type FileFinder interface {
+	// FindFile returns a copy of the process's open file whose st_dev and
+	// st_ino are dev and ino; ErrGone when it holds none.
+	FindFile(dev, ino uint64) (*os.File, error)
 }
 
 // ErrGone is returned by Launcher.Adopt for a process that is gone, or

@@ -47,6 +47,9 @@ type Generation struct {
 	reloads bool
 	// drain is closed when the generation is told to drain.
 	drain chan struct{}
+	// handover, set while a swap waits for this generation's snapshot,
+	// receives it (see takeSnapshot).
+	handover chan snapshot
 
 	started, ready, active, draining, exited time.Time
 }
@@ -89,6 +92,8 @@ type Service struct {
 	goroutines sync.WaitGroup
 	// replacing is true while replace runs: one at a time.
 	replacing bool
+	// stored is the service's fd store, in the order stored.
+	stored []storedFD
 	// broken holds invariants found broken in the background (invariant).
 	broken []error
 	// onChange, if set, is called (never blocking) when a generation
@@ -116,6 +121,14 @@ type Observer interface {
 	// DrainKilled is called when drain_timeout ended a generation with
 	// SIGKILL; held is what it still held (-1 when unknown).
 	DrainKilled(service string, held int64)
+	// FDStoreRefused is called when fds sent to the fd store were
+	// refused, with the reason (RefusedFull, ...).
+	FDStoreRefused(service, reason string)
+	// StateHandoff is called once per state handoff with its result
+	// (HandoffLoaded, HandoffCold, HandoffFailed, HandoffTimeout).
+	StateHandoff(service, result string)
+	// StateFinal is called once per final delta: "relayed" or "dropped".
+	StateFinal(service, result string)
 }
 
 type nopObserver struct{}
@@ -123,6 +136,9 @@ type nopObserver struct{}
 func (nopObserver) SwapDone(string, string)                 {}
 func (nopObserver) PhaseDone(string, string, time.Duration) {}
 func (nopObserver) DrainKilled(string, int64)               {}
+func (nopObserver) FDStoreRefused(string, string)           {}
+func (nopObserver) StateHandoff(string, string)             {}
+func (nopObserver) StateFinal(string, string)               {}
 
 // Name returns the service's name.
 func (s *Service) Name() string { return s.name }
@@ -242,12 +258,18 @@ func (s *Service) startGeneration(start StartFunc) (*Generation, error) {
 	s.mu.Unlock()
 
 	files, err := s.router.Prepare(id)
+	var stored []StoredFile
 	if err == nil {
 		s.mu.Lock() // status copies g.files under it
 		g.files = files
+		stored, err = s.storedCopies()
 		s.mu.Unlock()
+	}
+	if err == nil {
 		var p Process
-		p, err = start(LaunchSpec{Service: s.name, Generation: id, Config: s.cfg, Files: files, Control: s.control})
+		p, err = start(LaunchSpec{Service: s.name, Generation: id, Config: s.cfg, Files: files, Control: s.control,
+			Stored: stored, StateChannel: s.cfg.StateHandoff, Notice: func(n Notice) { s.notice(g, n) }})
+		closeStored(stored)
 		if err == nil {
 			s.mu.Lock()
 			g.proc, g.pid = p, p.Pid()
@@ -264,14 +286,19 @@ func (s *Service) startGeneration(start StartFunc) (*Generation, error) {
 }
 
 // awaitReady waits until g says READY=1 (unless the service has ready:
-// health) and then passes its health check (if it has one), all within
-// ready_timeout.
+// health), receives the state of the previous generation (with
+// state_handoff, bounded by state_timeout) and then passes its health
+// check (if it has one), all within ready_timeout, which the state
+// handoff does not count in.
 func (s *Service) awaitReady(ctx context.Context, g *Generation) error {
 	deadline := time.Now().Add(s.cfg.ReadyTimeout.Std())
 	if s.cfg.Ready != config.ReadyHealth {
 		if err := s.awaitNotify(ctx, g); err != nil {
 			return err
 		}
+		start := time.Now()
+		s.handOver(ctx, s.cfg, g)
+		deadline = deadline.Add(time.Since(start))
 	}
 	if err := s.awaitHealthy(ctx, s.cfg, g, deadline); err != nil {
 		return err
@@ -700,6 +727,7 @@ func (s *Service) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("stop %s: %w", s.name, ctx.Err())
 	}
+	s.closeStore()
 	if err := s.router.Close(); err != nil {
 		return fmt.Errorf("stop %s: %w", s.name, err)
 	}

@@ -49,10 +49,11 @@ func (s *Service) Status() api.ServiceStatus {
 		snaps[i] = genSnapshot{g: *g, queues: s.acceptQueues(g.files), weight: s.weightLocked(g)}
 	}
 	sticky := s.canary != nil && s.split.Sticky
+	stored := s.storeStatus()
 	s.mu.Unlock()
 
 	st := api.ServiceStatus{Name: cfg.Name, Mode: serviceMode(cfg, s.mode), Swapping: swapping,
-		MigratedRequests: s.router.Migrated(), Generations: []api.GenerationStatus{}}
+		MigratedRequests: s.router.Migrated(), Generations: []api.GenerationStatus{}, FDStore: stored}
 	for _, l := range cfg.Listeners {
 		st.Listeners = append(st.Listeners, api.ListenerStatus{Name: l.Name, Address: l.Address, Mode: config.ListenerMode(l, s.mode)})
 	}

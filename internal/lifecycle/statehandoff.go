@@ -1,0 +1,178 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/handoffd/handoffd/internal/config"
+	"github.com/handoffd/handoffd/internal/stateproto"
+	"github.com/handoffd/handoffd/kernel"
+)
+
+// The results of a state handoff, the result label of
+// handoffd_state_handoffs_total.
+const (
+	HandoffLoaded  = "loaded"
+	HandoffCold    = "cold"
+	HandoffFailed  = "failed"
+	HandoffTimeout = "timeout"
+)
+
+// snapshot is what the old generation answered to HANDOVER=1: its sealed
+// memfd, or why there is none (result is then HandoffCold or
+// HandoffFailed).
+type snapshot struct {
+	file   *os.File
+	result string
+	reason string
+}
+
+// handOver runs the state handoff of g, a new generation that said
+// READY=1, when the service has state_handoff: the current generation is
+// asked for a snapshot, which g receives (STATE=1) and loads (LOADED=1);
+// or g hears why it starts cold (STATE=0). It never fails: whatever goes
+// wrong, or takes longer than state_timeout, only makes g start cold.
+func (s *Service) handOver(ctx context.Context, cfg *config.ServiceConfig, g *Generation) {
+	ch := channelOf(g.proc)
+	if !cfg.StateHandoff || ch == nil {
+		return
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, cfg.StateTimeout.Std())
+	defer cancel()
+	snap, from := s.takeSnapshot(ctx, g)
+	msg := stateproto.Message{stateproto.State: "1"}
+	if snap.file == nil {
+		msg = stateproto.Message{stateproto.State: "0", stateproto.Reason: snap.reason}
+	}
+	err := ch.Send(msg, snap.file)
+	if snap.file != nil {
+		snap.file.Close()
+	}
+	result, reason := snap.result, snap.reason
+	switch {
+	case err != nil:
+		result, reason = HandoffFailed, fmt.Sprintf("send STATE to generation %d: %v", g.ID, err)
+	case snap.file != nil:
+		result, reason = s.awaitLoaded(ctx, ch, g)
+	}
+	s.observer.StateHandoff(s.name, result)
+	attrs := []any{"generation", g.ID, "from", from, "result", result, "took", time.Since(start)}
+	switch {
+	case result == HandoffLoaded:
+		s.log.Info("state handed over", attrs...)
+	case from == 0:
+		s.log.Info("generation starts cold", append(attrs, "reason", reason)...)
+	default:
+		s.log.Warn("state handoff: generation starts cold", append(attrs, "reason", reason)...)
+	}
+}
+
+// takeSnapshot asks the current generation, if there is one that can be
+// asked, for its snapshot on behalf of g, and waits for it until ctx
+// ends. from is the generation asked (0: none).
+func (s *Service) takeSnapshot(ctx context.Context, g *Generation) (snap snapshot, from int) {
+	s.mu.Lock()
+	old := s.current
+	switch {
+	case old == nil:
+		s.mu.Unlock()
+		return snapshot{result: HandoffCold, reason: "no previous generation runs"}, 0
+	case chanClosed(old.proc.Done()):
+		s.mu.Unlock()
+		return snapshot{result: HandoffCold, reason: fmt.Sprintf("the previous generation %d has exited", old.ID)}, old.ID
+	}
+	oc := channelOf(old.proc)
+	if oc == nil {
+		s.mu.Unlock()
+		return snapshot{result: HandoffCold, reason: fmt.Sprintf("the previous generation %d has no state channel (started without state_handoff, joined from outside, or re-adopted after a restart of handoffd)", old.ID)}, old.ID
+	}
+	reply := make(chan snapshot, 1)
+	old.handover = reply
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		if old.handover == reply {
+			old.handover = nil
+		}
+		s.mu.Unlock()
+		select { // an answer that came too late
+		case late := <-reply:
+			if late.file != nil {
+				late.file.Close()
+			}
+		default:
+		}
+	}()
+	if err := oc.Send(stateproto.Message{stateproto.Handover: "1"}, nil); err != nil {
+		return snapshot{result: HandoffFailed, reason: fmt.Sprintf("send HANDOVER to generation %d: %v", old.ID, err)}, old.ID
+	}
+	select {
+	case snap := <-reply:
+		return snap, old.ID
+	case <-old.proc.Done():
+		return snapshot{result: HandoffFailed, reason: fmt.Sprintf("generation %d exited before it handed over its state", old.ID)}, old.ID
+	case <-s.stopCh:
+		return snapshot{result: HandoffFailed, reason: "the service is stopping"}, old.ID
+	case <-ctx.Done():
+		return snapshot{result: timeoutResult(ctx), reason: fmt.Sprintf("generation %d handed over no state within state_timeout: %v", old.ID, ctx.Err())}, old.ID
+	}
+}
+
+// snapshotNotice hands the answer of g to HANDOVER=1 to the swap that
+// waits for it.
+func (s *Service) snapshotNotice(g *Generation, m stateproto.Message, files []*os.File) {
+	s.mu.Lock()
+	reply := g.handover
+	g.handover = nil
+	s.mu.Unlock()
+	if reply == nil {
+		s.refuse(g, stateproto.StateName, len(files), RefusedUnexpected, "HANDOFF_STATE that no swap asked for")
+		closeFiles(files)
+		return
+	}
+	var snap snapshot
+	switch {
+	case m[stateproto.NotifyState] != "1":
+		closeFiles(files)
+		snap = snapshot{result: HandoffCold, reason: fmt.Sprintf("generation %d has no state to hand over: %s", g.ID, m[stateproto.Status])}
+	case len(files) != 1 || kernel.CheckSealed(int(files[0].Fd())) != nil:
+		s.refuse(g, stateproto.StateName, len(files), RefusedUnsealed, "a snapshot must be one sealed memfd")
+		closeFiles(files)
+		snap = snapshot{result: HandoffFailed, reason: fmt.Sprintf("generation %d sent a snapshot that is not one sealed memfd", g.ID)}
+	default:
+		snap = snapshot{file: files[0], result: HandoffLoaded}
+	}
+	reply <- snap
+}
+
+// awaitLoaded waits for g's LOADED answer.
+func (s *Service) awaitLoaded(ctx context.Context, ch StateChannel, g *Generation) (result, reason string) {
+	for {
+		m, err := ch.Receive(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return timeoutResult(ctx), fmt.Sprintf("generation %d did not load the state within state_timeout: %v", g.ID, ctx.Err())
+		case err != nil:
+			return HandoffFailed, fmt.Sprintf("read LOADED of generation %d: %v", g.ID, err)
+		}
+		switch m[stateproto.Loaded] {
+		case "1":
+			return HandoffLoaded, ""
+		case "0":
+			return HandoffFailed, fmt.Sprintf("generation %d could not load the state: %s", g.ID, m[stateproto.Error])
+		}
+	}
+}
+
+// timeoutResult is the result of a handoff that ctx ended: a timeout,
+// unless the swap itself was given up.
+func timeoutResult(ctx context.Context) string {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return HandoffTimeout
+	}
+	return HandoffFailed
+}
