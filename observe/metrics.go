@@ -233,6 +233,15 @@ func (s *Swaps) Known(service string) {
 	}
 	s.kills.WithLabelValues(service)
 	s.cut.WithLabelValues(service)
+	for _, r := range []string{"full", "name", "unsealed", "oversize", "unexpected", "off"} {
+		s.refused.WithLabelValues(service, r)
+	}
+	for _, r := range []string{"loaded", "cold", "failed", "timeout"} {
+		s.handoffs.WithLabelValues(service, r)
+	}
+	for _, r := range []string{"relayed", "dropped"} {
+		s.finals.WithLabelValues(service, r)
+	}
 }
 
 // Handler returns the /metrics handler for the given collectors, plus the

@@ -21,7 +21,7 @@ func ptr[T any](v T) *T { return &v }
 
 func testStatus() fakeSource {
 	return fakeSource{Services: []api.ServiceStatus{{
-		Name: "demo", Mode: api.ModeEBPF, MigratedRequests: 5,
+		Name: "demo", Mode: api.ModeEBPF, MigratedRequests: 5, FDStore: map[string]int{"cache": 2, "stored": 1},
 		Generations: []api.GenerationStatus{
 			{ID: 1, PID: 100, State: api.StateExited},
 			{ID: 2, PID: 200, State: api.StateDraining, Connections: ptr(int64(40)), ConnectionsSource: "ebpf", Weight: ptr(0.0),
@@ -79,6 +79,10 @@ func TestSwapsAndHandler(t *testing.T) {
 	s.Known("demo")
 	s.SwapDone("demo", "ok")
 	s.PhaseDone("demo", api.PhaseReadyToActive, 20*time.Microsecond)
+	s.FDStoreRefused("demo", "full")
+	s.StateHandoff("demo", "loaded")
+	s.StateHandoff("demo", "loaded")
+	s.StateFinal("demo", "dropped")
 	h, err := Handler(slog.Default(), s, NewCollector(testStatus(), api.ModeEBPF, slog.Default()))
 	if err != nil {
 		t.Fatal(err)
@@ -91,6 +95,13 @@ func TestSwapsAndHandler(t *testing.T) {
 		`handoff_swaps_total{result="failed",service="demo"} 0`,
 		`handoff_swap_phase_seconds_count{phase="ready_to_active",service="demo"} 1`,
 		`handoff_mode{mode="ebpf"} 1`,
+		`handoffd_fd_store_refused_total{reason="full",service="demo"} 1`,
+		`handoffd_fd_store_refused_total{reason="off",service="demo"} 0`,
+		`handoffd_state_handoffs_total{result="loaded",service="demo"} 2`,
+		`handoffd_state_handoffs_total{result="timeout",service="demo"} 0`,
+		`handoffd_state_finals_total{result="dropped",service="demo"} 1`,
+		`handoffd_state_finals_total{result="relayed",service="demo"} 0`,
+		`handoffd_fd_store_fds{service="demo"} 3`,
 		"go_goroutines ",
 		"process_open_fds ",
 	} {

@@ -136,6 +136,9 @@ func (s *Supervisor) Reload(ctx context.Context, cfg *config.Config) (api.Config
 		if err != nil {
 			continue // cannot happen: reloads do not overlap
 		}
+		if config.StateHandoffTurnedOn(svc.Config(), sc) {
+			s.log.Warn("state_handoff turned on: the next swap starts cold, since the running generation has no state channel", "service", name)
+		}
 		svc.setConfig(sc)
 		s.watchFiles(svc, sc)
 	}
