@@ -1,0 +1,232 @@
+package lifecycle
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/handoffd/handoffd/internal/config"
+	"github.com/handoffd/handoffd/internal/stateproto"
+	"github.com/handoffd/handoffd/kernel"
+)
+
+// openFDs counts this process's open fds.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func dup(t *testing.T, f *os.File) *os.File {
+	t.Helper()
+	d, err := kernel.Dup(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func store(name string) stateproto.Message {
+	return stateproto.Message{stateproto.FDStore: "1", stateproto.FDName: name}
+}
+
+func mustSwap(t *testing.T, s *Service) {
+	t.Helper()
+	if _, err := s.Swap(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFDStorePassesStoredFDs(t *testing.T) {
+	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
+	s := testService(t, l, r)
+	mustSwap(t, s)
+	p1 := l.proc(0)
+	a := sealedMemfd("a")
+	p1.send(store("cache"), a, sealedMemfd("b"))
+	p1.send(store("cache"), dup(t, a)) // the same file again: kept once
+	p1.send(stateproto.Message{stateproto.FDStore: "1"}, sealedMemfd("c"))
+	p1.send(store("gone"), sealedMemfd("d"))
+	p1.send(stateproto.Message{stateproto.FDStoreRemove: "1", stateproto.FDName: "gone"})
+	p1.send(stateproto.Message{stateproto.FDPoll: "0", stateproto.FDStore: "1", stateproto.FDName: "x"})
+	if got := s.Status().FDStore; len(got) != 2 || got["cache"] != 2 || got["stored"] != 1 {
+		t.Fatalf("fd_store = %v, want cache:2 stored:1", got)
+	}
+	mustSwap(t, s)
+	want := []string{"cache=a", "cache=b", "stored=c"}
+	if got := l.proc(1).stored; !slices.Equal(got, want) {
+		t.Fatalf("generation 2 found %v, want %v", got, want)
+	}
+	// A crash replacement finds them too.
+	l.proc(1).exit("crashed")
+	eventually(t, "a replacement", func() bool { return l.count() == 3 && servingNow(s) })
+	if got := l.proc(2).stored; !slices.Equal(got, want) {
+		t.Fatalf("replacement found %v, want %v", got, want)
+	}
+}
+
+func TestFDStoreRefusals(t *testing.T) {
+	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
+	s := testService(t, l, r)
+	two := 2
+	s.cfg.FDStoreMax = &two
+	mustSwap(t, s)
+	p := l.proc(0)
+	before := openFDs(t)
+	p.send(store("a"), sealedMemfd("1"), sealedMemfd("2"))
+	p.send(store("b"), sealedMemfd("3"))                                      // full
+	p.send(store(strings.Repeat("n", 256)), sealedMemfd("4"))                 // name
+	p.send(store("a:b"), sealedMemfd("5"))                                    // name
+	p.send(stateproto.Message{stateproto.Status: "hi"}, sealedMemfd("6"))     // unexpected
+	p.send(stateproto.Message{stateproto.NotifyState: "1"}, sealedMemfd("7")) // unexpected: nobody asked
+	p.spec.Notice(Notice{Oversize: true, Refused: 3})
+	if n := openFDs(t); n != before+2 {
+		t.Fatalf("%d fds open, want %d: the 2 stored ones only", n, before+2)
+	}
+	zero := 0
+	s.cfg.FDStoreMax = &zero
+	p.send(store("c"), sealedMemfd("8"))
+	want := []string{"refused full", "refused name", "refused name", "refused unexpected", "refused unexpected", "refused oversize", "refused off"}
+	var got []string
+	for _, e := range s.observer.(*fakeObserver).got() {
+		if strings.HasPrefix(e, "refused") {
+			got = append(got, e)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("observed %v, want %v", got, want)
+	}
+	if n := openFDs(t); n != before+2 {
+		t.Fatalf("%d fds open, want %d", n, before+2)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Stop closed the store, and the socket of generation 1.
+	if n := openFDs(t); n != before-1 {
+		t.Fatalf("%d fds open after stop, want %d", n, before-1)
+	}
+}
+
+// stateService is a service with state_handoff whose processes answer
+// with answer.
+func stateService(t *testing.T, answer func(*fakeProcess, stateproto.Message, string)) (*Service, *fakeLauncher) {
+	t.Helper()
+	l := &fakeLauncher{ready: true, ignoreStop: true, onState: answer}
+	s := testService(t, l, &fakeRouter{})
+	s.cfg.StateHandoff = true
+	s.cfg.StateTimeout = config.Duration(100 * time.Millisecond)
+	s.cfg.DrainTimeout = config.Duration(300 * time.Millisecond)
+	return s, l
+}
+
+func handoffs(s *Service) []string {
+	var out []string
+	for _, e := range s.observer.(*fakeObserver).got() {
+		if strings.HasPrefix(e, "handoff ") || strings.HasPrefix(e, "final ") {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func TestStateHandoff(t *testing.T) {
+	s, l := stateService(t, answerState)
+	mustSwap(t, s)
+	mustSwap(t, s)
+	if got, want := l.proc(0).ch.got(), []string{"REASON=no previous generation runs STATE=0", "HANDOVER=1"}; !slices.Equal(got, want) {
+		t.Fatalf("generation 1 got %q, want %q", got, want)
+	}
+	if got, want := l.proc(1).ch.got(), []string{"STATE=1 [state of 1]"}; !slices.Equal(got, want) {
+		t.Fatalf("generation 2 got %q, want %q", got, want)
+	}
+	// The drained generation 1 sends its final: generation 2 receives it.
+	l.proc(0).send(stateproto.Message{stateproto.FDStore: "1", stateproto.FDName: stateproto.FinalName, stateproto.NotifyFinal: "1"}, sealedMemfd("delta 3"))
+	if got, want := l.proc(1).ch.got(), []string{"STATE=1 [state of 1]", "FINAL=1 [delta 3]"}; !slices.Equal(got, want) {
+		t.Fatalf("generation 2 got %q, want %q", got, want)
+	}
+	// The active one may not send a final.
+	l.proc(1).send(stateproto.Message{stateproto.NotifyFinal: "1"}, sealedMemfd("delta 1"))
+	if got, want := handoffs(s), []string{"handoff cold", "handoff loaded", "final relayed", "final dropped"}; !slices.Equal(got, want) {
+		t.Fatalf("observed %q, want %q", got, want)
+	}
+}
+
+func TestStateHandoffFailuresStartCold(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(*fakeProcess, stateproto.Message, string)
+		result string
+		reason string
+	}{
+		{name: "silent", answer: func(*fakeProcess, stateproto.Message, string) {}, result: "handoff timeout",
+			reason: "REASON=generation 1 handed over no state within state_timeout: context deadline exceeded STATE=0"},
+		{name: "nothing", answer: func(p *fakeProcess, m stateproto.Message, _ string) {
+			if m[stateproto.Handover] == "1" {
+				p.send(stateproto.Message{stateproto.NotifyState: "0", stateproto.Status: "empty"})
+			}
+		}, result: "handoff cold", reason: "REASON=generation 1 has no state to hand over: empty STATE=0"},
+		{name: "unsealed", answer: func(p *fakeProcess, m stateproto.Message, _ string) {
+			if m[stateproto.Handover] == "1" {
+				f, _ := os.Open("/dev/null")
+				p.send(stateproto.Message{stateproto.NotifyState: "1"}, f)
+			}
+		}, result: "handoff failed", reason: "REASON=generation 1 sent a snapshot that is not one sealed memfd STATE=0"},
+		{name: "not loaded", answer: func(p *fakeProcess, m stateproto.Message, data string) {
+			if m[stateproto.State] == "1" {
+				p.ch.replies <- stateproto.Message{stateproto.Loaded: "0", stateproto.Error: "bad json"}
+				return
+			}
+			answerState(p, m, data)
+		}, result: "handoff failed", reason: "STATE=1 [state of 1]"},
+		{name: "never loaded", answer: func(p *fakeProcess, m stateproto.Message, data string) {
+			if m[stateproto.State] != "1" {
+				answerState(p, m, data)
+			}
+		}, result: "handoff timeout", reason: "STATE=1 [state of 1]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, l := stateService(t, tc.answer)
+			mustSwap(t, s)
+			start := time.Now()
+			res, err := s.Swap(context.Background())
+			if err != nil || res.Generation != 2 {
+				t.Fatalf("swap: %+v, %v: a failed handoff must not fail the swap", res, err)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Fatalf("swap took %s, over state_timeout 100ms by far", d)
+			}
+			if got := l.proc(1).ch.got(); len(got) != 1 || got[0] != tc.reason {
+				t.Fatalf("generation 2 got %q, want %q", got, tc.reason)
+			}
+			if got := handoffs(s); len(got) != 2 || got[1] != tc.result {
+				t.Fatalf("observed %q, want %s second", got, tc.result)
+			}
+		})
+	}
+}
+
+func TestStateHandoffAfterCrash(t *testing.T) {
+	s, l := stateService(t, answerState)
+	mustSwap(t, s)
+	l.proc(0).exit("crashed")
+	eventually(t, "a replacement", func() bool { return l.count() == 2 && servingNow(s) })
+	eventually(t, "its STATE", func() bool { return len(l.proc(1).ch.got()) == 1 })
+	if got, want := l.proc(1).ch.got()[0], "REASON=the previous generation 1 has exited STATE=0"; got != want {
+		t.Fatalf("replacement got %q, want %q", got, want)
+	}
+}
+
+func servingNow(s *Service) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.serving()
+}
