@@ -10,15 +10,19 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/handoffd/handoffd/internal/config"
 	"github.com/handoffd/handoffd/internal/joinproto"
 	"github.com/handoffd/handoffd/internal/lifecycle"
+	"github.com/handoffd/handoffd/internal/stateproto"
 	"github.com/handoffd/handoffd/kernel"
 )
 
@@ -61,16 +65,37 @@ func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, erro
 	if err != nil {
 		return nil, err
 	}
+	var channel *stateChannel
+	var channelEnd *os.File // the generation's
+	if spec.StateChannel {
+		if channel, channelEnd, err = newStateChannel(); err != nil {
+			closeNotify(notify)
+			return nil, err
+		}
+		defer channelEnd.Close() // the child has its own copy
+	}
+	release := func() {
+		closeNotify(notify)
+		if channel != nil {
+			channel.close()
+		}
+	}
 	cmd := exec.Command(l.Self, append([]string{ExecArg}, spec.Config.Command...)...)
 	cmd.Args[0] = spec.Config.Command[0]
 	cmd.Dir = spec.Config.Dir
 	cmd.Env = childEnv(spec, notify.LocalAddr().String())
-	cmd.ExtraFiles = spec.Files
+	cmd.ExtraFiles = slices.Clone(spec.Files)
+	for _, sf := range spec.Stored {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, sf.File)
+	}
+	if channelEnd != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, channelEnd)
+	}
 	cmd.Stdout, cmd.Stderr = l.Stdout, l.Stderr
 	var errLog *stderrLog
 	if l.LogDir != "" {
 		if errLog, err = openStderrLog(l.LogDir, spec.Service, spec.Generation); err != nil {
-			closeNotify(notify)
+			release()
 			return nil, err
 		}
 		defer errLog.child.Close() // the child has its own copy
@@ -82,23 +107,23 @@ func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, erro
 	if spec.Config.User != "" || spec.Config.Group != "" {
 		cred, err := lookupCredential(spec.Config.User, spec.Config.Group)
 		if err != nil {
-			closeNotify(notify)
+			release()
 			return nil, err
 		}
 		cmd.SysProcAttr.Credential = cred
 	}
 	if err := cmd.Start(); err != nil {
-		closeNotify(notify)
+		release()
 		if errLog != nil {
 			os.Remove(errLog.path)
 		}
 		return nil, fmt.Errorf("start %s: %w", spec.Config.Command[0], err)
 	}
-	p := &execProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{}), stderr: errLog}
+	p := &execProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{}), stderr: errLog, channel: channel}
 	if errLog != nil {
 		go errLog.follow(l.Stderr, false)
 	}
-	go p.readNotify(notify)
+	go p.readNotify(notify, spec.Notice)
 	go p.wait(notify)
 	return p, nil
 }
@@ -124,19 +149,33 @@ func childEnv(spec lifecycle.LaunchSpec, notifySocket string) []string {
 	if !hasPath {
 		env = append([]string{"PATH=" + DefaultPath}, env...)
 	}
-	names := make([]string, len(spec.Config.Listeners))
-	for i, l := range spec.Config.Listeners {
-		names[i] = l.Name
+	names := make([]string, 0, len(spec.Config.Listeners)+len(spec.Stored))
+	for _, l := range spec.Config.Listeners {
+		names = append(names, l.Name)
 	}
-	return append(env,
-		"LISTEN_FDS="+strconv.Itoa(len(spec.Files)),
+	for _, sf := range spec.Stored {
+		names = append(names, sf.Name)
+	}
+	fds := len(spec.Files) + len(spec.Stored)
+	env = append(env,
+		"LISTEN_FDS="+strconv.Itoa(fds),
 		"LISTEN_FDNAMES="+strings.Join(names, ":"),
 		"NOTIFY_SOCKET="+notifySocket,
 		"HANDOFF_SERVICE="+spec.Service,
 		"HANDOFF_GENERATION="+strconv.Itoa(spec.Generation),
 		"HANDOFF_CONTROL="+spec.Control,
 	)
+	if spec.StateChannel {
+		// The channel's fd comes right after the LISTEN_FDS.
+		env = append(env,
+			stateproto.EnvFD+"="+strconv.Itoa(listenFDsStart+fds),
+			stateproto.EnvTimeout+"="+strconv.FormatInt(spec.Config.StateTimeout.Std().Milliseconds(), 10))
+	}
+	return env
 }
+
+// listenFDsStart is the first fd of LISTEN_FDS, as in systemd.
+const listenFDsStart = 3
 
 // lookupCredential returns the credential a generation runs with: the
 // user's uid, primary gid and supplementary groups, and the group's gid as
@@ -237,6 +276,16 @@ type execProcess struct {
 	reloads   atomic.Bool
 	done      chan struct{}
 	stderr    *stderrLog // nil without a log directory
+	// channel is handoffd's end of the state channel, nil without one.
+	channel *stateChannel
+}
+
+// Channel implements lifecycle.Stateful.
+func (p *execProcess) Channel() lifecycle.StateChannel {
+	if p.channel == nil {
+		return nil
+	}
+	return p.channel
 }
 
 // StderrTail returns the last lines the process wrote to stderr, on one
@@ -271,6 +320,9 @@ func (p *execProcess) Signal(sig syscall.Signal) error {
 func (p *execProcess) wait(notify *net.UnixConn) {
 	p.cmd.Wait()
 	closeNotify(notify) // ends readNotify
+	if p.channel != nil {
+		p.channel.close()
+	}
 	if p.stderr != nil {
 		p.stderr.finish()
 	}
@@ -278,16 +330,29 @@ func (p *execProcess) wait(notify *net.UnixConn) {
 }
 
 // readNotify reads sd_notify datagrams until the socket is closed. Only
-// the generation's own process may say it is ready.
-func (p *execProcess) readNotify(c *net.UnixConn) {
-	buf := make([]byte, 4096)
-	oob := make([]byte, kernel.CredSpace())
+// the generation's own process is believed: it alone may say it is
+// ready, and store fds. What concerns the fd store and the state handoff
+// goes to notice, with the fds attached (nil: they are closed). A
+// datagram over stateproto.MaxMessage bytes, or whose fds the kernel cut
+// off, is refused whole, its fds closed.
+func (p *execProcess) readNotify(c *net.UnixConn, notice func(lifecycle.Notice)) {
+	buf := make([]byte, stateproto.MaxMessage+1)
+	oob := make([]byte, kernel.CredSpace()+kernel.RightsSpace(stateproto.MaxFDs))
 	for {
-		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
 		if err != nil {
 			return
 		}
+		fds, rightsErr := kernel.ParseRights(oob[:oobn], flags)
 		if kernel.SenderPID(oob[:oobn]) != p.Pid() {
+			kernel.CloseFDs(fds)
+			continue
+		}
+		if rightsErr != nil || n > stateproto.MaxMessage || flags&unix.MSG_TRUNC != 0 {
+			kernel.CloseFDs(fds)
+			if notice != nil {
+				notice(lifecycle.Notice{Oversize: true, Refused: len(fds)})
+			}
 			continue
 		}
 		ready, reloads := parseNotify(buf[:n])
@@ -297,7 +362,30 @@ func (p *execProcess) readNotify(c *net.UnixConn) {
 		if ready {
 			p.readyOnce.Do(func() { close(p.ready) })
 		}
+		m, ok := parseStoreNotice(buf[:n])
+		if !ok && len(fds) == 0 {
+			continue
+		}
+		if notice == nil {
+			kernel.CloseFDs(fds)
+			continue
+		}
+		files := make([]*os.File, len(fds))
+		for i, fd := range fds {
+			files[i] = os.NewFile(uintptr(fd), "stored fd")
+		}
+		notice(lifecycle.Notice{Msg: m, Files: files})
 	}
+}
+
+// parseStoreNotice parses a datagram and says whether it concerns the
+// fd store or the state handoff: FDSTORE=1, FDSTOREREMOVE=1,
+// HANDOFF_STATE or HANDOFF_FINAL.
+func parseStoreNotice(msg []byte) (stateproto.Message, bool) {
+	m := stateproto.Parse(msg)
+	_, state := m[stateproto.NotifyState]
+	_, final := m[stateproto.NotifyFinal]
+	return m, m[stateproto.FDStore] == "1" || m[stateproto.FDStoreRemove] == "1" || state || final
 }
 
 // parseNotify reads one sd_notify datagram, newline-separated VAR=value
@@ -316,9 +404,9 @@ func parseNotify(msg []byte) (ready, reloads bool) {
 }
 
 // ExecGeneration is run by handoffd re-executed with ExecArg: it sets
-// no_new_privs, lets no fd but stdio and the listeners through, sets LISTEN_PID to this process's pid and replaces itself
-// with argv. It only
-// returns an error.
+// no_new_privs, lets no fd through but stdio, the LISTEN_FDS and the
+// state channel, sets LISTEN_PID to this process's pid and replaces
+// itself with argv. It only returns an error.
 func ExecGeneration(argv []string) error {
 	if len(argv) == 0 {
 		return errors.New("no command to run")
@@ -347,10 +435,15 @@ func ExecGeneration(argv []string) error {
 	return nil
 }
 
-// keepOnlyListeners marks close-on-exec every fd above stdio and the
-// LISTEN_FDS listeners: what handoffd itself inherited without
-// close-on-exec from whoever started it must not reach the command.
+// keepOnlyListeners marks close-on-exec every fd above stdio, the
+// LISTEN_FDS (listeners and stored fds) and the state channel right after
+// them: what handoffd itself inherited without close-on-exec from
+// whoever started it must not reach the command.
 func keepOnlyListeners() error {
 	n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
-	return kernel.CloseOnExecFrom(3 + max(n, 0))
+	first := listenFDsStart + max(n, 0)
+	if os.Getenv(stateproto.EnvFD) == strconv.Itoa(first) {
+		first++
+	}
+	return kernel.CloseOnExecFrom(first)
 }

@@ -122,3 +122,24 @@ func TestTraversableByAll(t *testing.T) {
 		}
 	}
 }
+
+func TestChildEnvStoredFDsAndStateChannel(t *testing.T) {
+	spec := lifecycle.LaunchSpec{Service: "web", Generation: 2, Files: []*os.File{os.Stdin},
+		Stored:       []lifecycle.StoredFile{{Name: "cache", File: os.Stdin}, {Name: "cache", File: os.Stdin}, {Name: "stored", File: os.Stdin}},
+		StateChannel: true,
+		Config: &config.ServiceConfig{Listeners: []config.ListenerConfig{{Name: "http"}},
+			StateTimeout: config.Duration(1500 * time.Millisecond)}}
+	got := childEnv(spec, "@n")
+	for _, want := range []string{"LISTEN_FDS=4", "LISTEN_FDNAMES=http:cache:cache:stored",
+		"HANDOFF_STATE_FD=7", "HANDOFF_STATE_TIMEOUT_MS=1500"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("env lacks %s: %q", want, got)
+		}
+	}
+	spec.StateChannel = false
+	for _, e := range childEnv(spec, "@n") {
+		if strings.HasPrefix(e, "HANDOFF_STATE") {
+			t.Errorf("env without a state channel has %s", e)
+		}
+	}
+}
