@@ -3,10 +3,13 @@ package host
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 
+	"github.com/handoffd/handoffd/internal/lifecycle"
 	"github.com/handoffd/handoffd/kernel"
 )
 
@@ -81,4 +84,30 @@ func (p *PidfdProcess) getfd(target int) (*os.File, error) {
 		return nil, fmt.Errorf("pid %d exited", p.pid)
 	}
 	return p.pidfd.GetFD(target)
+}
+
+// FindFile implements lifecycle.FileFinder: it copies, with pidfd_getfd,
+// the open file of the process whose st_dev and st_ino are dev and ino.
+func (p *PidfdProcess) FindFile(dev, ino uint64) (*os.File, error) {
+	dir := fmt.Sprintf("/proc/%d/fd", p.pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", lifecycle.ErrGone, err)
+	}
+	for _, e := range ents {
+		target, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat(filepath.Join(dir, e.Name()), &st) != nil || st.Dev != dev || st.Ino != ino {
+			continue
+		}
+		f, err := p.getfd(target)
+		if kernel.IsBadFD(err) {
+			continue // closed meanwhile
+		}
+		return f, err
+	}
+	return nil, fmt.Errorf("%w: pid %d holds no file %d:%d", lifecycle.ErrGone, p.pid, dev, ino)
 }

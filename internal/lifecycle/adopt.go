@@ -1,8 +1,11 @@
 package lifecycle
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"syscall"
 
 	"github.com/handoffd/handoffd/api"
@@ -66,6 +69,7 @@ func (s *Service) adopt(ss savedService) error {
 		s.gens = append(s.gens, g)
 		s.log.Info("generation re-adopted", "generation", g.ID, "pid", g.pid, "state", g.state)
 	}
+	s.readoptStore(ss.FDStore)
 	if s.canary != nil {
 		if _, err := s.rollbackCanaryLocked("handoffd restarted"); err != nil {
 			return err
@@ -87,6 +91,49 @@ func (s *Service) adopt(ss savedService) error {
 		s.watchHealth(s.cfg, s.current)
 	}
 	return nil
+}
+
+// readoptStore finds the files of the fd store again: every generation
+// since they were stored got them, so a live one most likely still holds
+// them (the active generation is searched first). One that none holds
+// any more is lost. Callers hold s.mu.
+func (s *Service) readoptStore(saved []savedFD) {
+	gens := slices.Clone(s.gens)
+	slices.SortStableFunc(gens, func(a, b *Generation) int {
+		return cmp.Compare(b2i(a != s.current), b2i(b != s.current))
+	})
+	for _, sfd := range saved {
+		var found *os.File
+		for _, g := range gens {
+			finder, ok := g.proc.(FileFinder)
+			if !ok || !g.state.Live() {
+				continue
+			}
+			f, err := finder.FindFile(sfd.Dev, sfd.Ino)
+			if err == nil {
+				found = f
+				break
+			}
+			if !errors.Is(err, ErrGone) {
+				s.log.Warn("fd store: search a generation's fds", "generation", g.ID, "err", err)
+			}
+		}
+		if found == nil {
+			s.log.Warn("fd store: stored fd lost: no live generation holds it any more", "name", sfd.Name, "dev", sfd.Dev, "ino", sfd.Ino)
+			continue
+		}
+		s.stored = append(s.stored, storedFD{name: sfd.Name, file: found, dev: sfd.Dev, ino: sfd.Ino})
+	}
+	if len(saved) > 0 {
+		s.log.Info("fd store: re-adopted", "fds", len(s.stored), "lost", len(saved)-len(s.stored))
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // hasCurrent reports whether a generation receives the new connections.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -229,4 +230,69 @@ func servingNow(s *Service) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.serving()
+}
+
+// findingProcess is a re-adopted fake process whose fd table holds files.
+type findingProcess struct {
+	*fakeProcess
+	files []*os.File
+}
+
+func (p *findingProcess) FindFile(dev, ino uint64) (*os.File, error) {
+	for _, f := range p.files {
+		if d, i, err := fileID(f); err == nil && d == dev && i == ino {
+			return kernel.Dup(f)
+		}
+	}
+	return nil, ErrGone
+}
+
+// adoptLauncher re-adopts every saved generation as a findingProcess.
+type adoptLauncher struct {
+	fakeLauncher
+	holds []*os.File
+}
+
+func (l *adoptLauncher) Adopt(_ string, gen, pid int, _ uint64, _ []config.ListenerConfig) (Process, []*os.File, error) {
+	p := &fakeProcess{pid: pid, ready: make(chan struct{}), done: make(chan struct{}), exitOn: map[syscall.Signal]bool{syscall.SIGTERM: true}}
+	close(p.ready)
+	l.mu.Lock()
+	l.procs = append(l.procs, p)
+	l.mu.Unlock()
+	return &findingProcess{fakeProcess: p, files: l.holds}, nil, nil
+}
+
+// After a restart of handoffd, the fd store is found again in the fds of
+// the re-adopted generations; a file that none holds is lost.
+func TestFDStoreReadopted(t *testing.T) {
+	l := &fakeLauncher{ready: true}
+	s := testService(t, l, &fakeRouter{})
+	mustSwap(t, s)
+	kept, lost := sealedMemfd("kept"), sealedMemfd("lost")
+	l.proc(0).send(store("kept"), dup(t, kept))
+	l.proc(0).send(store("lost"), dup(t, lost))
+	saved := s.saved()
+	if len(saved.FDStore) != 2 || saved.FDStore[0].Name != "kept" || saved.FDStore[0].Ino == 0 {
+		t.Fatalf("saved fd_store %+v", saved.FDStore)
+	}
+
+	al := &adoptLauncher{fakeLauncher: fakeLauncher{ready: true}, holds: []*os.File{kept}}
+	s2 := newService(s.cfg, s.mode, s.control, &fakeRouter{}, al, fakeCounter{}, &fakeObserver{}, quietLogger())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s2.Stop(ctx)
+	})
+	if err := s2.adopt(saved); err != nil {
+		t.Fatal(err)
+	}
+	if got := s2.Status().FDStore; len(got) != 1 || got["kept"] != 1 {
+		t.Fatalf("fd_store after re-adoption = %v, want kept:1", got)
+	}
+	mustSwap(t, s2)
+	if got := al.proc(1).stored; !slices.Equal(got, []string{"kept=kept"}) {
+		t.Fatalf("the next generation found %v", got)
+	}
+	kept.Close()
+	lost.Close()
 }

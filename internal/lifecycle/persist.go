@@ -30,6 +30,16 @@ type savedService struct {
 	Standby int    `json:"standby,omitempty"`
 	// Generations are the live ones only.
 	Generations []savedGeneration `json:"generations"`
+	// FDStore names the files of the fd store, in their order: a
+	// restarted handoffd finds each again in a live generation's fds.
+	FDStore []savedFD `json:"fd_store,omitempty"`
+}
+
+// savedFD is one fd of the fd store, by its file's st_dev and st_ino.
+type savedFD struct {
+	Name string `json:"name"`
+	Dev  uint64 `json:"dev"`
+	Ino  uint64 `json:"ino"`
 }
 
 type savedGeneration struct {
@@ -66,6 +76,9 @@ func (s *Service) saved() savedService {
 	}
 	if s.standby != nil {
 		ss.Standby = s.standby.ID
+	}
+	for _, sf := range s.stored {
+		ss.FDStore = append(ss.FDStore, savedFD{Name: sf.name, Dev: sf.dev, Ino: sf.ino})
 	}
 	for _, g := range s.gens {
 		if g.state.Live() && g.pid != 0 {
