@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/config"
 	"github.com/handoffd/handoffd/internal/lifecycle"
 	"github.com/handoffd/handoffd/internal/stateproto"
@@ -252,5 +254,70 @@ func TestStateWire(t *testing.T) {
 	<-p2.Done()
 	if n := openFDs(t); n != before {
 		t.Errorf("%d fds open after both exited, %d before", n, before)
+	}
+}
+
+// TestSupervisorStateWire runs a service with state_handoff in fdpass
+// mode through the real lifecycle and launcher: generation 2 finds what
+// generation 1 stored and loads its snapshot before it is activated.
+func TestSupervisorStateWire(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	dir := t.TempDir()
+	cfg, err := config.ParseConfig(fmt.Appendf(nil, `
+control: %s/ctl.sock
+state_dir: %s
+mode: fdpass
+services:
+  - name: web
+    command: [%q]
+    env: [%s=1]
+    state_handoff: true
+    state_timeout: 2s
+    listeners: [{name: http, address: "tcp://127.0.0.1:%d"}]
+`, dir, dir, self, wireChildEnv, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	sup, err := lifecycle.New(cfg, lifecycle.Options{Mode: api.ModeFDPass, NewRouter: NewRouter(api.ModeFDPass, 0, nil),
+		Launcher: &ExecLauncher{Self: self, Stdout: &out, Stderr: os.Stderr}, Counter: Counter{},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	defer sup.Stop(ctx)
+	if err := sup.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := sup.Service("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Swap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`gen 1 got "REASON=no previous generation runs\nSTATE=0\n"`,
+		"gen 2 stored memo=memo of gen 1",
+		"gen 2 state snapshot of gen 1",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	st := svc.Status()
+	if st.FDStore["memo"] != 2 {
+		t.Errorf("fd_store = %v, want memo:2 (one memfd from each generation)", st.FDStore)
 	}
 }
