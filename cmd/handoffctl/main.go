@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -123,7 +125,28 @@ func status(c *cli.Context) error {
 			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Mode, g.ID, g.PID, g.State, weight(g), age, conns, g.Exit)
 		}
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	for _, s := range st.Services {
+		if line := fdStoreLine(s); line != "" {
+			fmt.Println(line)
+		}
+	}
+	return nil
+}
+
+// fdStoreLine shows a service's fd store on one line, names sorted:
+// "demo: fd store: cache 2, stored 1"; "" when it is empty.
+func fdStoreLine(s api.ServiceStatus) string {
+	if len(s.FDStore) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, name := range slices.Sorted(maps.Keys(s.FDStore)) {
+		parts = append(parts, fmt.Sprintf("%s %d", name, s.FDStore[name]))
+	}
+	return s.Name + ": fd store: " + strings.Join(parts, ", ")
 }
 
 // weight shows a generation's share of new connections: "-" for one

@@ -371,10 +371,12 @@ func (p *execProcess) readNotify(c *net.UnixConn, notice func(lifecycle.Notice))
 			continue
 		}
 		files := make([]*os.File, len(fds))
+		sealed := len(fds) > 0
 		for i, fd := range fds {
 			files[i] = os.NewFile(uintptr(fd), "stored fd")
+			sealed = sealed && kernel.CheckSealed(fd) == nil
 		}
-		notice(lifecycle.Notice{Msg: m, Files: files})
+		notice(lifecycle.Notice{Msg: m, Files: files, Sealed: sealed})
 	}
 }
 

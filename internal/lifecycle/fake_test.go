@@ -51,7 +51,11 @@ func (p *fakeProcess) Channel() StateChannel {
 
 // send sends a message with files to handoffd on NOTIFY_SOCKET.
 func (p *fakeProcess) send(m stateproto.Message, files ...*os.File) {
-	p.spec.Notice(Notice{Msg: m, Files: files})
+	sealed := len(files) > 0
+	for _, f := range files {
+		sealed = sealed && kernel.CheckSealed(int(f.Fd())) == nil
+	}
+	p.spec.Notice(Notice{Msg: m, Files: files, Sealed: sealed})
 }
 
 func (p *fakeProcess) Reloads() bool { return !p.noReload }

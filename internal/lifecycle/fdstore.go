@@ -8,7 +8,6 @@ import (
 
 	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/stateproto"
-	"github.com/handoffd/handoffd/kernel"
 )
 
 // The fd store is systemd's (see package stateproto): a generation sends
@@ -54,9 +53,9 @@ func (s *Service) notice(g *Generation, n Notice) {
 		s.refuse(g, name, n.Refused, RefusedOversize, fmt.Sprintf("a message over %d bytes, or with more fds than fit", stateproto.MaxMessage))
 		closeFiles(n.Files)
 	case m[stateproto.NotifyState] != "":
-		s.snapshotNotice(g, m, n.Files)
+		s.snapshotNotice(g, n)
 	case m[stateproto.NotifyFinal] == "1":
-		s.finalNotice(g, n.Files)
+		s.finalNotice(g, n)
 	case m[stateproto.FDStoreRemove] == "1":
 		closeFiles(n.Files)
 		s.unstore(g, nameOrDefault(name))
@@ -142,7 +141,7 @@ func (s *Service) unstore(g *Generation, name string) {
 	removed := 0
 	for _, sf := range s.stored {
 		if sf.name == name {
-			sf.file.Close()
+			s.closeStored(sf.file)
 			removed++
 			continue
 		}
@@ -156,25 +155,35 @@ func (s *Service) unstore(g *Generation, name string) {
 	}
 }
 
-// storedCopies returns copies of the stored fds for a new generation.
-// Callers hold s.mu.
-func (s *Service) storedCopies() ([]StoredFile, error) {
-	var out []StoredFile
-	for _, sf := range s.stored {
-		f, err := kernel.Dup(sf.file)
-		if err != nil {
-			closeStored(out)
-			return nil, fmt.Errorf("copy stored fd %s: %w", sf.name, err)
-		}
-		out = append(out, StoredFile{Name: sf.name, File: f})
+// lendStore returns the stored fds for a new generation's start; the
+// store closes none of them until giveBackStore. Callers hold s.mu.
+func (s *Service) lendStore() []StoredFile {
+	s.starting++
+	out := make([]StoredFile, len(s.stored))
+	for i, sf := range s.stored {
+		out[i] = StoredFile{Name: sf.name, File: sf.file}
 	}
-	return out, nil
+	return out
 }
 
-func closeStored(files []StoredFile) {
-	for _, sf := range files {
-		sf.File.Close()
+// giveBackStore ends what lendStore began, and closes the fds removed
+// from the store meanwhile. Callers hold s.mu.
+func (s *Service) giveBackStore() {
+	s.starting--
+	if s.starting == 0 {
+		closeFiles(s.closeLater)
+		s.closeLater = nil
 	}
+}
+
+// closeStored closes f, a file taken out of the store, or later if a
+// start may be passing it on now. Callers hold s.mu.
+func (s *Service) closeStored(f *os.File) {
+	if s.starting > 0 {
+		s.closeLater = append(s.closeLater, f)
+		return
+	}
+	f.Close()
 }
 
 // storeStatus counts the stored fds by name, for status. Callers hold
@@ -192,14 +201,15 @@ func (s *Service) closeStore() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, sf := range s.stored {
-		sf.file.Close()
+		s.closeStored(sf.file)
 	}
 	s.stored = nil
 }
 
 // finalNotice relays the final delta of a drained generation g to the
 // generation active now.
-func (s *Service) finalNotice(g *Generation, files []*os.File) {
+func (s *Service) finalNotice(g *Generation, n Notice) {
+	files := n.Files
 	defer closeFiles(files)
 	s.mu.Lock()
 	draining, to := g.state == api.StateDraining, s.current
@@ -209,7 +219,7 @@ func (s *Service) finalNotice(g *Generation, files []*os.File) {
 		s.refuse(g, stateproto.FinalName, len(files), RefusedUnexpected, "HANDOFF_FINAL from a generation that is not draining")
 		s.observer.StateFinal(s.name, "dropped")
 		return
-	case len(files) != 1 || kernel.CheckSealed(int(files[0].Fd())) != nil:
+	case len(files) != 1 || !n.Sealed:
 		s.refuse(g, stateproto.FinalName, len(files), RefusedUnsealed, "a final must be one sealed memfd")
 		s.observer.StateFinal(s.name, "dropped")
 		return

@@ -296,3 +296,29 @@ func TestFDStoreReadopted(t *testing.T) {
 	kept.Close()
 	lost.Close()
 }
+
+// An fd removed from the store while a start passes it on is closed only
+// once the start is over.
+func TestFDStoreRemoveDuringStart(t *testing.T) {
+	l := &fakeLauncher{ready: true}
+	s := testService(t, l, &fakeRouter{})
+	mustSwap(t, s)
+	l.proc(0).send(store("a"), sealedMemfd("a"))
+	s.mu.Lock()
+	lent := s.lendStore()
+	s.mu.Unlock()
+	l.proc(0).send(stateproto.Message{stateproto.FDStoreRemove: "1", stateproto.FDName: "a"})
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(lent[0].File.Fd()), &st); err != nil {
+		t.Fatalf("a lent fd was closed during the start: %v", err)
+	}
+	s.mu.Lock()
+	s.giveBackStore()
+	s.mu.Unlock()
+	if len(s.Status().FDStore) != 0 {
+		t.Fatalf("fd_store = %v, want empty", s.Status().FDStore)
+	}
+	if _, err := lent[0].File.Stat(); err == nil {
+		t.Fatal("the removed fd is still open after the start")
+	}
+}

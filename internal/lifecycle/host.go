@@ -41,7 +41,8 @@ type LaunchSpec struct {
 	Control string
 	// Stored are the fds of the service's fd store, in the order they
 	// were stored: the child gets them after the listeners, named in
-	// LISTEN_FDNAMES. The caller closes them once Start returned.
+	// LISTEN_FDNAMES. They are the store's own: the launcher must not
+	// close them, and the store closes none while Start runs.
 	Stored []StoredFile
 	// StateChannel gives the generation a state channel (the service
 	// has state_handoff); the Process then implements Stateful.
@@ -65,6 +66,9 @@ type Notice struct {
 	Msg stateproto.Message
 	// Files are the fds that came with it, now handoffd's.
 	Files []*os.File
+	// Sealed: there are Files, and every one is a memfd sealed against
+	// change (kernel.CheckSealed), as snapshots and finals must be.
+	Sealed bool
 	// Oversize: the message was over stateproto.MaxMessage bytes, or the
 	// kernel cut off its fds; Refused counts the fds, already closed.
 	Oversize bool

@@ -94,6 +94,10 @@ type Service struct {
 	replacing bool
 	// stored is the service's fd store, in the order stored.
 	stored []storedFD
+	// starting counts starts that pass the stored fds on now; closeLater
+	// holds the fds removed from the store meanwhile (see lendStore).
+	starting   int
+	closeLater []*os.File
 	// broken holds invariants found broken in the background (invariant).
 	broken []error
 	// onChange, if set, is called (never blocking) when a generation
@@ -258,18 +262,17 @@ func (s *Service) startGeneration(start StartFunc) (*Generation, error) {
 	s.mu.Unlock()
 
 	files, err := s.router.Prepare(id)
-	var stored []StoredFile
 	if err == nil {
 		s.mu.Lock() // status copies g.files under it
 		g.files = files
-		stored, err = s.storedCopies()
+		stored := s.lendStore()
 		s.mu.Unlock()
-	}
-	if err == nil {
 		var p Process
 		p, err = start(LaunchSpec{Service: s.name, Generation: id, Config: s.cfg, Files: files, Control: s.control,
 			Stored: stored, StateChannel: s.cfg.StateHandoff, Notice: func(n Notice) { s.notice(g, n) }})
-		closeStored(stored)
+		s.mu.Lock()
+		s.giveBackStore()
+		s.mu.Unlock()
 		if err == nil {
 			s.mu.Lock()
 			g.proc, g.pid = p, p.Pid()

@@ -9,7 +9,6 @@ import (
 
 	"github.com/handoffd/handoffd/internal/config"
 	"github.com/handoffd/handoffd/internal/stateproto"
-	"github.com/handoffd/handoffd/kernel"
 )
 
 // The results of a state handoff, the result label of
@@ -124,7 +123,8 @@ func (s *Service) takeSnapshot(ctx context.Context, g *Generation) (snap snapsho
 
 // snapshotNotice hands the answer of g to HANDOVER=1 to the swap that
 // waits for it.
-func (s *Service) snapshotNotice(g *Generation, m stateproto.Message, files []*os.File) {
+func (s *Service) snapshotNotice(g *Generation, n Notice) {
+	m, files := n.Msg, n.Files
 	s.mu.Lock()
 	reply := g.handover
 	g.handover = nil
@@ -139,7 +139,7 @@ func (s *Service) snapshotNotice(g *Generation, m stateproto.Message, files []*o
 	case m[stateproto.NotifyState] != "1":
 		closeFiles(files)
 		snap = snapshot{result: HandoffCold, reason: fmt.Sprintf("generation %d has no state to hand over: %s", g.ID, m[stateproto.Status])}
-	case len(files) != 1 || kernel.CheckSealed(int(files[0].Fd())) != nil:
+	case len(files) != 1 || !n.Sealed:
 		s.refuse(g, stateproto.StateName, len(files), RefusedUnsealed, "a snapshot must be one sealed memfd")
 		closeFiles(files)
 		snap = snapshot{result: HandoffFailed, reason: fmt.Sprintf("generation %d sent a snapshot that is not one sealed memfd", g.ID)}
