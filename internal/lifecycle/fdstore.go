@@ -75,7 +75,11 @@ func nameOrDefault(name string) string {
 }
 
 // refuse logs and counts fds refused; closing them is the caller's job.
+// A long name is cut in the log line (why says how long it was).
 func (s *Service) refuse(g *Generation, name string, fds int, reason, why string) {
+	if len(name) > 64 {
+		name = name[:64] + "..."
+	}
 	s.log.Warn("fd store: refused", "generation", g.ID, "name", name, "fds", fds, "reason", reason, "why", why)
 	s.observer.FDStoreRefused(s.name, reason)
 }
