@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/config"
+	"github.com/handoffd/handoffd/internal/stateproto"
 )
 
 // FuzzLifecycle drives a service through a random sequence of events
@@ -20,7 +22,9 @@ import (
 //   - steering is never moved to a generation whose process had exited;
 //   - no invariant of the state machine breaks (Service.Invariants);
 //   - once the events stop and processes start normally again, exactly one
-//     live generation is active and receives the new connections.
+//     live generation is active and receives the new connections;
+//   - the service has state_handoff: no generation gets more than one STATE
+//     message, and the active one has had its one.
 //
 // The events run with the real goroutines of the service, so each run also
 // explores their interleavings; the seeds in testdata/fuzz/FuzzLifecycle
@@ -50,7 +54,7 @@ type chaos struct {
 }
 
 func newChaos(t *testing.T, probation bool) *chaos {
-	l := &fakeLauncher{ready: true}
+	l := &fakeLauncher{ready: true, onState: answerState}
 	r := &fakeRouter{}
 	c := &chaos{t: t, l: l, r: r}
 	// A process may exit while its swap activates it (nothing makes
@@ -63,6 +67,8 @@ func newChaos(t *testing.T, probation bool) *chaos {
 	c.s = testService(t, l, r)
 	c.s.cfg.ReadyTimeout = config.Duration(60 * time.Millisecond)
 	c.s.cfg.DrainTimeout = config.Duration(60 * time.Millisecond)
+	c.s.cfg.StateHandoff = true
+	c.s.cfg.StateTimeout = config.Duration(40 * time.Millisecond)
 	if probation {
 		c.s.cfg.Probation = config.Duration(60 * time.Millisecond)
 	}
@@ -95,6 +101,12 @@ func (c *chaos) play(e byte) {
 		c.s.Rollback()
 	case 'n': // end the probation by hand
 		c.s.DrainStandby()
+	case 'F': // the newest live process stores a memfd
+		c.l.firstLive(true, func(p *fakeProcess) { p.send(store("f"), sealedMemfd("f")) })
+	case 'f': // the oldest live process sends a final delta
+		c.l.firstLive(false, func(p *fakeProcess) {
+			p.send(stateproto.Message{stateproto.NotifyFinal: "1"}, sealedMemfd("delta"))
+		})
 	case 'w': // a little time passes, less than any timeout
 		time.Sleep(20 * time.Millisecond)
 	case 'T': // time passes: ready timeouts, probations, drain timeouts
@@ -129,6 +141,19 @@ func (c *chaos) settle() {
 	}
 	if broken := c.s.Invariants(); len(broken) > 0 {
 		c.t.Errorf("invariants broken: %v", broken)
+	}
+	active := c.current().proc.(*fakeProcess)
+	for i := range c.l.count() {
+		p := c.l.proc(i)
+		states := 0
+		for _, m := range p.ch.got() {
+			if strings.Contains(m, "STATE=") {
+				states++
+			}
+		}
+		if states > 1 || p == active && states != 1 {
+			c.t.Errorf("generation %d got %d STATE messages: %q", p.pid-1000, states, p.ch.got())
+		}
 	}
 }
 
