@@ -322,3 +322,26 @@ func TestFDStoreRemoveDuringStart(t *testing.T) {
 		t.Fatal("the removed fd is still open after the start")
 	}
 }
+
+// A canary receives the active generation's snapshot before it takes its
+// share; rolled back, it leaves the fd store as it was.
+func TestStateHandoffCanary(t *testing.T) {
+	s, l := stateService(t, answerState)
+	mustSwap(t, s)
+	l.proc(0).send(store("cache"), sealedMemfd("c"))
+	if _, err := s.SwapCanary(context.Background(), Split{Share: 0.1}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := l.proc(1).ch.got(), []string{"STATE=1 [state of 1]"}; !slices.Equal(got, want) {
+		t.Fatalf("the canary got %q, want %q", got, want)
+	}
+	if got := l.proc(1).stored; !slices.Equal(got, []string{"cache=c"}) {
+		t.Fatalf("the canary found %v", got)
+	}
+	if _, err := s.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Status().FDStore; len(got) != 1 || got["cache"] != 1 {
+		t.Fatalf("fd_store after the rollback = %v, want cache:1", got)
+	}
+}
