@@ -122,31 +122,38 @@ func (s *Service) takeSnapshot(ctx context.Context, g *Generation) (snap snapsho
 }
 
 // snapshotNotice hands the answer of g to HANDOVER=1 to the swap that
-// waits for it.
+// waits for it. It is delivered under s.mu, so that a swap that stops
+// waiting (takeSnapshot) finds in its channel any answer taken for it.
 func (s *Service) snapshotNotice(g *Generation, n Notice) {
 	m, files := n.Msg, n.Files
-	s.mu.Lock()
-	reply := g.handover
-	g.handover = nil
-	s.mu.Unlock()
-	if reply == nil {
-		s.refuse(g, stateproto.StateName, len(files), RefusedUnexpected, "HANDOFF_STATE that no swap asked for")
-		closeFiles(files)
-		return
-	}
 	var snap snapshot
+	unsealed := false
 	switch {
 	case m[stateproto.NotifyState] != "1":
-		closeFiles(files)
 		snap = snapshot{result: HandoffCold, reason: fmt.Sprintf("generation %d has no state to hand over: %s", g.ID, m[stateproto.Status])}
 	case len(files) != 1 || !n.Sealed:
-		s.refuse(g, stateproto.StateName, len(files), RefusedUnsealed, "a snapshot must be one sealed memfd")
-		closeFiles(files)
+		unsealed = true
 		snap = snapshot{result: HandoffFailed, reason: fmt.Sprintf("generation %d sent a snapshot that is not one sealed memfd", g.ID)}
 	default:
 		snap = snapshot{file: files[0], result: HandoffLoaded}
 	}
-	reply <- snap
+	s.mu.Lock()
+	reply := g.handover
+	g.handover = nil
+	if reply != nil {
+		reply <- snap // buffered: never blocks
+	}
+	s.mu.Unlock()
+	switch {
+	case reply == nil:
+		s.refuse(g, stateproto.StateName, len(files), RefusedUnexpected, "HANDOFF_STATE that no swap asked for")
+		closeFiles(files)
+	case unsealed:
+		s.refuse(g, stateproto.StateName, len(files), RefusedUnsealed, "a snapshot must be one sealed memfd")
+		closeFiles(files)
+	case snap.file == nil:
+		closeFiles(files)
+	}
 }
 
 // awaitLoaded waits for g's LOADED answer.
