@@ -97,3 +97,10 @@ func TestDiffConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestStateHandoffTurnedOn(t *testing.T) {
+	off, on := &ServiceConfig{}, &ServiceConfig{StateHandoff: true}
+	if !StateHandoffTurnedOn(off, on) || StateHandoffTurnedOn(on, on) || StateHandoffTurnedOn(on, off) || StateHandoffTurnedOn(off, off) {
+		t.Fatal("StateHandoffTurnedOn is true only from off to on")
+	}
+}
