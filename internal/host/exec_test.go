@@ -19,7 +19,7 @@ func TestChildEnvIsOnlyWhatTheConfigGives(t *testing.T) {
 		Config: &config.ServiceConfig{Env: []string{"GIN_MODE=release", "LISTEN_FDS=9"},
 			Listeners: []config.ListenerConfig{{Name: "http"}, {Name: "admin"}}}}
 	got := childEnv(spec, "@notify")
-	want := []string{"PATH=" + DefaultPath, "GIN_MODE=release", "LISTEN_FDS=0", "LISTEN_FDNAMES=http:admin",
+	want := []string{"PATH=" + DefaultPath, "GIN_MODE=release", "LISTEN_FDS=0", "LISTEN_FDNAMES=http:admin", "HANDOFF_LISTEN_FDS=0",
 		"NOTIFY_SOCKET=@notify", "HANDOFF_SERVICE=web", "HANDOFF_GENERATION=3", "HANDOFF_CONTROL=/run/handoff/handoffd.sock"}
 	if !slices.Equal(got, want) {
 		t.Errorf("env\n got %q\nwant %q", got, want)
@@ -130,7 +130,7 @@ func TestChildEnvStoredFDsAndStateChannel(t *testing.T) {
 		Config: &config.ServiceConfig{Listeners: []config.ListenerConfig{{Name: "http"}},
 			StateTimeout: config.Duration(1500 * time.Millisecond)}}
 	got := childEnv(spec, "@n")
-	for _, want := range []string{"LISTEN_FDS=4", "LISTEN_FDNAMES=http:cache:cache:stored",
+	for _, want := range []string{"LISTEN_FDS=4", "LISTEN_FDNAMES=http:cache:cache:stored", "HANDOFF_LISTEN_FDS=1",
 		"HANDOFF_STATE_FD=7", "HANDOFF_STATE_TIMEOUT_MS=1500"} {
 		if !slices.Contains(got, want) {
 			t.Errorf("env lacks %s: %q", want, got)
