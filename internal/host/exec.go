@@ -355,8 +355,8 @@ func (p *execProcess) readNotify(c *net.UnixConn, notice func(lifecycle.Notice))
 		}
 		if rightsErr != nil || n > stateproto.MaxMessage || flags&unix.MSG_TRUNC != 0 {
 			kernel.CloseFDs(fds)
-			if notice != nil {
-				notice(lifecycle.Notice{Oversize: true, Refused: len(fds)})
+			if notice != nil { // what was read names the fds, for the log
+				notice(lifecycle.Notice{Msg: stateproto.Parse(buf[:min(n, stateproto.MaxMessage)]), Oversize: true, Refused: len(fds)})
 			}
 			continue
 		}

@@ -202,7 +202,7 @@ func TestStateWire(t *testing.T) {
 	if memo.Msg[stateproto.FDStore] != "1" || memo.Msg[stateproto.FDName] != "memo" || len(memo.Files) != 1 {
 		t.Fatalf("first notice %+v, want FDSTORE=1 FDNAME=memo with one fd", memo)
 	}
-	if big := next(notices1); !big.Oversize || big.Refused != 1 || len(big.Files) != 0 {
+	if big := next(notices1); !big.Oversize || big.Refused != 1 || len(big.Files) != 0 || big.Msg[stateproto.FDName] != "big" {
 		t.Fatalf("second notice %+v, want an oversize one with 1 fd refused", big)
 	}
 	<-p1.Ready()

@@ -70,7 +70,8 @@ type Notice struct {
 	// change (kernel.CheckSealed), as snapshots and finals must be.
 	Sealed bool
 	// Oversize: the message was over stateproto.MaxMessage bytes, or the
-	// kernel cut off its fds; Refused counts the fds, already closed.
+	// kernel cut off its fds; Refused counts the fds, already closed, and
+	// Msg holds what the first MaxMessage bytes say.
 	Oversize bool
 	Refused  int
 }
