@@ -1,11 +1,9 @@
 package lifecycle
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"syscall"
 
 	"github.com/handoffd/handoffd/api"
@@ -98,10 +96,15 @@ func (s *Service) adopt(ss savedService) error {
 // them (the active generation is searched first). One that none holds
 // any more is lost. Callers hold s.mu.
 func (s *Service) readoptStore(saved []savedFD) {
-	gens := slices.Clone(s.gens)
-	slices.SortStableFunc(gens, func(a, b *Generation) int {
-		return cmp.Compare(b2i(a != s.current), b2i(b != s.current))
-	})
+	var gens []*Generation
+	if s.current != nil {
+		gens = append(gens, s.current)
+	}
+	for _, g := range s.gens {
+		if g != s.current {
+			gens = append(gens, g)
+		}
+	}
 	for _, sfd := range saved {
 		var found *os.File
 		for _, g := range gens {
@@ -127,13 +130,6 @@ func (s *Service) readoptStore(saved []savedFD) {
 	if len(saved) > 0 {
 		s.log.Info("fd store: re-adopted", "fds", len(s.stored), "lost", len(saved)-len(s.stored))
 	}
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // hasCurrent reports whether a generation receives the new connections.

@@ -97,6 +97,11 @@ func (s *Service) store(g *Generation, name string, files []*os.File) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.stopped {
+		// No generation follows: closeStore may have run already.
+		closeFiles(files)
+		return
+	}
 	limit := s.cfg.FDStoreLimit()
 	if limit == 0 {
 		s.refuse(g, name, len(files), RefusedOff, "fd_store_max is 0")
