@@ -147,6 +147,21 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// await waits until the output holds every line of want: a child's
+// stdout reaches it through a pipe, some time after the child wrote.
+func (s *syncBuffer) await(t *testing.T, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, w := range want {
+		for !strings.Contains(s.String(), w) {
+			if time.Now().After(deadline) {
+				t.Fatalf("output lacks %q after 5s:\n%s", w, s.String())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
 func openFDs(t *testing.T) int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
@@ -232,16 +247,8 @@ func TestStateWire(t *testing.T) {
 	if m, err := ch2.Receive(ctx); err != nil || m[stateproto.Loaded] != "1" {
 		t.Fatalf("answer to STATE: %v, %v; want LOADED=1", m, err)
 	}
-	for _, want := range []string{
-		"gen 1 channel fd 4 timeout 2000ms",
-		"gen 2 stored memo=memo of gen 1",
-		"gen 2 channel fd 5 timeout 2000ms",
-		"gen 2 state snapshot of gen 1",
-	} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("output lacks %q:\n%s", want, out.String())
-		}
-	}
+	out.await(t, "gen 1 channel fd 4 timeout 2000ms", "gen 2 stored memo=memo of gen 1",
+		"gen 2 channel fd 5 timeout 2000ms", "gen 2 state snapshot of gen 1")
 	// A Receive that nothing answers gives up when its context ends.
 	short, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel2()
@@ -307,15 +314,8 @@ services:
 	if _, err := svc.Swap(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{
-		`gen 1 got "REASON=no previous generation runs\nSTATE=0\n"`,
-		"gen 2 stored memo=memo of gen 1",
-		"gen 2 state snapshot of gen 1",
-	} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("output lacks %q:\n%s", want, out.String())
-		}
-	}
+	out.await(t, `gen 1 got "REASON=no previous generation runs\nSTATE=0\n"`,
+		"gen 2 stored memo=memo of gen 1", "gen 2 state snapshot of gen 1")
 	st := svc.Status()
 	if st.FDStore["memo"] != 2 {
 		t.Errorf("fd_store = %v, want memo:2 (one memfd from each generation)", st.FDStore)
