@@ -141,6 +141,7 @@ func handoffs(s *Service) []string {
 
 func TestStateHandoff(t *testing.T) {
 	s, l := stateService(t, answerState)
+	s.cfg.DrainTimeout = config.Duration(2 * time.Second) // generation 1 drains until its final
 	mustSwap(t, s)
 	mustSwap(t, s)
 	if got, want := l.proc(0).ch.got(), []string{"REASON=no previous generation runs STATE=0", "HANDOVER=1"}; !slices.Equal(got, want) {
