@@ -60,10 +60,10 @@ func (s *Service) handOver(ctx context.Context, cfg *config.ServiceConfig, g *Ge
 	}
 	s.observer.StateHandoff(s.name, result)
 	attrs := []any{"generation", g.ID, "from", from, "result", result, "took", time.Since(start)}
-	switch {
-	case result == HandoffLoaded:
+	switch result {
+	case HandoffLoaded:
 		s.log.Info("state handed over", attrs...)
-	case from == 0:
+	case HandoffCold: // nothing to hand over: no failure
 		s.log.Info("generation starts cold", append(attrs, "reason", reason)...)
 	default:
 		s.log.Warn("state handoff: generation starts cold", append(attrs, "reason", reason)...)
