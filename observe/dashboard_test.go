@@ -31,7 +31,10 @@ func TestDashboardUsesKnownMetrics(t *testing.T) {
 		"swap_phase_seconds_bucket", "mode"} {
 		known["handoff_"+n] = true
 	}
-	metric := regexp.MustCompile(`handoff_[a-z_]+`)
+	for _, n := range []string{"fd_store_fds", "fd_store_refused_total", "state_handoffs_total", "state_finals_total"} {
+		known["handoffd_"+n] = true
+	}
+	metric := regexp.MustCompile(`handoffd?_[a-z_]+`)
 	for _, p := range dash.Panels {
 		if len(p.Targets) == 0 {
 			t.Errorf("panel %q has no query", p.Title)
