@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -128,6 +129,46 @@ func wireChild() error {
 	}
 }
 
+// strangerSends stores a memfd on a generation's notify socket from this
+// process, which is not the generation: nothing reaches the lifecycle,
+// and handoffd closes the fd (the test's open fds count it).
+func strangerSends(t *testing.T, notify string, notices chan lifecycle.Notice) {
+	t.Helper()
+	before := openFDs(t)
+	memo, err := kernel.SealedMemfd("stranger", func(io.Writer) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: notify, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A connected socket: Go's WriteMsgUnix refuses it, the raw call does not.
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sendErr error
+	raw.Write(func(fd uintptr) bool {
+		sendErr = unix.Sendmsg(int(fd), []byte("FDSTORE=1\nFDNAME=stranger"), unix.UnixRights(int(memo.Fd())), nil, 0)
+		return true
+	})
+	c.Close()
+	memo.Close()
+	if sendErr != nil {
+		t.Fatal(sendErr)
+	}
+	const look = 200 * time.Millisecond
+	select {
+	case n := <-notices:
+		t.Fatalf("a stranger's message reached the lifecycle: %+v", n)
+	case <-time.After(look):
+	}
+	if n := openFDs(t); n != before {
+		t.Fatalf("%d fds open %s after a stranger's memfd, %d before", n, look, before)
+	}
+}
+
 // syncBuffer is a bytes.Buffer that a child's output goroutine and the
 // test may use at once.
 type syncBuffer struct {
@@ -182,7 +223,8 @@ func TestStateWire(t *testing.T) {
 	}
 	before := openFDs(t)
 	var out syncBuffer
-	l := &ExecLauncher{Self: self, Stdout: &out, Stderr: os.Stderr}
+	notifyDir := t.TempDir()
+	l := &ExecLauncher{Self: self, Stdout: &out, Stderr: os.Stderr, NotifyDir: notifyDir}
 	cfg := &config.ServiceConfig{Name: "web", Command: []string{self}, Dir: ".", Env: []string{wireChildEnv + "=1"},
 		Listeners: []config.ListenerConfig{{Name: "http"}}, StateTimeout: config.Duration(2 * time.Second)}
 	start := func(gen int, stored []lifecycle.StoredFile) (lifecycle.Process, chan lifecycle.Notice) {
@@ -221,6 +263,7 @@ func TestStateWire(t *testing.T) {
 		t.Fatalf("second notice %+v, want an oversize one with 1 fd refused", big)
 	}
 	<-p1.Ready()
+	strangerSends(t, filepath.Join(notifyDir, "web.1.sock"), notices1)
 	p2, notices2 := start(2, []lifecycle.StoredFile{{Name: "memo", File: memo.Files[0]}})
 	memo.Files[0].Close()
 	for _, f := range next(notices2).Files {
