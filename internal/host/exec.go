@@ -160,7 +160,7 @@ func childEnv(spec lifecycle.LaunchSpec, notifySocket string) []string {
 	env = append(env,
 		"LISTEN_FDS="+strconv.Itoa(fds),
 		"LISTEN_FDNAMES="+strings.Join(names, ":"),
-		envListenFDs+"="+strconv.Itoa(len(spec.Files)),
+		stateproto.EnvListenFDs+"="+strconv.Itoa(len(spec.Files)),
 		"NOTIFY_SOCKET="+notifySocket,
 		"HANDOFF_SERVICE="+spec.Service,
 		"HANDOFF_GENERATION="+strconv.Itoa(spec.Generation),
@@ -177,10 +177,6 @@ func childEnv(spec lifecycle.LaunchSpec, notifySocket string) []string {
 
 // listenFDsStart is the first fd of LISTEN_FDS, as in systemd.
 const listenFDsStart = 3
-
-// envListenFDs says how many of the LISTEN_FDS are the listeners; the
-// stored fds follow them. The SDK reads it (stateproto.EnvListenFDs).
-const envListenFDs = "HANDOFF_LISTEN_FDS"
 
 // lookupCredential returns the credential a generation runs with: the
 // user's uid, primary gid and supplementary groups, and the group's gid as
