@@ -364,3 +364,39 @@ services:
 		t.Errorf("fd_store = %v, want memo:2 (one memfd from each generation)", st.FDStore)
 	}
 }
+
+// TestStartKeepsStoredSocketsNonblocking passes a non-blocking socket as
+// a stored fd: the generation that stored it shares its flags, and must
+// not find it in blocking mode. os/exec passes files through File.Fd,
+// which leaves a file made by os.NewFile as it is (as host makes the
+// files it receives), but puts one from net.Conn.File in blocking mode.
+func TestStartKeepsStoredSocketsNonblocking(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[1])
+	stored := os.NewFile(uintptr(fds[0]), "stored socket")
+	defer stored.Close()
+	l := &ExecLauncher{Self: self, Stdout: io.Discard, Stderr: os.Stderr}
+	cfg := &config.ServiceConfig{Name: "web", Command: []string{"true"}, Dir: "."}
+	p, err := l.Start(lifecycle.LaunchSpec{Service: "web", Generation: 1, Config: cfg,
+		Stored: []lifecycle.StoredFile{{Name: "conn", File: stored}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	rc, err := stored.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flags int
+	rc.Control(func(fd uintptr) { flags, err = unix.FcntlInt(fd, unix.F_GETFL, 0) })
+	if err != nil || flags&unix.O_NONBLOCK == 0 {
+		t.Fatalf("the stored socket's flags %#x, %v: O_NONBLOCK was lost", flags, err)
+	}
+}
