@@ -58,6 +58,12 @@ const (
 	EnvTimeout = "HANDOFF_STATE_TIMEOUT_MS"
 )
 
+// EnvListenFDs, when handoffd sets it, is how many of the first
+// LISTEN_FDS are the service's listeners; the stored fds follow them.
+// Without it (systemd, or a handoffd that does not set it) the SDK takes
+// the leading listening sockets with distinct names as the listeners.
+const EnvListenFDs = "HANDOFF_LISTEN_FDS"
+
 // FD store assignments on NOTIFY_SOCKET (systemd's, and handoffd's own).
 const (
 	FDStore       = "FDSTORE"
