@@ -48,7 +48,7 @@ func Ready() error {
 // written with a leading '@'. Without NOTIFY_SOCKET it does nothing and
 // returns nil.
 func Notify(state string) error {
-	if err := notifyFiles([]byte(state), nil); err != nil {
+	if err := notifyFiles([]byte(state), nil, 0); err != nil {
 		return fmt.Errorf("handoff: %w", err)
 	}
 	return nil

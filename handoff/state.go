@@ -84,8 +84,10 @@ func HandleState(h StateHandler) {
 // Before it runs Final it merges every message already queued for this
 // generation: a final that handoffd relayed here just before this
 // generation's own drain ended is part of this generation's final. It
-// sends once: later calls return nil. It does nothing and returns nil
-// without a Final, and without HANDOFF_STATE_FD.
+// sends once: later calls return nil. It returns once handoffd has read
+// the final, or after a second, so that the process may exit right away.
+// It does nothing and returns nil without a Final, and without
+// HANDOFF_STATE_FD.
 func HandOverFinal() error {
 	c := stateChan()
 	final := currentHandler().Final
@@ -104,12 +106,17 @@ func HandOverFinal() error {
 	}
 	defer f.Close()
 	msg := stateproto.Message{stateproto.FDStore: "1", stateproto.FDName: stateproto.FinalName, stateproto.NotifyFinal: "1"}
-	if err := notifyState(msg, f); err != nil {
+	// The process usually exits next: wait until handoffd has it.
+	if err := notifyState(msg, f, finalReadWait); err != nil {
 		return fmt.Errorf("handoff: hand over the final: %w", err)
 	}
 	c.finalSent = true
 	return nil
 }
+
+// finalReadWait bounds how long HandOverFinal waits for handoffd to take
+// the final off NOTIFY_SOCKET.
+const finalReadWait = time.Second
 
 // stateMargin is how much longer than handoffd's state_timeout Ready
 // waits for the STATE message: handoffd sends STATE=0 at its timeout.
@@ -343,7 +350,7 @@ func (c *stateChannel) handOver() {
 		defer f.Close()
 		msg = stateproto.Message{stateproto.FDStore: "1", stateproto.FDName: stateproto.StateName, stateproto.NotifyState: "1"}
 	}
-	if err := notifyState(msg, snap); err != nil {
+	if err := notifyState(msg, snap, 0); err != nil {
 		slog.Warn("state handoff: cannot answer HANDOVER", "generation", Generation(), "err", err)
 	}
 }

@@ -502,3 +502,30 @@ func waitServing(t *testing.T, d *Drainer) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// HandOverFinal returns once handoffd took the final: the process exits
+// next, and handoffd stops reading its NOTIFY_SOCKET when it has exited.
+func TestHandOverFinalWaitsUntilRead(t *testing.T) {
+	n := newFakeNotify(t)
+	newFakeChannel(t, 5000)
+	c := &counterHandler{sinceSnap: 3}
+	HandleState(c.handler())
+	done := make(chan error, 1)
+	go func() { done <- HandOverFinal() }()
+	select {
+	case err := <-done:
+		t.Fatalf("HandOverFinal returned before handoffd read the final: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if m, _ := n.read(); m[stateproto.NotifyFinal] != "1" {
+		t.Fatalf("read %v, want the final", m)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(finalReadWait / 2):
+		t.Fatal("HandOverFinal still waits after handoffd read the final")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/handoffd/handoffd/internal/stateproto"
 	"golang.org/x/sys/unix"
@@ -31,7 +32,7 @@ func Store(name string, files ...*os.File) error {
 		return fmt.Errorf("handoff: store %q: %d files, want 1 to %d", name, len(files), stateproto.MaxFDs)
 	}
 	msg := stateproto.Message{stateproto.FDStore: "1", stateproto.FDName: name}
-	if err := notifyFiles(msg.Encode(), files); err != nil {
+	if err := notifyFiles(msg.Encode(), files, 0); err != nil {
 		return fmt.Errorf("handoff: store %q: %w", name, err)
 	}
 	return nil
@@ -45,7 +46,7 @@ func Unstore(name string) error {
 		return err
 	}
 	msg := stateproto.Message{stateproto.FDStoreRemove: "1", stateproto.FDName: name}
-	if err := notifyFiles(msg.Encode(), nil); err != nil {
+	if err := notifyFiles(msg.Encode(), nil, 0); err != nil {
 		return fmt.Errorf("handoff: unstore %q: %w", name, err)
 	}
 	return nil
@@ -88,8 +89,9 @@ func checkStoreName(name string) error {
 
 // notifyFiles sends payload, an sd_notify message, as one datagram to
 // NOTIFY_SOCKET with files attached as SCM_RIGHTS. Without NOTIFY_SOCKET
-// it does nothing and returns nil.
-func notifyFiles(payload []byte, files []*os.File) error {
+// it does nothing and returns nil. With untilRead, it then waits at most
+// that long for the receiver to take the datagram off its socket.
+func notifyFiles(payload []byte, files []*os.File, untilRead time.Duration) error {
 	addr := os.Getenv("NOTIFY_SOCKET")
 	if addr == "" {
 		return nil
@@ -121,15 +123,33 @@ func notifyFiles(payload []byte, files []*os.File) error {
 	if err != nil {
 		return fmt.Errorf("notify %s: %w", addr, err)
 	}
+	if untilRead > 0 {
+		awaitRead(fd, untilRead)
+	}
 	return nil
+}
+
+// awaitRead waits, at most max, until the datagrams sent on the unix
+// datagram socket fd were read: the kernel charges each to its sender
+// until the receiver takes it (SIOCOUTQ). A process that exits right
+// after its last message would otherwise race its reader: handoffd
+// stops reading a generation's NOTIFY_SOCKET once it exited.
+func awaitRead(fd int, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) {
+		if n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ); err != nil || n == 0 {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // errNoNotify says that a message that needs handoffd could not go out.
 var errNoNotify = errors.New("NOTIFY_SOCKET is unset")
 
 // notifyState sends msg with file to NOTIFY_SOCKET, which must be set:
-// an answer handoffd waits for.
-func notifyState(msg stateproto.Message, file *os.File) error {
+// a message for handoffd's state handoff; see notifyFiles for untilRead.
+func notifyState(msg stateproto.Message, file *os.File, untilRead time.Duration) error {
 	if os.Getenv("NOTIFY_SOCKET") == "" {
 		return errNoNotify
 	}
@@ -137,5 +157,5 @@ func notifyState(msg stateproto.Message, file *os.File) error {
 	if file != nil {
 		files = []*os.File{file}
 	}
-	return notifyFiles(msg.Encode(), files)
+	return notifyFiles(msg.Encode(), files, untilRead)
 }
