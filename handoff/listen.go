@@ -42,7 +42,9 @@ type storedFD struct {
 // named name in LISTEN_FDNAMES; if LISTEN_FDNAMES is unset and there is one
 // socket, any name matches it. Each inherited socket can be taken once. It
 // is an error if there is no socket of that name or it is not a listening
-// stream socket.
+// stream socket. The fds of the service's fd store, which follow the
+// listeners (HANDOFF_LISTEN_FDS says how many listeners there are), are
+// never returned: Stored gives them.
 //
 // A process started outside handoffd, with HANDOFF_CONTROL and
 // HANDOFF_SERVICE in its environment but no LISTEN_FDS, joins the service
@@ -132,14 +134,15 @@ func readInherited() {
 	for i := range list {
 		kernel.CloseOnExec(listenFDsStart + i)
 	}
-	listeners := countListeners(list)
+	var listeners int
 	if hasListenFDs {
-		k, err := strconv.Atoi(listenFDs)
-		if err != nil || k < 0 || k > n {
+		listeners, err = strconv.Atoi(listenFDs)
+		if err != nil || listeners < 0 || listeners > n {
 			inherited.err = fmt.Errorf("handoff: %s=%q is not a number of fds from 0 to LISTEN_FDS=%d", stateproto.EnvListenFDs, listenFDs, n)
 			return
 		}
-		listeners = k
+	} else {
+		listeners = countListeners(list)
 	}
 	inherited.names = list[:listeners]
 	inherited.fds = make(map[string]int, listeners)
