@@ -89,9 +89,12 @@ func HandleState(h StateHandler) {
 // It does nothing and returns nil without a Final, and without
 // HANDOFF_STATE_FD.
 func HandOverFinal() error {
-	c := stateChan()
 	final := currentHandler().Final
-	if c == nil || final == nil {
+	if final == nil {
+		return nil
+	}
+	c := stateChan()
+	if c == nil {
 		return nil
 	}
 	c.turn.Lock()
