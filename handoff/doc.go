@@ -48,5 +48,6 @@
 // returns, and a final delta after the old one's drain.
 //
 // The package does not steer connections, talk to the kernel beyond plain
-// socket calls, or export metrics: that is handoffd's job.
+// socket calls and sealed memfds, or export metrics: that is handoffd's
+// job.
 package handoff
