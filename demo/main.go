@@ -44,6 +44,7 @@ func run(args []string) error {
 	useTLS := fs.Bool("tls", false, "serve HTTPS with HTTP/2 (self-signed certificate unless --tls-cert and --tls-key)")
 	certFile := fs.String("tls-cert", "", "PEM certificate for --tls")
 	keyFile := fs.String("tls-key", "", "PEM private key for --tls")
+	counterFinal := fs.Bool("counter-final", true, "with state_handoff, send the counter's final delta after the drain; false hands over the snapshot only")
 	faultSpec := fs.String("fault", "", "play a failure on purpose, for tests: KIND@GEN[:DELAY] (see faults.go)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -70,7 +71,11 @@ func run(args []string) error {
 		return err
 	}
 	hc := &health{}
-	srv := &http.Server{Handler: newEngine(app, conf.greeting, hc.ok, *accessLog), ReadHeaderTimeout: 10 * time.Second}
+	count := &counter{generation: app.Generation}
+	// Before Ready, which restores the previous generation's counter;
+	// the drain (d.Drain) ends with the final.
+	handoff.HandleState(count.handler(*counterFinal))
+	srv := &http.Server{Handler: newEngine(app, conf.greeting, hc.ok, count, *accessLog), ReadHeaderTimeout: 10 * time.Second}
 	if *useTLS {
 		if srv.TLSConfig, err = tlsConfig(*certFile, *keyFile); err != nil {
 			ln.Close()

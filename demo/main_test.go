@@ -18,7 +18,7 @@ func serve(t *testing.T, method, target, body string) *httptest.ResponseRecorder
 	t.Helper()
 	gin.SetMode(gin.TestMode)
 	w := httptest.NewRecorder()
-	newEngine(testApp, func() string { return "hi" }, testHealth.ok, false).ServeHTTP(w, httptest.NewRequest(method, target, strings.NewReader(body)))
+	newEngine(testApp, func() string { return "hi" }, testHealth.ok, &counter{generation: testApp.Generation}, false).ServeHTTP(w, httptest.NewRequest(method, target, strings.NewReader(body)))
 	return w
 }
 

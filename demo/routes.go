@@ -29,8 +29,9 @@ type rootReply struct {
 }
 
 // newEngine returns the demo's routes; greeting gives the greeting in
-// use, which a reload may change, and healthy what GET /healthz answers.
-func newEngine(app appInfo, greeting func() string, healthy func() bool, accessLog bool) *gin.Engine {
+// use, which a reload may change, healthy what GET /healthz answers, and
+// count the state behind /counter.
+func newEngine(app appInfo, greeting func() string, healthy func() bool, count *counter, accessLog bool) *gin.Engine {
 	r := gin.New()
 	r.Use(gin.Recovery())
 	if accessLog {
@@ -49,6 +50,7 @@ func newEngine(app appInfo, greeting func() string, healthy func() bool, accessL
 	r.POST("/slow", slow)
 	r.GET("/ws", func(c *gin.Context) { serveWebSocket(c, app) })
 	r.GET("/events", func(c *gin.Context) { serveEvents(c, app) })
+	count.routes(r)
 	return r
 }
 

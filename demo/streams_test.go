@@ -25,7 +25,7 @@ func serveDemo(t *testing.T, config *tls.Config) (*handoff.Drainer, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: newEngine(testApp, func() string { return "hi" }, testHealth.ok, false), TLSConfig: config}
+	srv := &http.Server{Handler: newEngine(testApp, func() string { return "hi" }, testHealth.ok, &counter{}, false), TLSConfig: config}
 	d := handoff.NewDrainer(srv)
 	d.Spread = 50 * time.Millisecond
 	served := make(chan error, 1)

@@ -40,6 +40,14 @@
 // Drainer.ServeTLS serves TLS with HTTP/2, whose connections get a GOAWAY
 // during the drain. Package handoffgrpc does the same for a *grpc.Server.
 //
+// State outlives a generation two ways. Store keeps fds (a memfd, a
+// socket) in the service's fd store, systemd's protocol, and Stored finds
+// them in every later generation. In a service with state_handoff, a
+// StateHandler (see HandleState) hands the app's state over in each swap:
+// a snapshot from the old generation, read by the new one before Ready
+// returns, and a final delta after the old one's drain.
+//
 // The package does not steer connections, talk to the kernel beyond plain
-// socket calls, or export metrics: that is handoffd's job.
+// socket calls and sealed memfds, or export metrics: that is handoffd's
+// job.
 package handoff

@@ -3,6 +3,7 @@ package handoff
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/handoffd/handoffd/handoff/internal/undrained"
 	"github.com/handoffd/handoffd/kernel"
 )
 
@@ -95,7 +97,8 @@ type Drainer struct {
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	serving   int // Serve calls that have not returned
+	serving   int              // Serve calls that have not returned
+	undrained undrained.Server // counted from Serve to the end of Drain
 	conns     map[net.Conn]*connInfo
 	closed    int                       // connections closed by Drain
 	waiting   map[*drainSignal]struct{} // Draining channels of running requests, not yet due
@@ -177,6 +180,7 @@ func (d *Drainer) Serve(ln net.Listener) error {
 	}
 	d.listeners[ln] = struct{}{}
 	d.serving++
+	d.undrained.Serving()
 	d.mu.Unlock()
 
 	err := d.srv.Serve(ln)
@@ -243,7 +247,24 @@ func (d *Drainer) ServeTLS(ln net.Listener, certFile, keyFile string) error {
 // is left. When ctx ends first, it closes the remaining connections,
 // whatever their state, hijacked ones included, and returns ctx.Err().
 // Calling Drain again, or concurrently, waits the same way.
+//
+// In a service with state_handoff, once the drain ended Drain hands the
+// StateHandler's Final to the next generation (see HandOverFinal), if one
+// is set: after the last drain of the process when it serves several
+// Drainers (or gRPC servers, see package handoffgrpc). Its error, if any, is joined to Drain's. Connections cut at
+// the deadline may leave handlers running, whose changes the final
+// misses.
 func (d *Drainer) Drain(ctx context.Context) error {
+	err := d.drain(ctx)
+	if d.undrained.Drained() {
+		if ferr := HandOverFinal(); ferr != nil {
+			return errors.Join(err, ferr)
+		}
+	}
+	return err
+}
+
+func (d *Drainer) drain(ctx context.Context) error {
 	d.start.Do(func() { d.begin(ctx) })
 	tick := time.NewTicker(drainPoll)
 	defer tick.Stop()

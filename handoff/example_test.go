@@ -2,9 +2,13 @@ package handoff_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"log"
 	"net/http"
+	"os"
+	"sync"
 	"time"
 
 	"github.com/handoffd/handoffd/handoff"
@@ -67,4 +71,79 @@ func ExampleDraining() {
 			}
 		}
 	})
+}
+
+// A counter that survives swaps: the old generation hands its value to
+// the new one before the new one takes traffic, and after its drain the
+// increments it served since its snapshot, which the new one adds.
+func ExampleHandleState() {
+	var (
+		mu      sync.Mutex
+		counter int // what this generation counts
+		since   int // increments since the snapshot
+	)
+	handoff.HandleState(handoff.StateHandler{
+		Snapshot: func(w io.Writer) error {
+			mu.Lock()
+			defer mu.Unlock()
+			since = 0 // from here on, increments go into the final
+			return json.NewEncoder(w).Encode(counter)
+		},
+		Restore: func(r io.Reader) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return json.NewDecoder(r).Decode(&counter)
+		},
+		Final: func(w io.Writer) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return json.NewEncoder(w).Encode(since)
+		},
+		Merge: func(from int, r io.Reader) error {
+			var delta int
+			if err := json.NewDecoder(r).Decode(&delta); err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			counter += delta
+			since += delta
+			return nil
+		},
+	})
+	http.HandleFunc("POST /counter", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		counter++
+		since++
+		n := counter
+		mu.Unlock()
+		fmt.Fprintln(w, n)
+	})
+	ln, err := handoff.Listen("http", "127.0.0.1:8080")
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Ready (inside) restores before the first request; the drain ends
+	// with the final.
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second}
+	if err := handoff.ServeAndDrain(context.Background(), srv, ln, 30*time.Second); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// A file kept in the service's fd store outlives this generation: the
+// next ones find it, after a swap as after a crash.
+func ExampleStored() {
+	if files := handoff.Stored("cache"); len(files) > 0 {
+		log.Printf("reusing the cache of an earlier generation: %s", files[0].Name())
+		return
+	}
+	f, err := os.CreateTemp("", "cache")
+	if err != nil {
+		log.Fatal(err)
+	}
+	os.Remove(f.Name()) // the store holds it open
+	if err := handoff.Store("cache", f); err != nil {
+		log.Fatal(err)
+	}
 }

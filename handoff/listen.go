@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/handoffd/handoffd/internal/stateproto"
 	"github.com/handoffd/handoffd/kernel"
 )
 
@@ -15,15 +16,23 @@ import (
 // move it to fds they own.
 var listenFDsStart = 3
 
-// inherited holds the listening sockets passed by handoffd, read once from
-// the environment.
+// inherited holds what handoffd passed in LISTEN_FDS, read once from the
+// environment: the listening sockets, and after them the fds of the
+// service's fd store (see Stored).
 var inherited struct {
-	once  sync.Once
-	mu    sync.Mutex
-	set   bool           // LISTEN_FDS was meant for this process
-	names []string       // in fd order, for error messages
-	fds   map[string]int // name to fd; removed once taken by Listen
-	err   error
+	once   sync.Once
+	mu     sync.Mutex
+	set    bool           // LISTEN_FDS was meant for this process
+	names  []string       // listener names in fd order, for error messages
+	fds    map[string]int // listener name to fd; -1 once taken by Listen
+	stored []storedFD     // the fds after the listeners, in order
+	err    error
+}
+
+// storedFD is an inherited fd of the fd store; fd is -1 once Stored took it.
+type storedFD struct {
+	name string
+	fd   int
 }
 
 // Listen returns the listening socket named name.
@@ -33,7 +42,9 @@ var inherited struct {
 // named name in LISTEN_FDNAMES; if LISTEN_FDNAMES is unset and there is one
 // socket, any name matches it. Each inherited socket can be taken once. It
 // is an error if there is no socket of that name or it is not a listening
-// stream socket.
+// stream socket. The fds of the service's fd store, which follow the
+// listeners (HANDOFF_LISTEN_FDS says how many listeners there are), are
+// never returned: Stored gives them.
 //
 // A process started outside handoffd, with HANDOFF_CONTROL and
 // HANDOFF_SERVICE in its environment but no LISTEN_FDS, joins the service
@@ -68,8 +79,7 @@ func Listen(name, addr string) (net.Listener, error) {
 		name, fd, ok = "", inherited.fds[""], true
 	}
 	if !ok {
-		return nil, fmt.Errorf("handoff: no inherited listener named %q (LISTEN_FDNAMES has %s)",
-			name, describeNames(inherited.names))
+		return nil, explainNoListener(name)
 	}
 	if fd < 0 {
 		return nil, fmt.Errorf("handoff: inherited listener %q was already taken by an earlier Listen", name)
@@ -85,9 +95,11 @@ func Listen(name, addr string) (net.Listener, error) {
 func readInherited() {
 	fds, pid, names := os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDNAMES")
 	_, hasNames := os.LookupEnv("LISTEN_FDNAMES")
+	listenFDs, hasListenFDs := os.LookupEnv(stateproto.EnvListenFDs)
 	os.Unsetenv("LISTEN_FDS")
 	os.Unsetenv("LISTEN_PID")
 	os.Unsetenv("LISTEN_FDNAMES")
+	os.Unsetenv(stateproto.EnvListenFDs)
 	if fds == "" {
 		control, svc := os.Getenv("HANDOFF_CONTROL"), os.Getenv("HANDOFF_SERVICE")
 		if control != "" && svc != "" {
@@ -119,17 +131,69 @@ func readInherited() {
 		}
 		list = []string{""} // one unnamed socket: any name matches
 	}
-	inherited.names = list
-	inherited.fds = make(map[string]int, n)
-	for i, name := range list {
-		fd := listenFDsStart + i
-		if _, dup := inherited.fds[name]; dup {
-			inherited.err = fmt.Errorf("handoff: LISTEN_FDNAMES=%q names %q twice", names, name)
+	for i := range list {
+		kernel.CloseOnExec(listenFDsStart + i)
+	}
+	var listeners int
+	if hasListenFDs {
+		listeners, err = strconv.Atoi(listenFDs)
+		if err != nil || listeners < 0 || listeners > n {
+			inherited.err = fmt.Errorf("handoff: %s=%q is not a number of fds from 0 to LISTEN_FDS=%d", stateproto.EnvListenFDs, listenFDs, n)
 			return
 		}
-		kernel.CloseOnExec(fd)
-		inherited.fds[name] = fd
+	} else {
+		listeners = countListeners(list)
 	}
+	inherited.names = list[:listeners]
+	inherited.fds = make(map[string]int, listeners)
+	for i, name := range inherited.names {
+		if _, dup := inherited.fds[name]; dup {
+			inherited.err = fmt.Errorf("handoff: LISTEN_FDNAMES=%q names the listener %q twice", names, name)
+			return
+		}
+		inherited.fds[name] = listenFDsStart + i
+	}
+	for i, name := range list[listeners:] {
+		inherited.stored = append(inherited.stored, storedFD{name: name, fd: listenFDsStart + listeners + i})
+	}
+}
+
+// countListeners returns how many of the inherited fds, named list, are
+// listeners when handoffd did not say (EnvListenFDs): the leading
+// listening stream sockets with distinct names. The fds of the fd store
+// follow them; a stored fd is rarely a listening socket, and one that is
+// is told apart by a name that repeats a listener's.
+func countListeners(list []string) int {
+	seen := map[string]bool{}
+	for i, name := range list {
+		if seen[name] {
+			return i
+		}
+		if _, err := kernel.CheckListening(listenFDsStart + i); err != nil {
+			return i
+		}
+		seen[name] = true
+	}
+	return len(list)
+}
+
+// explainNoListener explains why there is no listener named name: no fd of that
+// name, or one that is no listener but a stored fd, or not a listening
+// socket at all. Callers hold inherited.mu.
+func explainNoListener(name string) error {
+	for _, s := range inherited.stored {
+		if s.name != name {
+			continue
+		}
+		if s.fd >= 0 {
+			if _, err := kernel.CheckListening(s.fd); err != nil {
+				return fmt.Errorf("handoff: inherited fd %d named %q: %w", s.fd, name, err)
+			}
+		}
+		return fmt.Errorf("handoff: the inherited fd named %q is in the fd store, not a listener (see Stored)", name)
+	}
+	return fmt.Errorf("handoff: no inherited listener named %q (LISTEN_FDNAMES has %s)",
+		name, describeNames(inherited.names))
 }
 
 // fileListener turns an inherited fd into a net.Listener. It closes fd:

@@ -47,7 +47,7 @@ func resetInherited(t *testing.T) {
 	listenFDsStart = testFDStart
 	clear := func() {
 		inherited.once = sync.Once{}
-		inherited.set, inherited.names, inherited.fds, inherited.err = false, nil, nil, nil
+		inherited.set, inherited.names, inherited.fds, inherited.stored, inherited.err = false, nil, nil, nil, nil
 	}
 	clear()
 	t.Cleanup(func() { listenFDsStart = old; clear() })

@@ -2,9 +2,7 @@ package handoff
 
 import (
 	"fmt"
-	"net"
 	"os"
-	"strings"
 
 	"github.com/handoffd/handoffd/internal/joinproto"
 )
@@ -15,17 +13,28 @@ import (
 // the listen queue. Without NOTIFY_SOCKET it does nothing. Listeners
 // from handoffd accept nothing before Ready succeeds (see gate.go).
 //
+// In a service with state_handoff (HANDOFF_STATE_FD is set), Ready then
+// waits for the previous generation's snapshot, at most the service's
+// state_timeout (HANDOFF_STATE_TIMEOUT_MS) and a second, runs the
+// StateHandler's Restore on it (see HandleState), tells handoffd whether
+// it loaded, and only then lets the listeners accept. A generation that
+// gets no snapshot starts cold; that is no error.
+//
 // A process that joined from outside handoffd (see Listen) says READY=1
 // on its join connection instead, and Ready returns once handoffd made it
 // the active generation, or with handoffd's reason why not.
 func Ready() error {
 	joinedNow, err := readyJoined()
 	if !joinedNow {
+		ch := stateChan()
 		state := "READY=1"
 		if handlesReloads() {
 			state += "\n" + joinproto.Reloads
 		}
 		err = Notify(state)
+		if err == nil && ch != nil && os.Getenv("NOTIFY_SOCKET") != "" {
+			ch.awaitState()
+		}
 	}
 	if err == nil {
 		openGate()
@@ -39,21 +48,8 @@ func Ready() error {
 // written with a leading '@'. Without NOTIFY_SOCKET it does nothing and
 // returns nil.
 func Notify(state string) error {
-	addr := os.Getenv("NOTIFY_SOCKET")
-	if addr == "" {
-		return nil
-	}
-	if !strings.HasPrefix(addr, "/") && !strings.HasPrefix(addr, "@") {
-		return fmt.Errorf("handoff: NOTIFY_SOCKET=%q is neither a path nor an abstract name (@name)", addr)
-	}
-	// net turns a leading '@' into the abstract namespace's NUL byte.
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
-	if err != nil {
-		return fmt.Errorf("handoff: notify %s: %w", addr, err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte(state)); err != nil {
-		return fmt.Errorf("handoff: notify %s: %w", addr, err)
+	if err := notifyFiles([]byte(state), nil, 0); err != nil {
+		return fmt.Errorf("handoff: %w", err)
 	}
 	return nil
 }

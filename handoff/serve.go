@@ -18,7 +18,8 @@ import (
 // (see Drainer.Drain) for at most drainTimeout, and returns: nil after a
 // clean drain, context.DeadlineExceeded when connections had to be cut.
 // Further signals during the drain are ignored, so a repeated SIGTERM
-// does not cut requests in flight.
+// does not cut requests in flight. After the drain it hands the
+// StateHandler's Final over, if one is set (see HandOverFinal).
 //
 // If Serve fails before it accepted anything, ServeAndDrain returns its
 // error without sending READY=1: handoffd never makes such a generation

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/handoffd/handoffd/handoff"
+	"github.com/handoffd/handoffd/handoff/internal/undrained"
 	"google.golang.org/grpc"
 )
 
@@ -42,9 +43,10 @@ type Server struct {
 	// half of DrainTimeout. Zero means handoff.DefaultSpread.
 	Spread time.Duration
 
-	srv   *grpc.Server
-	began chan struct{}
-	once  sync.Once
+	srv       *grpc.Server
+	undrained undrained.Server // counted from Serve to the end of Drain
+	began     chan struct{}
+	once      sync.Once
 	// lnClosed is closed when GracefulStop closes the listener that
 	// Serve serves on; nil when the app called srv.Serve itself.
 	lnClosed chan struct{}
@@ -86,6 +88,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	served := make(chan error, 1)
 	watched := &watchedListener{Listener: ln, closed: make(chan struct{})}
 	s.lnClosed = watched.closed
+	s.undrained.Serving()
 	go func() { served <- s.srv.Serve(watched) }()
 
 	var cause error
@@ -105,7 +108,24 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // Drain stops accepting, closes the Draining channels spread over Spread,
 // and runs GracefulStop for at most DrainTimeout; then Stop. It returns
 // nil when GracefulStop finished in time. OnReload handlers stop.
+//
+// In a service with state_handoff, once the calls have ended Drain hands
+// the final of the handoff.StateHandler over (handoff.HandOverFinal), if
+// one is set; its error is joined to Drain's. When the process also
+// serves through other Servers or handoff.Drainers, the last drain to end
+// sends it. Calls that Stop cut at the deadline may still be running,
+// and the final misses their changes.
 func (s *Server) Drain() error {
+	err := s.drain()
+	if s.undrained.Drained() {
+		if ferr := handoff.HandOverFinal(); ferr != nil {
+			return errors.Join(err, ferr)
+		}
+	}
+	return err
+}
+
+func (s *Server) drain() error {
 	timeout := s.DrainTimeout
 	if timeout <= 0 {
 		timeout = DefaultDrainTimeout
