@@ -473,8 +473,13 @@ type pyAnswer struct {
 	Kind       string   `json:"kind"`  // the memfd's /proc/self/fd link
 	Names      []string `json:"names"` // LISTEN_FDNAMES
 	Handoff    struct {
-		State  *string `json:"state"`
-		Reason *string `json:"reason"`
+		State    *string `json:"state"`    // the STATE it got, if any
+		Reason   *string `json:"reason"`   // the REASON of STATE=0
+		Restored *string `json:"restored"` // what the snapshot of STATE=1 held
+		Finals   []struct {
+			From string `json:"from"`
+			Data string `json:"data"`
+		} `json:"finals"`
 	} `json:"handoff"`
 }
 
@@ -607,6 +612,37 @@ func systemdFDStore(t *testing.T, mode string) {
 	}
 	t.Logf("memfd stored by generation 1 (pid %d), found by generation 2 after a swap and by generation 3 after kill -9 of pid %d; removed, not found by generation 4",
 		p1.PID, p2.PID)
+}
+
+// TestStateHandoffWithoutSDK: the Python program also speaks handoffd's
+// state handoff by itself (internal/stateproto): generation 1 answers
+// HANDOVER=1 with a sealed memfd, generation 2 gets it (STATE=1) before it
+// is active, and then generation 1's final (FINAL=1) once it has drained.
+func TestStateHandoffWithoutSDK(t *testing.T) {
+	d := startDaemon(t, daemonOptions{metrics: true, command: fdStoreCommand(t), serviceYAML: "    state_handoff: true\n"})
+	p1 := pyGet(t, d.addr)
+	if p1.Handoff.State == nil || *p1.Handoff.State != "0" {
+		t.Errorf("generation 1: %+v; want STATE=0 (no previous generation)", p1.Handoff)
+	}
+	d.ctlOK("generation 2 active", "swap", "demo")
+	p2 := pyGet(t, d.addr)
+	if p2.Generation != 2 || p2.Handoff.State == nil || *p2.Handoff.State != "1" || p2.Handoff.Restored == nil ||
+		*p2.Handoff.Restored != "snapshot of generation 1\n" {
+		t.Errorf("generation 2 right after the swap: %+v; want STATE=1 with generation 1's snapshot", p2.Handoff)
+	}
+	d.waitFor("generation 1 exited", 30*time.Second*slow, func(st api.ServiceStatus) bool { return stateOf(st, 1) == api.StateExited })
+	deadline := time.Now().Add(5 * time.Second * slow)
+	for len(p2.Handoff.Finals) == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		p2 = pyGet(t, d.addr)
+	}
+	if f := p2.Handoff.Finals; len(f) != 1 || f[0].From != "1" || f[0].Data != "final of generation 1\n" {
+		t.Errorf("generation 2 got finals %+v; want generation 1's", f)
+	}
+	handoffs, finals := d.scrapeBy(metricHandoffs, "result"), d.scrapeBy(metricFinals, "result")
+	if handoffs["loaded"] != 1 || handoffs["cold"] != 1 || finals["relayed"] != 1 {
+		t.Errorf("%s = %v, %s = %v; want 1 cold (generation 1), 1 loaded, 1 final relayed", metricHandoffs, handoffs, metricFinals, finals)
+	}
 }
 
 // fdsOf lists the targets of pid's open fds.
