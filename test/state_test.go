@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -621,33 +622,39 @@ func systemdFDStore(t *testing.T, mode string) {
 }
 
 // TestStateHandoffWithoutSDK: the Python program also speaks handoffd's
-// state handoff by itself (internal/stateproto): generation 1 answers
-// HANDOVER=1 with a sealed memfd, generation 2 gets it (STATE=1) before it
-// is active, and then generation 1's final (FINAL=1) once it has drained.
+// state handoff by itself (internal/stateproto), over 10 swaps: each
+// generation answers HANDOVER=1 with a sealed memfd, the next one gets it
+// (STATE=1) before it is active, and then the final (FINAL=N) that the
+// old one sends once it has stopped, right before it exits.
 func TestStateHandoffWithoutSDK(t *testing.T) {
 	d := startDaemon(t, daemonOptions{metrics: true, command: fdStoreCommand(t), serviceYAML: "    state_handoff: true\n"})
-	p1 := pyGet(t, d.addr)
-	if p1.Handoff.State == nil || *p1.Handoff.State != "0" {
-		t.Errorf("generation 1: %+v; want STATE=0 (no previous generation)", p1.Handoff)
+	p := pyGet(t, d.addr)
+	if p.Handoff.State == nil || *p.Handoff.State != "0" {
+		t.Errorf("generation 1: %+v; want STATE=0 (no previous generation)", p.Handoff)
 	}
-	d.ctlOK("generation 2 active", "swap", "demo")
-	p2 := pyGet(t, d.addr)
-	if p2.Generation != 2 || p2.Handoff.State == nil || *p2.Handoff.State != "1" || p2.Handoff.Restored == nil ||
-		*p2.Handoff.Restored != "snapshot of generation 1\n" {
-		t.Errorf("generation 2 right after the swap: %+v; want STATE=1 with generation 1's snapshot", p2.Handoff)
-	}
-	d.waitFor("generation 1 exited", 30*time.Second*slow, func(st api.ServiceStatus) bool { return stateOf(st, 1) == api.StateExited })
-	deadline := time.Now().Add(5 * time.Second * slow)
-	for len(p2.Handoff.Finals) == 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-		p2 = pyGet(t, d.addr)
-	}
-	if f := p2.Handoff.Finals; len(f) != 1 || f[0].From != "1" || f[0].Data != "final of generation 1\n" {
-		t.Errorf("generation 2 got finals %+v; want generation 1's", f)
+	const swaps = 10
+	for gen := 2; gen <= swaps+1; gen++ {
+		d.ctlOK(fmt.Sprintf("generation %d active", gen), "swap", "demo")
+		p = pyGet(t, d.addr)
+		if want := fmt.Sprintf("snapshot of generation %d\n", gen-1); p.Generation != gen || p.Handoff.State == nil ||
+			*p.Handoff.State != "1" || p.Handoff.Restored == nil || *p.Handoff.Restored != want {
+			t.Errorf("generation %d right after the swap: %+v; want STATE=1 with %q", gen, p.Handoff, want)
+		}
+		d.waitFor(fmt.Sprintf("generation %d exited", gen-1), 30*time.Second*slow, func(st api.ServiceStatus) bool {
+			return stateOf(st, gen-1) == api.StateExited
+		})
+		deadline := time.Now().Add(2 * time.Second * slow)
+		for len(p.Handoff.Finals) == 0 && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+			p = pyGet(t, d.addr)
+		}
+		if f := p.Handoff.Finals; len(f) != 1 || f[0].From != strconv.Itoa(gen-1) || f[0].Data != fmt.Sprintf("final of generation %d\n", gen-1) {
+			t.Errorf("generation %d got finals %+v; want generation %d's", gen, f, gen-1)
+		}
 	}
 	handoffs, finals := d.scrapeBy(metricHandoffs, "result"), d.scrapeBy(metricFinals, "result")
-	if handoffs["loaded"] != 1 || handoffs["cold"] != 1 || finals["relayed"] != 1 {
-		t.Errorf("%s = %v, %s = %v; want 1 cold (generation 1), 1 loaded, 1 final relayed", metricHandoffs, handoffs, metricFinals, finals)
+	if handoffs["loaded"] != swaps || handoffs["cold"] != 1 || finals["relayed"] != swaps {
+		t.Errorf("%s = %v, %s = %v; want 1 cold (generation 1), %d loaded, %d finals relayed", metricHandoffs, handoffs, metricFinals, finals, swaps, swaps)
 	}
 }
 

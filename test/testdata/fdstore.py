@@ -204,6 +204,8 @@ def main():
     if CHANNEL is not None:
         final = pipe_fd() if BAD_STATE else memfd("handoff.final", ("final of generation %s\n" % GEN).encode(), sealed=True)
         notify("FDSTORE=1\nFDNAME=handoff.final\nHANDOFF_FINAL=1\n", [final])
+    # At once, as a program may: what it sent waits in handoffd's socket.
+    os._exit(0)
 
 
 if __name__ == "__main__":
