@@ -821,6 +821,29 @@ func TestFDStoreBounds(t *testing.T) {
 	t.Logf("%s = %v; handoffd held %d fds before and after", metricRefused, refused, len(before))
 }
 
+// TestFDStoreOff: with fd_store_max: 0 the Python program's memfd is
+// refused (reason off) and closed, and the next generation finds nothing.
+func TestFDStoreOff(t *testing.T) {
+	d := startDaemon(t, daemonOptions{metrics: true, command: fdStoreCommand(t), wrap: []string{"/usr/bin/env", "GOGC=off"},
+		serviceYAML: "    fd_store_max: 0\n"})
+	line := d.waitRefusals(1)[0]
+	for _, want := range []string{"generation=1", "name=pystate", "fds=1", "reason=off"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("handoffd logged %q, want %s in it", line, want)
+		}
+	}
+	if fds := fdsOf(t, d.cmd.Process.Pid); slices.ContainsFunc(fds, func(s string) bool { return strings.HasPrefix(s, "/memfd:") }) {
+		t.Errorf("handoffd holds a memfd with fd_store_max 0: %q", fds)
+	}
+	d.ctlOK("generation 2 active", "swap", "demo")
+	if p := pyGet(t, d.addr); p.Generation != 2 || p.Found || !slices.Equal(p.Names, []string{"http"}) {
+		t.Errorf("generation 2: %+v; want it to find nothing", p)
+	}
+	if r := d.scrapeBy(metricRefused, "reason"); r["off"] != 2 {
+		t.Errorf("%s = %v, want off 2 (each generation's memfd)", metricRefused, r)
+	}
+}
+
 // TestFDStoreAcrossRestart: the fd store outlives handoffd. After kill -9
 // of handoffd, the new one re-adopts generation 1 and takes the stored
 // memfd back from it (pidfd_getfd); generation 2 finds it.
