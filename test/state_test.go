@@ -409,9 +409,15 @@ func stateCounterUnderLoad(t *testing.T, r stateRun) {
 	}
 	var perSwap []string
 	prev := int64(0)
+	took := d.handoffTimes() // in the order of the swaps
 	for gen := 2; gen <= last; gen++ {
 		g := gets[gen]
-		perSwap = append(perSwap, fmt.Sprintf("%d:acked %d after_snapshot %d restored %d read %d", gen-1, byGen[gen-1], afterByGen[gen-1], g.RestoredValue, g.Counter))
+		phase := "?"
+		if gen-2 < len(took) {
+			phase = took[gen-2].Round(10 * time.Microsecond).String()
+		}
+		perSwap = append(perSwap, fmt.Sprintf("%d:acked %d after_snapshot %d restored %d read %d handoff %s",
+			gen-1, byGen[gen-1], afterByGen[gen-1], g.RestoredValue, g.Counter, phase))
 		if !g.Restored || g.RestoredFrom != gen-1 {
 			t.Errorf("generation %d: restored %t from %d, want from %d", gen, g.Restored, g.RestoredFrom, gen-1)
 		}
@@ -429,10 +435,10 @@ func stateCounterUnderLoad(t *testing.T, r stateRun) {
 		want = acked
 	}
 	g := d.waitCounter(want, 5*time.Second*slow)
-	t.Logf("%s: %d acked, %d of them after the old generation's snapshot; final counter %d (merged %d); per swap (old generation: its acks, after its snapshot, restored by the next, read after the swap): %s",
+	t.Logf("%s: %d acked, %d of them after the old generation's snapshot; final counter %d (merged %d); per swap (old generation: its acks, after its snapshot, restored by the next, read after the swap, the handoff phase): %s",
 		r.name(), acked, after, g.Counter, g.Merged, strings.Join(perSwap, "; "))
 	handoffs, finals := d.scrapeBy(metricHandoffs, "result"), d.scrapeBy(metricFinals, "result")
-	t.Logf("%s = %v, %s = %v", metricHandoffs, handoffs, metricFinals, finals)
+	t.Logf("%s = %v, %s = %v; the state handoff phase took %s", metricHandoffs, handoffs, metricFinals, finals, spread(took))
 	if handoffs["loaded"] != float64(swapCount) {
 		t.Errorf("%s = %v, want loaded %d", metricHandoffs, handoffs, swapCount)
 	}
@@ -442,6 +448,25 @@ func stateCounterUnderLoad(t *testing.T, r stateRun) {
 	if !r.final && (finals["relayed"] != 0 || g.Merged != 0) {
 		t.Errorf("--counter-final=false: %s = %v, merged %d; want no final", metricFinals, finals, g.Merged)
 	}
+}
+
+// handoffTimes returns how long each state handoff took, as handoffd
+// logged it (took= of "state handed over").
+func (d *daemon) handoffTimes() []time.Duration {
+	var out []time.Duration
+	for line := range strings.SplitSeq(d.logText(), "\n") {
+		if !strings.Contains(line, `msg="state handed over"`) {
+			continue
+		}
+		for field := range strings.FieldsSeq(line) {
+			if v, ok := strings.CutPrefix(field, "took="); ok {
+				if took, err := time.ParseDuration(v); err == nil {
+					out = append(out, took)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // requirePython returns Debian's python3, which runs test/testdata/fdstore.py
