@@ -683,6 +683,27 @@ func TestStateHandoffWithoutSDK(t *testing.T) {
 	}
 }
 
+// TestFDStoreRollback: a rollback changes nothing in the fd store. With
+// probation, generation 2 stores one more memfd and is rolled back from;
+// generation 1 serves again, the store keeps both, and generation 3 finds
+// both in LISTEN_FDS, in the order they were stored.
+func TestFDStoreRollback(t *testing.T) {
+	d := startDaemon(t, daemonOptions{probation: "30s", command: fdStoreCommand(t)})
+	d.waitStore(map[string]int{"pystate": 1})
+	d.ctlOK("generation 2 active", "swap", "demo")
+	pyPost(t, d.addr, "/store?name=second&n=1")
+	d.waitStore(map[string]int{"pystate": 1, "second": 1})
+	d.ctlOK("rolled back to generation 1", "rollback", "demo")
+	if p := pyGet(t, d.addr); p.Generation != 1 {
+		t.Fatalf("after the rollback generation %d answered, want 1", p.Generation)
+	}
+	d.waitStore(map[string]int{"pystate": 1, "second": 1})
+	d.ctlOK("generation 3 active", "swap", "demo")
+	if p := pyGet(t, d.addr); p.Generation != 3 || !p.Found || !slices.Equal(p.Names, []string{"http", "pystate", "second"}) {
+		t.Errorf("generation 3 after a rollback: %+v; want the memfd and the one generation 2 stored", p)
+	}
+}
+
 // fdsOf lists the targets of pid's open fds.
 func fdsOf(t *testing.T, pid int) []string {
 	t.Helper()
