@@ -251,7 +251,7 @@ func stateCounterSequential(t *testing.T, mode string, on bool) {
 	if n["loaded"] != float64(swaps) || n["failed"] != 0 || n["timeout"] != 0 {
 		t.Errorf("%s = %v, want loaded %d, no failed or timeout", metricHandoffs, n, swaps)
 	}
-	t.Logf("counter %d after %d POSTs and %d swaps (%d stale answers merged by final deltas: %d); handoffs %v",
+	t.Logf("counter %d after %d POSTs and %d swaps (%d stale answers; the last generation merged %d from finals); handoffs %v",
 		g.Counter, len(answers), swaps, stale, g.Merged, n)
 }
 
