@@ -259,11 +259,12 @@ func stateCounterSequential(t *testing.T, mode string, on bool) {
 // and never retry: every answer is kept, a request without a 200 answer
 // is a failure.
 type counterLoad struct {
-	addr    string
-	stopCh  chan struct{}
-	wg      sync.WaitGroup
-	answers [][]postCounter // per client
-	fails   [][]string      // per client
+	addr     string
+	stopCh   chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+	answers  [][]postCounter // per client
+	fails    [][]string      // per client
 }
 
 func startCounterLoad(addr string, clients int) *counterLoad {
@@ -322,7 +323,7 @@ func (l *counterLoad) client(id int) {
 
 // stop ends the clients and returns every answer and failure.
 func (l *counterLoad) stop() (answers []postCounter, fails []string) {
-	close(l.stopCh)
+	l.stopOnce.Do(func() { close(l.stopCh) })
 	l.wg.Wait()
 	for i := range l.answers {
 		answers = append(answers, l.answers[i]...)
@@ -366,6 +367,7 @@ func stateCounterUnderLoad(t *testing.T, r stateRun) {
 	d := startDaemon(t, daemonOptions{mode: r.mode, metrics: true, serviceYAML: "    state_handoff: true\n",
 		demoArgs: []string{fmt.Sprintf("--counter-final=%t", r.final)}})
 	l := startCounterLoad(d.addr, loadClients)
+	t.Cleanup(func() { l.stop() }) // a test that fails half-way stops its clients too
 	time.Sleep(300 * time.Millisecond)
 	gets := map[int]getCounter{}
 	for i := range swapCount {
