@@ -43,9 +43,7 @@ var (
 	generationWeight = prometheus.NewDesc(namespace+"_generation_weight",
 		"Share of new connections, from 0 to 1, that steering sends to a live generation: 1 for the active one, P and 1-P for a canary and the active one, 0 for the others.",
 		[]string{"service", "generation"}, nil)
-	// The fd store's metrics are named handoffd_*, as the state handoff
-	// design names them.
-	fdStoreFDs = prometheus.NewDesc("handoffd_fd_store_fds",
+	fdStoreFDs = prometheus.NewDesc(namespace+"_fd_store_fds",
 		"Fds a service keeps in handoffd's fd store (FDSTORE=1), passed to each new generation after its listeners.",
 		[]string{"service"}, nil)
 	modeDesc = prometheus.NewDesc(namespace+"_mode",
@@ -160,15 +158,15 @@ func NewSwaps() *Swaps {
 			Help: "Connections that generations still held when drain_timeout ended them.",
 		}, []string{"service"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "handoffd_fd_store_refused_total",
+			Namespace: namespace, Name: "fd_store_refused_total",
 			Help: "Messages to the fd store that handoffd refused, their fds closed, by reason: full (over fd_store_max), name (invalid FDNAME), unsealed (a snapshot or final that is not a sealed memfd), oversize (over 4096 bytes, or fds cut off), unexpected (a HANDOFF_STATE nobody asked for, a HANDOFF_FINAL from a generation not draining, fds without FDSTORE=1), off (fd_store_max 0).",
 		}, []string{"service", "reason"}),
 		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "handoffd_state_handoffs_total",
+			Namespace: namespace, Name: "state_handoffs_total",
 			Help: "State handoffs to new generations (state_handoff), by result: loaded (the previous generation's snapshot was loaded), cold (there was none to hand over), failed, timeout (state_timeout passed); all but loaded start cold.",
 		}, []string{"service", "result"}),
 		finals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "handoffd_state_finals_total",
+			Namespace: namespace, Name: "state_finals_total",
 			Help: "Final deltas of drained generations (HANDOFF_FINAL=1), by result: relayed to the active generation, or dropped.",
 		}, []string{"service", "result"}),
 	}

@@ -124,9 +124,9 @@ func (d *daemon) scrapeBy(name, key string) map[string]float64 {
 
 // The metrics of the fd store and of the state handoff.
 const (
-	metricRefused  = "handoffd_fd_store_refused_total"
-	metricHandoffs = "handoffd_state_handoffs_total"
-	metricFinals   = "handoffd_state_finals_total"
+	metricRefused  = "handoff_fd_store_refused_total"
+	metricHandoffs = "handoff_state_handoffs_total"
+	metricFinals   = "handoff_state_finals_total"
 )
 
 // waitCounter polls GET /counter, once every old generation has exited,
