@@ -18,7 +18,7 @@ import (
 // store as it is.
 
 // Reasons for refusing fds, the reason label of
-// handoffd_fd_store_refused_total.
+// handoff_fd_store_refused_total.
 const (
 	RefusedFull       = "full"
 	RefusedName       = "name"

@@ -12,7 +12,7 @@ import (
 )
 
 // The results of a state handoff, the result label of
-// handoffd_state_handoffs_total.
+// handoff_state_handoffs_total.
 const (
 	HandoffLoaded  = "loaded"
 	HandoffCold    = "cold"
