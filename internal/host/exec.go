@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -119,7 +120,7 @@ func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, erro
 		}
 		return nil, fmt.Errorf("start %s: %w", spec.Config.Command[0], err)
 	}
-	p := &execProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{}), stderr: errLog, channel: channel}
+	p := &execProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{}), notifyRead: make(chan struct{}), stderr: errLog, channel: channel}
 	if errLog != nil {
 		go errLog.follow(l.Stderr, false)
 	}
@@ -276,7 +277,9 @@ type execProcess struct {
 	readyOnce sync.Once
 	reloads   atomic.Bool
 	done      chan struct{}
-	stderr    *stderrLog // nil without a log directory
+	// notifyRead is closed when readNotify has returned.
+	notifyRead chan struct{}
+	stderr     *stderrLog // nil without a log directory
 	// channel is handoffd's end of the state channel, nil without one.
 	channel *stateChannel
 }
@@ -318,9 +321,17 @@ func (p *execProcess) Signal(sig syscall.Signal) error {
 	return err
 }
 
+// notifyLinger is how long readNotify goes on after the process exited:
+// what it sent last (a final delta, just before it exits) is still queued.
+const notifyLinger = 20 * time.Millisecond
+
 func (p *execProcess) wait(notify *net.UnixConn) {
 	p.cmd.Wait()
-	closeNotify(notify) // ends readNotify
+	// readNotify reads what is queued, then times out and returns; the
+	// lifecycle hears of it all before it hears of the exit.
+	notify.SetReadDeadline(time.Now().Add(notifyLinger))
+	<-p.notifyRead
+	closeNotify(notify)
 	if p.channel != nil {
 		p.channel.close()
 	}
@@ -330,17 +341,27 @@ func (p *execProcess) wait(notify *net.UnixConn) {
 	close(p.done)
 }
 
-// readNotify reads sd_notify datagrams until the socket is closed. Only
+// readNotify reads sd_notify datagrams until the socket is closed, or its
+// read deadline passes once the process exited. Only
 // the generation's own process is believed: it alone may say it is
 // ready, and store fds. What concerns the fd store and the state handoff
 // goes to notice, with the fds attached (nil: they are closed). A
 // datagram over stateproto.MaxMessage bytes, or whose fds the kernel cut
 // off, is refused whole, its fds closed.
 func (p *execProcess) readNotify(c *net.UnixConn, notice func(lifecycle.Notice)) {
+	defer close(p.notifyRead)
 	buf := make([]byte, stateproto.MaxMessage+1)
 	oob := make([]byte, kernel.CredSpace()+kernel.RightsSpace(stateproto.MaxFDs))
 	for {
 		n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The process exited (wait set the deadline): go on while
+			// datagrams are still queued.
+			if queued, ok := kernel.Unread(c); ok && queued > 0 {
+				c.SetReadDeadline(time.Now().Add(notifyLinger))
+				continue
+			}
+		}
 		if err != nil {
 			return
 		}

@@ -35,6 +35,13 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "start generation: %v\n", err)
 		os.Exit(127)
 	}
+	if os.Getenv(wireChildEnv) == "final" {
+		if err := finalChild(); err != nil {
+			fmt.Fprintf(os.Stderr, "final child: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv(wireChildEnv) == "1" {
 		if err := wireChild(); err != nil {
 			fmt.Fprintf(os.Stderr, "wire child: %v\n", err)
@@ -127,6 +134,28 @@ func wireChild() error {
 			kernel.CloseFDs(fds)
 		}
 	}
+}
+
+// finalChild sends a final delta and exits at once, as a generation does
+// at the end of its drain; 30 removals queued before it make the final
+// come late.
+func finalChild() error {
+	notify, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	to := &unix.SockaddrUnix{Name: os.Getenv("NOTIFY_SOCKET")}
+	for i := range 30 {
+		if err := unix.Sendmsg(notify, fmt.Appendf(nil, "FDSTOREREMOVE=1\nFDNAME=gone%d", i), nil, to, 0); err != nil {
+			return err
+		}
+	}
+	final, err := kernel.SealedMemfd("final", func(w io.Writer) error { _, err := io.WriteString(w, `{"delta":7}`); return err })
+	if err != nil {
+		return err
+	}
+	return unix.Sendmsg(notify, []byte("FDSTORE=1\nFDNAME=handoff.final\nHANDOFF_FINAL=1"),
+		unix.UnixRights(int(final.Fd())), to, 0)
 }
 
 // strangerSends stores a memfd on a generation's notify socket from this
@@ -304,6 +333,47 @@ func TestStateWire(t *testing.T) {
 	<-p2.Done()
 	if n := openFDs(t); n != before {
 		t.Errorf("%d fds open after both exited, %d before", n, before)
+	}
+}
+
+// What a generation sends just before it exits reaches the lifecycle
+// before its exit does: a final delta is never lost with the process.
+func TestLastNoticeBeforeExit(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &ExecLauncher{Self: self, Stdout: os.Stdout, Stderr: os.Stderr, NotifyDir: t.TempDir()}
+	cfg := &config.ServiceConfig{Name: "web", Command: []string{self}, Dir: ".", Env: []string{wireChildEnv + "=final"}}
+	for i := range 5 {
+		notices := make(chan lifecycle.Notice, 1)
+		// The lifecycle takes its time with each notice (it takes a lock).
+		notice := func(n lifecycle.Notice) {
+			if n.Msg[stateproto.FDStoreRemove] == "1" {
+				time.Sleep(5 * time.Millisecond) // longer than notifyLinger for a full queue
+				return
+			}
+			notices <- n
+		}
+		p, err := l.Start(lifecycle.LaunchSpec{Service: "web", Generation: i + 1, Config: cfg, Notice: notice})
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-p.Done()
+		if st := p.ExitStatus(); st != "exit status 0" {
+			t.Fatalf("run %d: the generation ended with %s", i, st)
+		}
+		select {
+		case n := <-notices:
+			for _, f := range n.Files {
+				f.Close()
+			}
+			if n.Msg[stateproto.NotifyFinal] != "1" || len(n.Files) != 1 || !n.Sealed {
+				t.Fatalf("run %d: notice %+v, want HANDOFF_FINAL=1 with one sealed memfd", i, n)
+			}
+		default:
+			t.Fatalf("run %d: the final sent just before the exit was lost", i)
+		}
 	}
 }
 
