@@ -221,7 +221,7 @@ func (s *Service) finalNotice(g *Generation, n Notice) {
 	files := n.Files
 	defer closeFiles(files)
 	s.mu.Lock()
-	draining, to := g.state == api.StateDraining, s.current
+	draining, to, stopped := g.state == api.StateDraining, s.current, s.stopped
 	s.mu.Unlock()
 	switch {
 	case !draining:
@@ -236,6 +236,12 @@ func (s *Service) finalNotice(g *Generation, n Notice) {
 	var ch StateChannel
 	if to != nil && !chanClosed(to.proc.Done()) {
 		ch = channelOf(to.proc)
+	}
+	if ch == nil && stopped {
+		// Nobody takes the state of a service that stops, by design.
+		s.log.Info("state final dropped: the service is stopping", "generation", g.ID)
+		s.observer.StateFinal(s.name, "dropped")
+		return
 	}
 	if ch == nil {
 		s.log.Warn("state final dropped: no active generation with a state channel", "generation", g.ID)
