@@ -279,7 +279,9 @@ type execProcess struct {
 	done      chan struct{}
 	// notifyRead is closed when readNotify has returned.
 	notifyRead chan struct{}
-	stderr     *stderrLog // nil without a log directory
+	// exited is set once the process was reaped.
+	exited atomic.Bool
+	stderr *stderrLog // nil without a log directory
 	// channel is handoffd's end of the state channel, nil without one.
 	channel *stateChannel
 }
@@ -321,15 +323,14 @@ func (p *execProcess) Signal(sig syscall.Signal) error {
 	return err
 }
 
-// notifyLinger is how long readNotify goes on after the process exited:
-// what it sent last (a final delta, just before it exits) is still queued.
-const notifyLinger = 20 * time.Millisecond
-
 func (p *execProcess) wait(notify *net.UnixConn) {
 	p.cmd.Wait()
-	// readNotify reads what is queued, then times out and returns; the
-	// lifecycle hears of it all before it hears of the exit.
-	notify.SetReadDeadline(time.Now().Add(notifyLinger))
+	// readNotify reads what is still queued, then returns: the lifecycle
+	// hears of all the process sent (a final delta, just before it
+	// exited) before it hears of the exit. The deadline wakes a read
+	// that waits.
+	p.exited.Store(true)
+	notify.SetReadDeadline(time.Now())
 	<-p.notifyRead
 	closeNotify(notify)
 	if p.channel != nil {
@@ -341,8 +342,8 @@ func (p *execProcess) wait(notify *net.UnixConn) {
 	close(p.done)
 }
 
-// readNotify reads sd_notify datagrams until the socket is closed, or its
-// read deadline passes once the process exited. Only
+// readNotify reads sd_notify datagrams until the socket is closed, or,
+// once the process exited, until none is left. Only
 // the generation's own process is believed: it alone may say it is
 // ready, and store fds. What concerns the fd store and the state handoff
 // goes to notice, with the fds attached (nil: they are closed). A
@@ -352,15 +353,15 @@ func (p *execProcess) readNotify(c *net.UnixConn, notice func(lifecycle.Notice))
 	defer close(p.notifyRead)
 	buf := make([]byte, stateproto.MaxMessage+1)
 	oob := make([]byte, kernel.CredSpace()+kernel.RightsSpace(stateproto.MaxFDs))
+	queued := func() bool { n, ok := kernel.Unread(c); return ok && n > 0 }
 	for {
+		if p.exited.Load() && !queued() {
+			return
+		}
 		n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			// The process exited (wait set the deadline): go on while
-			// datagrams are still queued.
-			if queued, ok := kernel.Unread(c); ok && queued > 0 {
-				c.SetReadDeadline(time.Now().Add(notifyLinger))
-				continue
-			}
+		if errors.Is(err, os.ErrDeadlineExceeded) && queued() {
+			c.SetReadDeadline(time.Time{}) // the process exited: read what it left
+			continue
 		}
 		if err != nil {
 			return

@@ -350,7 +350,7 @@ func TestLastNoticeBeforeExit(t *testing.T) {
 		// The lifecycle takes its time with each notice (it takes a lock).
 		notice := func(n lifecycle.Notice) {
 			if n.Msg[stateproto.FDStoreRemove] == "1" {
-				time.Sleep(5 * time.Millisecond) // longer than notifyLinger for a full queue
+				time.Sleep(5 * time.Millisecond)
 				return
 			}
 			notices <- n
