@@ -25,7 +25,10 @@ import (
 // again on a newer generation.
 func TestGRPCAcrossSwaps(t *testing.T) {
 	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) { grpcAcrossSwaps(t, mode) })
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel() // 40 s of swaps each, mostly waiting: the modes side by side
+			grpcAcrossSwaps(t, mode)
+		})
 	}
 }
 

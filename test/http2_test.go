@@ -30,7 +30,10 @@ import (
 // connection a GOAWAY as its drain begins.
 func TestHTTP2OverTLSAcrossSwaps(t *testing.T) {
 	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) { http2AcrossSwaps(t, mode) })
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel() // 40 s of swaps each, mostly waiting: the modes side by side
+			http2AcrossSwaps(t, mode)
+		})
 	}
 }
 

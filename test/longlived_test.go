@@ -59,7 +59,10 @@ const (
 // client as that close.
 func TestWebSocketsAcrossSwaps(t *testing.T) {
 	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) { webSocketsAcrossSwaps(t, mode) })
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel() // 40 s of swaps each, mostly waiting: the modes side by side
+			webSocketsAcrossSwaps(t, mode)
+		})
 	}
 }
 
@@ -263,7 +266,10 @@ const sseStreams = 100
 // without a gap or a repeat.
 func TestEventStreamsAcrossSwaps(t *testing.T) {
 	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) { eventStreamsAcrossSwaps(t, mode) })
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel() // 40 s of swaps each, mostly waiting: the modes side by side
+			eventStreamsAcrossSwaps(t, mode)
+		})
 	}
 }
 
