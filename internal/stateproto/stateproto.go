@@ -39,6 +39,20 @@
 //
 // Snapshots and finals are never kept in the fd store: handoffd passes
 // them on and closes its copies.
+//
+// A handoffd that restarts binds each re-adopted generation's
+// NOTIFY_SOCKET again, at the same address, but the channel died with the
+// previous handoffd: the generation sees its end closed, makes a new
+// socket pair and sends one end on NOTIFY_SOCKET, retrying until a
+// handoffd reads it:
+//
+//	generation -> NOTIFY_SOCKET: HANDOFF_STATE_CHANNEL=1 with a
+//	                             SOCK_SEQPACKET socket
+//	handoffd -> generation: ATTACHED=1 on that channel, which is the
+//	                        generation's from then on
+//
+// handoffd refuses it (and closes it, without ATTACHED=1) when the
+// generation has a channel already or the service has no state_handoff.
 package stateproto
 
 import (
@@ -77,7 +91,10 @@ const (
 	NotifyState = "HANDOFF_STATE"
 	// NotifyFinal marks the final delta of a drained generation.
 	NotifyFinal = "HANDOFF_FINAL"
-	Status      = "STATUS"
+	// NotifyChannel, with a SOCK_SEQPACKET socket attached, is a new
+	// state channel from a generation whose channel was closed.
+	NotifyChannel = "HANDOFF_STATE_CHANNEL"
+	Status        = "STATUS"
 )
 
 // The reserved FDNAMEs of snapshots and finals.
@@ -94,6 +111,7 @@ const (
 	Final    = "FINAL"    // handoffd -> active generation: an older one's final delta
 	Loaded   = "LOADED"   // new generation -> handoffd: 1 loaded, 0 failed
 	Error    = "ERROR"    // why LOADED=0
+	Attached = "ATTACHED" // handoffd -> generation: the channel it sent is attached
 )
 
 // MaxMessage bounds one message on NOTIFY_SOCKET or on the channel, as
