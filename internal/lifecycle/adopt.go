@@ -16,7 +16,10 @@ import (
 // kernel, and each generation holds its own listener), so re-adopting is
 // bookkeeping: a pidfd to watch and signal each process, handoffd's own
 // copies of the active generation's listening sockets (pidfd_getfd), and
-// the pinned steering maps.
+// the pinned steering maps. Each generation's NOTIFY_SOCKET is bound
+// again, at the same address, and a generation whose state channel died
+// with the previous handoffd sends a new one on it
+// (stateproto.NotifyChannel; see attachChannel).
 
 // adopt takes over the generations of ss that still run. The router must
 // have been built for adopting. A generation that was still starting when
@@ -66,6 +69,12 @@ func (s *Service) adopt(ss savedService) error {
 		}
 		s.gens = append(s.gens, g)
 		s.log.Info("generation re-adopted", "generation", g.ID, "pid", g.pid, "state", g.state)
+		if r, ok := p.(Renotifier); ok && g.state.Live() {
+			// Its notices wait for s.mu: they come once adopt is done.
+			if err := r.Renotify(func(n Notice) { s.notice(g, n) }); err != nil {
+				s.log.Warn("re-adopted generation: no NOTIFY_SOCKET: it can neither store fds nor hand over its state", "generation", g.ID, "err", err)
+			}
+		}
 	}
 	s.readoptStore(ss.FDStore)
 	if s.canary != nil {

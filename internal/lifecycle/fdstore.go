@@ -56,6 +56,8 @@ func (s *Service) notice(g *Generation, n Notice) {
 		s.snapshotNotice(g, n)
 	case m[stateproto.NotifyFinal] == "1":
 		s.finalNotice(g, n)
+	case m[stateproto.NotifyChannel] != "":
+		s.attachChannel(g, n)
 	case m[stateproto.FDStoreRemove] == "1":
 		closeFiles(n.Files)
 		s.unstore(g, nameOrDefault(name))

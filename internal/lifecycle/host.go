@@ -92,12 +92,31 @@ type Stateful interface {
 
 // channelOf returns p's state channel, or nil when it has none (started
 // without state_handoff, joined from outside, re-adopted after a restart
-// of handoffd).
+// of handoffd and not re-attached yet).
 func channelOf(p Process) StateChannel {
 	if st, ok := p.(Stateful); ok {
 		return st.Channel()
 	}
 	return nil
+}
+
+// Renotifier is a re-adopted Process whose NOTIFY_SOCKET, closed with
+// the handoffd that started it, can be bound again.
+type Renotifier interface {
+	// Renotify binds the process's NOTIFY_SOCKET again at its address
+	// and reads it as Start does: notice receives what concerns the fd
+	// store and the state handoff, as LaunchSpec.Notice.
+	Renotify(notice func(Notice)) error
+}
+
+// ChannelAttacher is a Process that takes a state channel from the
+// generation itself (stateproto.NotifyChannel): a re-adopted one, whose
+// channel died with the previous handoffd.
+type ChannelAttacher interface {
+	// AttachChannel makes f the process's state channel, or fails when
+	// it has one already or f is not a SOCK_SEQPACKET socket. It closes
+	// f (handoffd keeps a copy of its own when it attaches it).
+	AttachChannel(f *os.File) error
 }
 
 // FileFinder is a Process whose open files handoffd can copy: a

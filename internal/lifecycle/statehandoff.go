@@ -87,7 +87,7 @@ func (s *Service) takeSnapshot(ctx context.Context, g *Generation) (snap snapsho
 	oc := channelOf(old.proc)
 	if oc == nil {
 		s.mu.Unlock()
-		return snapshot{result: HandoffCold, reason: fmt.Sprintf("the previous generation %d has no state channel (started without state_handoff, joined from outside, or re-adopted after a restart of handoffd)", old.ID)}, old.ID
+		return snapshot{result: HandoffCold, reason: fmt.Sprintf("the previous generation %d has no state channel (started without state_handoff, joined from outside, or re-adopted after a restart of handoffd and sent none)", old.ID)}, old.ID
 	}
 	reply := make(chan snapshot, 1)
 	old.handover = reply
@@ -154,6 +154,45 @@ func (s *Service) snapshotNotice(g *Generation, n Notice) {
 	case snap.file == nil:
 		closeFiles(files)
 	}
+}
+
+// attachChannel makes the socket that g sent (HANDOFF_STATE_CHANNEL=1)
+// its state channel, and tells it so (ATTACHED=1): g is a re-adopted
+// generation whose channel died with the previous handoffd. It is
+// refused, and closed, when g has a channel already or the service has
+// no state_handoff.
+func (s *Service) attachChannel(g *Generation, n Notice) {
+	const name = "handoff.channel" // for the log: the message has no FDNAME
+	files := n.Files
+	s.mu.Lock()
+	on := s.cfg.StateHandoff
+	s.mu.Unlock()
+	attacher, ok := g.proc.(ChannelAttacher)
+	var why string
+	switch {
+	case !on:
+		why = "a state channel, but the service has no state_handoff"
+	case n.Msg[stateproto.NotifyChannel] != "1" || len(files) != 1:
+		why = fmt.Sprintf("%s=%s with %d fds, want 1 and one socket", stateproto.NotifyChannel, n.Msg[stateproto.NotifyChannel], len(files))
+	case channelOf(g.proc) != nil:
+		why = "a state channel, but the generation has one already"
+	case !ok:
+		why = "a state channel from a generation that handoffd started or that joined: it cannot take one"
+	}
+	if why != "" {
+		s.refuse(g, name, len(files), RefusedUnexpected, why)
+		closeFiles(files)
+		return
+	}
+	if err := attacher.AttachChannel(files[0]); err != nil {
+		s.refuse(g, name, 1, RefusedUnexpected, err.Error())
+		return
+	}
+	if err := channelOf(g.proc).Send(stateproto.Message{stateproto.Attached: "1"}, nil); err != nil {
+		s.log.Warn("state channel attached, but the generation cannot be told", "generation", g.ID, "err", err)
+		return
+	}
+	s.log.Info("state channel re-attached", "generation", g.ID)
 }
 
 // awaitLoaded waits for g's LOADED answer.
