@@ -17,7 +17,8 @@ import (
 
 // Adopt implements lifecycle.Launcher: a pidfd watches and signals the
 // process, and pidfd_getfd copies its listening sockets. The process's
-// stderr file, if it has one, is followed again.
+// stderr file, if it has one, is followed again; its NOTIFY_SOCKET is
+// bound again by Renotify (see adoptedProcess).
 func (l *ExecLauncher) Adopt(service string, gen, pid int, startTicks uint64, listeners []config.ListenerConfig) (lifecycle.Process, []*os.File, error) {
 	pidfd, err := kernel.OpenPidfd(pid)
 	if err != nil {
@@ -28,11 +29,12 @@ func (l *ExecLauncher) Adopt(service string, gen, pid int, startTicks uint64, li
 		pidfd.Close()
 		return nil, nil, fmt.Errorf("%w: pid %d belongs to another process now", lifecycle.ErrGone, pid)
 	}
-	p := NewPidfdProcess(pidfd)
-	p.SetReady()
+	pp := NewPidfdProcess(pidfd)
+	pp.SetReady()
+	p := newAdoptedProcess(pp, notifyAddrs(l.NotifyDir, service, gen))
 	var files []*os.File
 	if len(listeners) > 0 {
-		if files, err = listenerFiles(p, listeners); err != nil {
+		if files, err = listenerFiles(pp, listeners); err != nil {
 			return nil, nil, err
 		}
 	}

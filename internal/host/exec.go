@@ -221,21 +221,36 @@ func lookupCredential(userName, groupName string) (*syscall.Credential, error) {
 // generation may run as another user, and only its own pid is believed.
 func listenNotify(dir, service string, gen int) (*net.UnixConn, error) {
 	name := fmt.Sprintf("@handoffd/%d/%s/%d", os.Getpid(), service, gen)
-	path := filepath.Join(dir, fmt.Sprintf("%s.%d.sock", service, gen))
-	file := dir != "" && len(path) < 108 // sun_path, with its NUL
-	if file {
+	if path, ok := notifyPath(dir, service, gen); ok {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("notify socket directory: %w", err)
 		}
-		os.Remove(path) // a stale one from a handoffd that died
 		name = path
+	}
+	return bindNotify(name)
+}
+
+// notifyPath is the file of a generation's NOTIFY_SOCKET in dir, unless
+// dir is "" or the path is too long for a socket address.
+func notifyPath(dir, service string, gen int) (string, bool) {
+	path := filepath.Join(dir, fmt.Sprintf("%s.%d.sock", service, gen))
+	return path, dir != "" && len(path) < 108 // sun_path, with its NUL
+}
+
+// bindNotify binds a NOTIFY_SOCKET at name, a path or an abstract name
+// ("@..."). A stale file at the path, of a handoffd that died, is
+// removed first.
+func bindNotify(name string) (*net.UnixConn, error) {
+	file := strings.HasPrefix(name, "/")
+	if file {
+		os.Remove(name)
 	}
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
 	if err != nil {
 		return nil, fmt.Errorf("open notify socket: %w", err)
 	}
 	if file {
-		if err := os.Chmod(path, 0o666); err != nil {
+		if err := os.Chmod(name, 0o666); err != nil {
 			closeNotify(c)
 			return nil, fmt.Errorf("notify socket: %w", err)
 		}
@@ -342,20 +357,35 @@ func (p *execProcess) wait(notify *net.UnixConn) {
 	close(p.done)
 }
 
-// readNotify reads sd_notify datagrams until the socket is closed, or,
-// once the process exited, until none is left. Only
-// the generation's own process is believed: it alone may say it is
-// ready, and store fds. What concerns the fd store and the state handoff
-// goes to notice, with the fds attached (nil: they are closed). A
-// datagram over stateproto.MaxMessage bytes, or whose fds the kernel cut
-// off, is refused whole, its fds closed.
+// readNotify reads the generation's NOTIFY_SOCKET until it is closed,
+// or, once the process exited, until none is left.
 func (p *execProcess) readNotify(c *net.UnixConn, notice func(lifecycle.Notice)) {
 	defer close(p.notifyRead)
+	readNotify(c, p.Pid(), &p.exited, notice, func(ready, reloads bool) {
+		if reloads {
+			p.reloads.Store(true)
+		}
+		if ready {
+			p.readyOnce.Do(func() { close(p.ready) })
+		}
+	})
+}
+
+// readNotify reads sd_notify datagrams on c until it is closed, or, once
+// the process exited (exited is set, and a read deadline wakes a read
+// that waits), until none is left. Only the generation's own process,
+// pid, is believed: it alone may say it is ready (status
+// hears of READY=1 and HANDOFF_RELOAD=1), and store fds. What concerns
+// the fd store and the state handoff goes to notice, with the fds
+// attached (nil: they are closed). A datagram over stateproto.MaxMessage
+// bytes, or whose fds the kernel cut off, is refused whole, its fds
+// closed.
+func readNotify(c *net.UnixConn, pid int, exited *atomic.Bool, notice func(lifecycle.Notice), status func(ready, reloads bool)) {
 	buf := make([]byte, stateproto.MaxMessage+1)
 	oob := make([]byte, kernel.CredSpace()+kernel.RightsSpace(stateproto.MaxFDs))
 	queued := func() bool { n, ok := kernel.Unread(c); return ok && n > 0 }
 	for {
-		if p.exited.Load() && !queued() {
+		if exited.Load() && !queued() {
 			return
 		}
 		n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
@@ -367,7 +397,7 @@ func (p *execProcess) readNotify(c *net.UnixConn, notice func(lifecycle.Notice))
 			return
 		}
 		fds, rightsErr := kernel.ParseRights(oob[:oobn], flags)
-		if kernel.SenderPID(oob[:oobn]) != p.Pid() {
+		if kernel.SenderPID(oob[:oobn]) != pid {
 			kernel.CloseFDs(fds)
 			continue
 		}
@@ -378,13 +408,7 @@ func (p *execProcess) readNotify(c *net.UnixConn, notice func(lifecycle.Notice))
 			}
 			continue
 		}
-		ready, reloads := parseNotify(buf[:n])
-		if reloads {
-			p.reloads.Store(true)
-		}
-		if ready {
-			p.readyOnce.Do(func() { close(p.ready) })
-		}
+		status(parseNotify(buf[:n]))
 		m, ok := parseStoreNotice(buf[:n])
 		if !ok && len(fds) == 0 {
 			continue
@@ -405,12 +429,13 @@ func (p *execProcess) readNotify(c *net.UnixConn, notice func(lifecycle.Notice))
 
 // parseStoreNotice parses a datagram and says whether it concerns the
 // fd store or the state handoff: FDSTORE=1, FDSTOREREMOVE=1,
-// HANDOFF_STATE or HANDOFF_FINAL.
+// HANDOFF_STATE, HANDOFF_FINAL or HANDOFF_STATE_CHANNEL.
 func parseStoreNotice(msg []byte) (stateproto.Message, bool) {
 	m := stateproto.Parse(msg)
 	_, state := m[stateproto.NotifyState]
 	_, final := m[stateproto.NotifyFinal]
-	return m, m[stateproto.FDStore] == "1" || m[stateproto.FDStoreRemove] == "1" || state || final
+	_, channel := m[stateproto.NotifyChannel]
+	return m, m[stateproto.FDStore] == "1" || m[stateproto.FDStoreRemove] == "1" || state || final || channel
 }
 
 // parseNotify reads one sd_notify datagram, newline-separated VAR=value

@@ -42,6 +42,13 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if os.Getenv(wireChildEnv) == "channel" {
+		if err := channelChild(); err != nil {
+			fmt.Fprintf(os.Stderr, "channel child: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv(wireChildEnv) == "1" {
 		if err := wireChild(); err != nil {
 			fmt.Fprintf(os.Stderr, "wire child: %v\n", err)
