@@ -163,8 +163,8 @@ func stateChan() *stateChannel {
 			return
 		}
 		state.ch = c
-		// Ends when handoffd closes its end of the channel, at the
-		// latest when it forgets this generation.
+		// Ends when handoffd closes its end of the channel and no
+		// handoffd takes a new one (see reattach).
 		go c.run()
 	})
 	return state.ch
@@ -182,6 +182,11 @@ type stateChannel struct {
 	// being handled before a final is written.
 	turn      sync.Mutex
 	finalSent bool // under turn
+	sent      bool // the channel is one this generation sent (reattach); under turn
+	attached  bool // handoffd said ATTACHED=1 on it; under turn
+	// unattached counts the channels sent in a row that handoffd closed
+	// without ATTACHED=1; under turn.
+	unattached int
 
 	mu       sync.Mutex
 	gotState bool // a STATE message was taken; under mu
@@ -189,7 +194,9 @@ type stateChannel struct {
 	stated   chan struct{}
 	endOnce  sync.Once
 
-	done chan struct{} // closed when run returns
+	stopped  chan struct{} // closed by stop
+	stopOnce sync.Once
+	done     chan struct{} // closed when run returns
 }
 
 func openStateChannel(fdString, timeout string) (*stateChannel, error) {
@@ -225,24 +232,147 @@ func openStateChannel(fdString, timeout string) (*stateChannel, error) {
 		return nil, fmt.Errorf("%s=%d: %w", stateproto.EnvFD, fd, err)
 	}
 	return &stateChannel{conn: conn, raw: raw, wait: wait + stateMargin,
-		stated: make(chan struct{}), done: make(chan struct{})}, nil
+		stated: make(chan struct{}), stopped: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
-// run reads and handles the channel's messages until handoffd closes it.
+// run reads and handles the channel's messages until handoffd closes it
+// for good: a channel that handoffd closed because it restarted is made
+// anew (see reattach).
 func (c *stateChannel) run() {
 	defer close(c.done)
 	defer c.endState()
 	for {
 		m, files, err := c.receive()
-		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		if err == nil {
+			c.handle(m, files)
+			c.turn.Unlock()
+			continue
+		}
+		if !errors.Is(err, io.EOF) {
+			if !errors.Is(err, net.ErrClosed) {
 				slog.Warn("state handoff: channel failed", "generation", Generation(), "err", err)
 			}
 			return
 		}
-		c.handle(m, files)
-		c.turn.Unlock()
+		// No STATE comes on a closed channel: Ready must not wait.
+		c.endState()
+		if !c.reattach() {
+			return
+		}
 	}
+}
+
+// The schedule on which reattach sends a new channel: every
+// reattachFast during reattachFastFor, then every reattachSlow until
+// reattachGiveUp.
+const (
+	reattachFast    = 200 * time.Millisecond
+	reattachFastFor = 30 * time.Second
+	reattachSlow    = 5 * time.Second
+	reattachGiveUp  = 10 * time.Minute
+	// reattachRefusals is how many channels in a row handoffd may
+	// close without ATTACHED=1 before reattach gives up.
+	reattachRefusals = 3
+)
+
+// reattach replaces the channel that handoffd closed. A handoffd that
+// restarts re-adopts this generation and binds its NOTIFY_SOCKET again,
+// but the channel died with the one before: a new socket pair is made,
+// and one end sent on NOTIFY_SOCKET (HANDOFF_STATE_CHANNEL=1), again and
+// again until a handoffd takes it, then read. It returns false, with a
+// log line, when this generation is done with the channel: its final was
+// sent, handoffd refused the last reattachRefusals channels (closed them
+// without ATTACHED=1), or none was taken within reattachGiveUp.
+func (c *stateChannel) reattach() bool {
+	c.turn.Lock()
+	if c.finalSent {
+		c.turn.Unlock()
+		return false
+	}
+	if c.sent && !c.attached {
+		// Refused, or read by a handoffd that was dying: a few times
+		// in a row is a refusal.
+		c.unattached++
+		if c.unattached >= reattachRefusals {
+			c.turn.Unlock()
+			slog.Warn("state handoff: off: handoffd closed the state channels sent to it without taking them (its log says why)",
+				"generation", Generation(), "sent", c.unattached)
+			return false
+		}
+	} else {
+		c.unattached = 0
+	}
+	c.turn.Unlock()
+	start := time.Now()
+	for {
+		conn, raw, err := sendChannel()
+		if err == nil {
+			c.turn.Lock()
+			defer c.turn.Unlock()
+			select {
+			case <-c.stopped:
+				conn.Close()
+				return false
+			default:
+			}
+			c.conn.Close()
+			c.conn, c.raw = conn, raw
+			c.sent, c.attached = true, false
+			return true
+		}
+		waited := time.Since(start)
+		if errors.Is(err, errNoNotify) || waited >= reattachGiveUp {
+			slog.Warn("state handoff: off: handoffd took no new state channel", "generation", Generation(), "waited", waited.Round(time.Second), "err", err)
+			return false
+		}
+		wait := reattachFast
+		if waited >= reattachFastFor {
+			wait = reattachSlow
+		}
+		select {
+		case <-time.After(wait):
+		case <-c.stopped:
+			return false
+		}
+	}
+}
+
+// stop ends the channel for good: run returns, and reattach too.
+func (c *stateChannel) stop() {
+	c.stopOnce.Do(func() { close(c.stopped) })
+	// A reattach that did not see stopped has swapped the conn by
+	// now. The close waits for a read in progress, which may wait for
+	// turn: turn is not held across it.
+	c.turn.Lock()
+	conn := c.conn
+	c.turn.Unlock()
+	conn.Close()
+}
+
+// sendChannel makes a new channel and sends handoffd its end on
+// NOTIFY_SOCKET, waiting (briefly) until handoffd read it.
+func sendChannel() (*net.UnixConn, syscall.RawConn, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	mine, theirs := os.NewFile(uintptr(fds[0]), "handoff-state"), os.NewFile(uintptr(fds[1]), "handoff-state (handoffd's end)")
+	defer theirs.Close()
+	nc, err := net.FileConn(mine)
+	mine.Close()
+	if err != nil {
+		return nil, nil, err
+	}
+	conn := nc.(*net.UnixConn)
+	raw, err := conn.SyscallConn()
+	if err == nil {
+		err = notifyState(stateproto.Message{stateproto.NotifyChannel: "1"}, theirs, finalReadWait)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, raw, nil
 }
 
 // receive waits for the next message and returns it with c.turn held; on
@@ -334,6 +464,9 @@ func (c *stateChannel) handle(m stateproto.Message, files []*os.File) {
 		c.restore(m, files)
 	case m[stateproto.Final] != "":
 		c.merge(m, files)
+	case m[stateproto.Attached] == "1":
+		c.attached = true
+		slog.Info("state handoff: channel re-attached", "generation", Generation())
 	case len(m) > 0:
 		slog.Warn("state handoff: unknown message ignored", "generation", Generation(), "message", string(m.Encode()))
 	}

@@ -54,7 +54,7 @@ func resetState(t *testing.T) {
 	t.Helper()
 	reset := func() {
 		if c := state.ch; c != nil {
-			c.conn.Close()
+			c.stop()
 			<-c.done
 		}
 		state.once, state.ch, state.handler = sync.Once{}, nil, StateHandler{}
@@ -528,4 +528,68 @@ func TestHandOverFinalWaitsUntilRead(t *testing.T) {
 	case <-time.After(finalReadWait / 2):
 		t.Fatal("HandOverFinal still waits after handoffd read the final")
 	}
+}
+
+// channel reads the next datagram, a channel the generation sent
+// (HANDOFF_STATE_CHANNEL=1), and returns it as handoffd's end.
+func (n *fakeNotify) channel() *fakeChannel {
+	t := n.t
+	t.Helper()
+	m, files := n.read()
+	if m[stateproto.NotifyChannel] != "1" || len(files) != 1 {
+		t.Fatalf("got %v with %d fds, want %s=1 with one socket", m, len(files), stateproto.NotifyChannel)
+	}
+	if typ, err := unix.GetsockoptInt(int(files[0].Fd()), unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_SEQPACKET {
+		t.Fatalf("the channel sent: type %d, %v; want SOCK_SEQPACKET", typ, err)
+	}
+	nc, err := net.FileConn(files[0])
+	files[0].Close() // nc is the one copy: closing it closes the channel
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &fakeChannel{t: t, c: nc.(*net.UnixConn)}
+}
+
+// A handoffd that restarts closes the channel: the generation sends a
+// new one on NOTIFY_SOCKET, retrying until the socket is bound again,
+// and speaks on it once handoffd attached it. Channels closed without
+// ATTACHED=1 are refusals: after reattachRefusals the generation gives
+// up.
+func TestStateChannelReattached(t *testing.T) {
+	dir, err := os.MkdirTemp("", "hs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	addr := dir + "/notify"
+	t.Setenv("NOTIFY_SOCKET", addr)
+	ch := newFakeChannel(t, 5000)
+	HandleState(StateHandler{Snapshot: writeString(`{"counter":9}`)})
+	ch.c.Close() // handoffd is gone, and its NOTIFY_SOCKET with it
+	time.Sleep(3 * reattachFast / 2)
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	n := &fakeNotify{t: t, c: c}
+
+	start := time.Now()
+	again := n.channel()
+	if took := time.Since(start); took > 2*reattachFast {
+		t.Errorf("the new channel came %s after NOTIFY_SOCKET was bound, want within %s", took, 2*reattachFast)
+	}
+	again.send(stateproto.Message{stateproto.Attached: "1"})
+	again.send(stateproto.Message{stateproto.Handover: "1"})
+	m, files := n.read()
+	if m[stateproto.NotifyState] != "1" || len(files) != 1 || readAll(t, files[0]) != `{"counter":9}` {
+		t.Fatalf("answer to HANDOVER on the new channel: %v with %d fds", m, len(files))
+	}
+
+	again.c.Close() // a handoffd that refuses: no ATTACHED=1
+	for range reattachRefusals {
+		n.channel().c.Close()
+	}
+	n.quiet(3 * reattachFast)
 }
