@@ -913,3 +913,69 @@ func TestFDStoreAcrossRestart(t *testing.T) {
 		t.Errorf("after a restart of handoffd and a swap: %+v; want generation 2 to find the memfd holding %q", p2, want)
 	}
 }
+
+// TestStateAcrossRestart: the demo counts with state_handoff, handoffd is
+// killed (SIGKILL) and restarted, and re-adopts generation 1, which sends
+// it a new state channel on its NOTIFY_SOCKET, bound again. A swap under
+// load then hands the counter over from the re-adopted generation to
+// generation 2, and generation 1's final (what it counted after its
+// snapshot, until its drain ended) is relayed: the counter ends exact
+// against the acknowledged POSTs.
+func TestStateAcrossRestart(t *testing.T) {
+	requireEBPF(t)
+	d := startDaemon(t, daemonOptions{metrics: true, serviceYAML: "    state_handoff: true\n"})
+	const before = 10
+	for i := range before {
+		var a postCounter
+		if err := counterCall(d.addr, "POST", &a); err != nil || a.Counter != int64(i+1) {
+			t.Fatalf("POST /counter %d: %+v, %v; want counter %d", i+1, a, err, i+1)
+		}
+	}
+	pid := d.status().Generations[0].PID
+	d.restart(syscall.SIGKILL)
+	restarted := time.Now()
+	d.waitFor("re-adopted generation 1", 15*time.Second*slow, func(st api.ServiceStatus) bool {
+		return len(st.Generations) == 1 && st.Generations[0].State == api.StateActive && st.Generations[0].PID == pid
+	})
+	deadline := time.Now().Add(5 * time.Second * slow)
+	for !strings.Contains(d.logText(), `msg="state channel re-attached" service=demo generation=1`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("generation 1 sent no new state channel to the restarted handoffd\n%s", d.logText())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	attached := time.Since(restarted)
+
+	l := startCounterLoad(d.addr, 2)
+	t.Cleanup(func() { l.stop() })
+	time.Sleep(300 * time.Millisecond)
+	d.ctlOK("generation 2 active", "swap", "demo")
+	time.Sleep(300 * time.Millisecond)
+	answers, fails := l.stop()
+	if len(fails) > 0 {
+		t.Errorf("%d requests failed, first ones: %q", len(fails), fails[:min(len(fails), 10)])
+	}
+	var after, maxBefore int64
+	for _, a := range answers {
+		switch {
+		case a.Generation == 1 && a.AfterSnapshot:
+			after++
+		case a.Generation == 1 && a.Counter > maxBefore:
+			maxBefore = a.Counter
+		}
+	}
+	want := before + int64(len(answers))
+	g := d.waitCounter(want, 5*time.Second*slow)
+	if !g.Restored || g.RestoredFrom != 1 || g.Generation != 2 || g.RestoredValue < max(maxBefore, before) {
+		t.Errorf("GET /counter: %+v; want generation 2 restored from 1, at least %d", g, max(maxBefore, before))
+	}
+	if g.Merged != after {
+		t.Errorf("generation 2 merged %d from finals, want %d (generation 1's answers after its snapshot)", g.Merged, after)
+	}
+	handoffs, finals := d.scrapeBy(metricHandoffs, "result"), d.scrapeBy(metricFinals, "result")
+	if handoffs["loaded"] != 1 || finals["relayed"] != 1 || finals["dropped"] != 0 {
+		t.Errorf("%s = %v, %s = %v; want 1 loaded, 1 relayed", metricHandoffs, handoffs, metricFinals, finals)
+	}
+	t.Logf("channel re-attached %s after the restart; %d POSTs before it, %d during the swap (%d by generation 1 after its snapshot); counter %d, restored %d, merged %d",
+		attached.Round(time.Millisecond), before, len(answers), after, g.Counter, g.RestoredValue, g.Merged)
+}
