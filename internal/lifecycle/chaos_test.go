@@ -58,9 +58,18 @@ func newChaos(t *testing.T, probation bool) *chaos {
 	r := &fakeRouter{}
 	c := &chaos{t: t, l: l, r: r}
 	// A process may exit while its swap activates it (nothing makes
-	// the two atomic); one that exited well before was missed.
+	// the two atomic); one that exited well before was missed. Steering
+	// may go back to a generation activated before, dead or not: after a
+	// failed swap it returns to the current one, whose sockets handoffd
+	// holds so that connections wait for its replacement.
+	var activatedMu sync.Mutex
+	activated := map[int]bool{}
 	r.activating = func(gen int) {
-		if p := l.byGen(gen); p != nil && p.exitedBefore(10*time.Millisecond) {
+		activatedMu.Lock()
+		again := activated[gen]
+		activated[gen] = true
+		activatedMu.Unlock()
+		if p := l.byGen(gen); p != nil && !again && p.exitedBefore(10*time.Millisecond) {
 			t.Errorf("steering moved to generation %d, whose process had exited", gen)
 		}
 	}
