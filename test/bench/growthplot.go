@@ -3,14 +3,11 @@ package main
 import (
 	"fmt"
 	"image/color"
-	"os"
 	"slices"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
-	"gonum.org/v1/plot/vg/vgimg"
 )
 
 var modeColors = map[string]color.Color{
@@ -116,25 +113,7 @@ func plotGrowth(g *growth, png string) error {
 	swap.Y.Scale, swap.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
 	swap.Y.Label.Text = "ms (log)"
 	grid := [][]*plot.Plot{{swap, cpu, reads}, {rss, restCPU, fds}}
-	img := vgimg.New(18*vg.Inch, 9*vg.Inch)
-	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 2, Cols: 3, PadX: vg.Inch / 3, PadY: vg.Inch / 3,
-		PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 8}
-	canvases := plot.Align(grid, tiles, dc)
-	for i := range grid {
-		for j := range grid[i] {
-			grid[i][j].Draw(canvases[i][j])
-		}
-	}
-	f, err := os.Create(png)
-	if err != nil {
-		return err
-	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return writeGrid(grid, 18*vg.Inch, 9*vg.Inch, vg.Inch/3, png)
 }
 
 // addPoints draws xy as a line with its points marked.

@@ -74,18 +74,22 @@ func plotResults(res *results, pngPath string) error {
 		}
 		grid[i] = []*plot.Plot{rps, fails}
 	}
-	width, height := 16*vg.Inch, vg.Length(len(names))*2.6*vg.Inch
+	return writeGrid(grid, 16*vg.Inch, vg.Length(len(names))*2.6*vg.Inch, vg.Inch/4, pngPath)
+}
+
+// writeGrid draws grid, rows of plots aligned on a width x height image
+// with pad between them, into the PNG file path.
+func writeGrid(grid [][]*plot.Plot, width, height, pad vg.Length, path string) error {
 	img := vgimg.New(width, height)
-	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: len(names), Cols: 2, PadX: vg.Inch / 4, PadY: vg.Inch / 4,
+	tiles := draw.Tiles{Rows: len(grid), Cols: len(grid[0]), PadX: pad, PadY: pad,
 		PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8, PadLeft: vg.Inch / 8, PadRight: vg.Inch / 8}
-	canvases := plot.Align(grid, tiles, dc)
+	canvases := plot.Align(grid, tiles, draw.New(img))
 	for i := range grid {
 		for j := range grid[i] {
 			grid[i][j].Draw(canvases[i][j])
 		}
 	}
-	f, err := os.Create(pngPath)
+	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
