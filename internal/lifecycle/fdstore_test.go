@@ -278,15 +278,7 @@ func TestFDStoreReadopted(t *testing.T) {
 	}
 
 	al := &adoptLauncher{fakeLauncher: fakeLauncher{ready: true}, holds: []*os.File{kept}}
-	s2 := newService(s.cfg, s.mode, s.control, &fakeRouter{}, al, fakeCounter{}, &fakeObserver{}, quietLogger())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s2.Stop(ctx)
-	})
-	if err := s2.adopt(saved); err != nil {
-		t.Fatal(err)
-	}
+	s2 := adopted(t, s.cfg, s.mode, al, saved)
 	if got := s2.Status().FDStore; len(got) != 1 || got["kept"] != 1 {
 		t.Fatalf("fd_store after re-adoption = %v, want kept:1", got)
 	}

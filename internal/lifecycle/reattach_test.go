@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/config"
 	"github.com/handoffd/handoffd/internal/stateproto"
 )
@@ -69,6 +70,22 @@ func (l *reattachLauncher) Adopt(_ string, gen, pid int, _ uint64, _ []config.Li
 	return rp, nil, nil
 }
 
+// adopted returns a new Service, as a restarted handoffd makes it, that
+// has re-adopted saved with l.
+func adopted(t *testing.T, cfg *config.ServiceConfig, mode api.Mode, l Launcher, saved savedService) *Service {
+	t.Helper()
+	s := newService(cfg, mode, "/tmp/ctl.sock", &fakeRouter{}, l, fakeCounter{}, &fakeObserver{}, quietLogger())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Stop(ctx)
+	})
+	if err := s.adopt(saved); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // readopt runs a handoffd restart: a new Service re-adopts what s saved,
 // with state_handoff as given.
 func readopt(t *testing.T, s *Service, stateHandoff bool) (*Service, *reattachLauncher) {
@@ -77,15 +94,7 @@ func readopt(t *testing.T, s *Service, stateHandoff bool) (*Service, *reattachLa
 	cfg := *s.cfg
 	cfg.StateHandoff = stateHandoff
 	l := &reattachLauncher{fakeLauncher: fakeLauncher{ready: true, ignoreStop: true, onState: answerState}}
-	s2 := newService(&cfg, s.mode, s.control, &fakeRouter{}, l, fakeCounter{}, &fakeObserver{}, quietLogger())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s2.Stop(ctx)
-	})
-	if err := s2.adopt(saved); err != nil {
-		t.Fatal(err)
-	}
+	s2 := adopted(t, &cfg, s.mode, l, saved)
 	if len(l.adopted) != 1 || l.adopted[0].spec.Notice == nil {
 		t.Fatalf("re-adopted %d generations, want 1 with its NOTIFY_SOCKET bound again", len(l.adopted))
 	}
