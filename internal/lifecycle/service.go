@@ -92,6 +92,9 @@ type Service struct {
 	goroutines sync.WaitGroup
 	// replacing is true while replace runs: one at a time.
 	replacing bool
+	// testHookReplaced, set by tests before a replace starts, runs as
+	// replace returns.
+	testHookReplaced func()
 	// stored is the service's fd store, in the order stored.
 	stored []storedFD
 	// starting counts starts that pass the stored fds on now; closeLater
@@ -562,17 +565,21 @@ func (s *Service) startReplacing() {
 // replacement.
 func (s *Service) replace() {
 	defer s.goroutines.Done()
-	defer func() {
-		s.mu.Lock()
-		s.replacing = false
-		s.mu.Unlock()
-	}()
 	backoff := 100 * time.Millisecond
 	for {
+		// The flag is cleared under the lock that saw a generation
+		// serving: a crash after that point finds it clear and starts
+		// another replace.
 		s.mu.Lock()
 		done := s.serving() || s.stopped
+		if done {
+			s.replacing = false
+		}
 		s.mu.Unlock()
 		if done {
+			if s.testHookReplaced != nil {
+				s.testHookReplaced()
+			}
 			return
 		}
 		ctx, cancel := context.WithCancel(context.Background())
@@ -590,7 +597,7 @@ func (s *Service) replace() {
 		case err == nil:
 			continue // serving, unless the new one died already
 		case errors.Is(err, ErrStopped):
-			return
+			continue // the check above ends it
 		case errors.Is(err, ErrSwapInProgress):
 			wait = 20 * time.Millisecond // see how that swap ends
 		default:
@@ -599,7 +606,6 @@ func (s *Service) replace() {
 		}
 		select {
 		case <-s.stopCh:
-			return
 		case <-time.After(wait):
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -270,4 +271,29 @@ func TestStopDelay(t *testing.T) {
 	if took := time.Since(swapped); took < 150*time.Millisecond {
 		t.Errorf("stop signal %s after the swap, want at least the 150ms stop_delay", took)
 	}
+}
+
+// TestReplacementCrashingAsReplaceEnds crashes the replacement of a
+// crashed generation just as the replace loop sees it serving: that crash
+// must start a replacement of its own.
+func TestReplacementCrashingAsReplaceEnds(t *testing.T) {
+	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
+	s := testService(t, l, r)
+	if _, err := s.Swap(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	s.testHookReplaced = func() {
+		once.Do(func() {
+			l.proc(1).exit("signal: killed")
+			// Wait until the service has seen the exit.
+			for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				if slices.Contains(states(s), "2:exited") {
+					return
+				}
+			}
+		})
+	}
+	l.proc(0).exit("signal: segmentation fault")
+	eventually(t, "a third generation active", func() bool { return r.activeGen() == 3 })
 }
