@@ -2,7 +2,10 @@ package handoffgrpc
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -81,5 +84,38 @@ func TestDrainingWithinSpread(t *testing.T) {
 	}
 	if took := time.Since(start); took > 400*time.Millisecond {
 		t.Errorf("Draining closed %s after the drain, want within the 200ms Spread", took)
+	}
+}
+
+// A server whose Serve fails before it accepts never says READY=1, so
+// handoffd never makes it the active generation.
+func TestServeNotReadyWhenServeFailed(t *testing.T) {
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: fmt.Sprintf("@handoffgrpc-test/%d/servefail", os.Getpid()), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	t.Setenv("NOTIFY_SOCKET", notify.LocalAddr().String())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	gs.Stop() // Serve now fails at once, before any Accept
+	s := New(gs)
+	s.DrainTimeout = time.Second
+	if err := s.Serve(context.Background(), ln); !errors.Is(err, grpc.ErrServerStopped) {
+		t.Fatalf("Serve = %v, want the error of the gRPC server's Serve", err)
+	}
+	notify.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	buf := make([]byte, 64)
+	for {
+		n, err := notify.Read(buf)
+		if err != nil {
+			break // nothing more within 200ms
+		}
+		if string(buf[:n]) == "READY=1" {
+			t.Fatal("READY=1 sent although Serve had failed")
+		}
 	}
 }
