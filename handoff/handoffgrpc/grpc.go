@@ -65,36 +65,54 @@ func New(srv *grpc.Server) *Server {
 // client's next call back to this generation on the same connection.
 const goAwayGrace = 100 * time.Millisecond
 
-// watchedListener closes closed when it is closed.
+// watchedListener closes accepting when Serve first calls Accept (from
+// then on it serves; the accept gate holds connections until READY=1),
+// and closed when it is closed.
 type watchedListener struct {
 	net.Listener
-	once   sync.Once
-	closed chan struct{}
+	acceptOnce sync.Once
+	accepting  chan struct{}
+	closeOnce  sync.Once
+	closed     chan struct{}
+}
+
+func (l *watchedListener) Accept() (net.Conn, error) {
+	l.acceptOnce.Do(func() { close(l.accepting) })
+	return l.Listener.Accept()
 }
 
 func (l *watchedListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
+	l.closeOnce.Do(func() { close(l.closed) })
 	return l.Listener.Close()
 }
 
-// Serve serves on ln, sends READY=1 (handoff.Ready), and waits for
-// SIGTERM or SIGINT or for ctx to end. It then drains (see Drain) and
-// returns: nil after a clean drain, an error that says so when the
-// deadline made it Stop the calls left. If Ready fails, or the gRPC
-// server fails before a signal, it drains at once and returns that error.
+// Serve serves on ln, sends READY=1 (handoff.Ready) once the gRPC server
+// accepts, and waits for SIGTERM or SIGINT or for ctx to end. It then
+// drains (see Drain) and returns: nil after a clean drain, an error that
+// says so when the deadline made it Stop the calls left. If the gRPC
+// server fails before it accepted anything, Serve returns its error
+// without sending READY=1: handoffd never makes such a generation active.
+// If Ready fails, or the server fails later, before a signal, it drains
+// at once and returns that error.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop, unwatch := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer unwatch() // after the drain: a second SIGTERM must not cut calls
 	served := make(chan error, 1)
-	watched := &watchedListener{Listener: ln, closed: make(chan struct{})}
+	watched := &watchedListener{Listener: ln, accepting: make(chan struct{}), closed: make(chan struct{})}
 	s.lnClosed = watched.closed
 	s.undrained.Serving()
 	go func() { served <- s.srv.Serve(watched) }()
 
 	var cause error
-	if err := handoff.Ready(); err != nil {
-		cause = err
-	} else {
+	select {
+	case err := <-served:
+		// The server failed before it accepted anything: never ready.
+		cause = fmt.Errorf("handoffgrpc: serve %s: %w", ln.Addr(), err)
+	case <-watched.accepting:
+		if err := handoff.Ready(); err != nil {
+			cause = err
+			break
+		}
 		select {
 		case <-stop.Done():
 		case err := <-served:
