@@ -350,6 +350,9 @@ func (c *Config) Validate() error {
 			add("services[%d]: name %q is used twice", i, s.Name)
 		}
 		seen[s.Name] = true
+		if s.Ready == ReadyHealth && (c.Mode == api.ModeFDPass || s.hasUnixListener()) {
+			add("services[%d] (%s): %w (mode: fdpass, or a unix:// listener)", i, s.Name, ErrReadyHealthFDPass)
+		}
 		for _, l := range s.Listeners {
 			if other, ok := addrs[l.Address]; ok && other != s.Name {
 				add("services[%d] (%s): listener %s: address %s is also service %s's", i, s.Name, l.Name, l.Address, other)
@@ -637,6 +640,20 @@ func ParseAddress(addr string) (network, hostport string, err error) {
 	default:
 		return "", "", fmt.Errorf("address %q: unknown scheme %q (use tcp://, tcp4:// or tcp6://)", addr, u.Scheme)
 	}
+}
+
+// ErrReadyHealthFDPass refuses ready: health where a service runs in
+// fdpass mode.
+var ErrReadyHealthFDPass = errors.New("ready: health needs ebpf mode, where a check reaches the new generation through its own socket; " +
+	"in fdpass mode every generation accepts from one shared socket: use ready: notify")
+
+func (s *ServiceConfig) hasUnixListener() bool {
+	for _, l := range s.Listeners {
+		if network, _, _ := ParseAddress(l.Address); network == "unix" {
+			return true
+		}
+	}
+	return false
 }
 
 // ListenerMode says how listener l is handed over in a service that runs

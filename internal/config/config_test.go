@@ -127,6 +127,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"services: [", "did not find expected"},
 		{svc("    ready: later\n"), `ready "later": use notify`},
 		{svc("    ready: health\n"), "ready: health needs a health: check"},
+		{"mode: fdpass\n" + svc("    ready: health\n    health: {tcp: true}\n"), "ready: health needs ebpf mode"},
+		{"services: [{name: web, command: [x], ready: health, health: {tcp: true, listener: a}, listeners: [{name: a, address: 'tcp://:1'}, {name: u, address: 'unix:///run/u.sock'}]}]", "ready: health needs ebpf mode"},
 		{svc("    health: {}\n"), "health: give http: PATH"},
 		{svc("    health: {http: /h, tcp: true}\n"), "not both"},
 		{svc("    health: {http: healthz}\n"), `health.http "healthz": give a path that starts with /`},

@@ -264,6 +264,24 @@ func TestReadyHealthNeedsNoNotify(t *testing.T) {
 	}
 }
 
+// In fdpass mode (here: eBPF refused at start, so auto fell back) every
+// generation accepts from one shared socket: no check can tell that the
+// new one alone is healthy, so ready: health fails the start, in one line.
+func TestReadyHealthRefusedInFDPass(t *testing.T) {
+	l, r := &fakeLauncher{ready: false}, &fakeRouter{}
+	s := testService(t, l, r)
+	s.mode = api.ModeFDPass
+	newHealthServer(t, r)
+	healthConfig(s, config.ReadyHealth)
+	_, err := s.Swap(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "ready: health needs ebpf mode") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("swap with ready: health in fdpass = %v, want one line that says it needs ebpf mode", err)
+	}
+	if r.activeGen() != 0 {
+		t.Fatalf("generation %d activated without a check", r.activeGen())
+	}
+}
+
 func TestUnhealthyCanaryRollsBack(t *testing.T) {
 	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
 	s := testService(t, l, r)

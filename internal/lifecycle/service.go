@@ -298,6 +298,11 @@ func (s *Service) startGeneration(start StartFunc) (*Generation, error) {
 // handoff does not count in.
 func (s *Service) awaitReady(ctx context.Context, g *Generation) error {
 	deadline := time.Now().Add(s.cfg.ReadyTimeout.Std())
+	if s.cfg.Ready == config.ReadyHealth && serviceMode(s.cfg, s.mode) != api.ModeEBPF {
+		// The config refuses it for mode: fdpass; this is the fallback
+		// of mode: auto on a host that refused eBPF.
+		return fmt.Errorf("%w (handoffd runs in fdpass mode)", config.ErrReadyHealthFDPass)
+	}
 	if s.cfg.Ready != config.ReadyHealth {
 		if err := s.awaitNotify(ctx, g); err != nil {
 			return err
