@@ -198,16 +198,19 @@ func steeredByGen(st api.ServiceStatus) map[int]uint64 {
 	return out
 }
 
-// requests sends n GET / requests, each on a new connection, from
-// workers goroutines, and counts the answers by generation.
+// requests sends n GET / requests, each on a new connection from a
+// client address of its own, from workers goroutines, and counts the
+// answers by generation. The kernel's flow hash is a function of the
+// addresses and ports, and from one address connect hands the same ports
+// out again within a run: the shares would vary more than n draws do.
 func requests(t *testing.T, addr string, n, workers int) (map[int]int, int) {
 	t.Helper()
 	var mu sync.Mutex
 	byGen := map[int]int{}
 	failed := 0
-	next := make(chan struct{}, n)
-	for range n {
-		next <- struct{}{}
+	next := make(chan *net.TCPAddr, n)
+	for i := range n {
+		next <- &net.TCPAddr{IP: net.IPv4(127, 3, byte(i/250), byte(1+i%250))}
 	}
 	close(next)
 	var wg sync.WaitGroup
@@ -215,8 +218,8 @@ func requests(t *testing.T, addr string, n, workers int) (map[int]int, int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for range next {
-				gen, err := getGeneration(addr)
+			for from := range next {
+				gen, err := getGeneration(addr, from)
 				mu.Lock()
 				if err != nil {
 					failed++
@@ -231,10 +234,11 @@ func requests(t *testing.T, addr string, n, workers int) (map[int]int, int) {
 	return byGen, failed
 }
 
-// getGeneration asks GET / on a new connection and returns the generation
-// that answered.
-func getGeneration(addr string) (int, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+// getGeneration asks GET / on a new connection from the address from and
+// returns the generation that answered.
+func getGeneration(addr string, from *net.TCPAddr) (int, error) {
+	dialer := net.Dialer{Timeout: 5 * time.Second, LocalAddr: from}
+	c, err := dialer.Dial("tcp", addr)
 	if err != nil {
 		return 0, err
 	}
