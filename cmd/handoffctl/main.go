@@ -26,7 +26,7 @@ func main() {
 		Name:  "handoffctl",
 		Usage: "control handoffd",
 		Description: "handoffctl drives handoffd over its control socket (--control, HANDOFF_CONTROL): " +
-			"status, swap, rollback, drain, stop, reload. It exits non-zero with one line that says why " +
+			"status, swap, canary, promote, rollback, drain, stop, reload, reload-config. It exits non-zero with one line that says why " +
 			"when handoffd refuses or cannot be reached.\n" +
 			"A swap waits until the new generation is ready: it said READY=1 (ready: notify, the default)\n" +
 			"and, with a health: check, passed it on its own listening socket before any client reaches it;\n" +
