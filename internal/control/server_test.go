@@ -3,6 +3,8 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -213,8 +215,19 @@ func TestStopAnswersBeforeShutdown(t *testing.T) {
 		}
 		srv = a.Server()
 		go srv.Serve(ln)
-		if err := api.NewClient(a.sup.Config().Control).Stop(context.Background(), ""); err != nil {
+		// The whole answer, body included, must arrive: a client that
+		// reads it (curl, another language's client) sees no cut.
+		c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", a.sup.Config().Control)
+		}}}
+		resp, err := c.Post("http://handoffd/v1/stop", "application/json", strings.NewReader("{}"))
+		if err != nil {
 			t.Fatalf("stop %d: %v", i+1, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || string(body) != "{}\n" {
+			t.Fatalf("stop %d: %s, body %q, %v; want 200 and {}", i+1, resp.Status, body, err)
 		}
 	}
 }
