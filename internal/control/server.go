@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/handoffd/handoffd/api"
@@ -107,10 +108,19 @@ func (a *API) Listen() (net.Listener, error) {
 	return ListenControl(a.sup.Config().Control, gid, readGID)
 }
 
+// writeJSON answers with v, its length given, so that a flush sends the
+// whole answer (POST /v1/stop flushes it before handoffd exits).
 func writeJSON(w http.ResponseWriter, code int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, fmt.Sprintf("encode answer: %v", err), http.StatusInternalServerError)
+		return
+	}
+	body = append(body, '\n')
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
+	w.Write(body)
 }
 
 func writeError(w http.ResponseWriter, err error) {
