@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"testing"
+	"time"
 )
 
 // TestKernelKeepsTrackingBases gives two listeners their tracking ranges,
@@ -90,4 +91,75 @@ func TestKernelWithoutProbes(t *testing.T) {
 	if _, err := s.Stats(0); s.Counted() || err != ErrNotCounted {
 		t.Errorf("uncounted steering: Counted %v, Stats error %v", s.Counted(), err)
 	}
+}
+
+// TestKernelReusesARemovedRange removes a listener whose connections are
+// still open, then loads a new one: it gets the freed range, and its
+// Insert forgets what the old listener counted there, so the new count
+// starts at zero and the old connections' end leaves it alone.
+func TestKernelReusesARemovedRange(t *testing.T) {
+	requireTracking(t)
+	inNetns(t)
+	f := newFDs(t)
+	tr := loadTracking(t)
+	dir := testPinDir(t)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	k := newKernel(dir, tr, slog.New(slog.NewTextHandler(io.Discard, nil)))
+
+	a, err := k.Steering("a", "http", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := k.Steering("b", "http", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Remove()
+	lnA := f.listen(t, 0, 16)
+	if err := a.Attach(lnA); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Insert(1, lnA); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Activate(1); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		f.dial(t, port(t, lnA))
+	}
+	old := f.acceptN(t, lnA, 2)
+	waitHeld(t, tr, a.base+1, 2)
+	f.close(t, lnA) // the service is gone; two of its connections remain
+	if err := a.Remove(); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := k.Steering("c", "http", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Remove()
+	if c.base != a.base {
+		t.Fatalf("a new listener got base %d, want %d: the range the removed one freed", c.base, a.base)
+	}
+	lnC := f.listen(t, 0, 16)
+	if err := c.Attach(lnC); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Insert(1, lnC); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Activate(1); err != nil {
+		t.Fatal(err)
+	}
+	waitHeld(t, tr, c.base+1, 0)
+	f.dial(t, port(t, lnC))
+	f.acceptN(t, lnC, 1)
+	waitHeld(t, tr, c.base+1, 1)
+	for _, fd := range old {
+		f.close(t, fd)
+	}
+	time.Sleep(50 * time.Millisecond)
+	waitHeld(t, tr, c.base+1, 1)
 }
