@@ -19,16 +19,17 @@ import (
 // listener's steering program, and a Kernel reads back every base its
 // predecessor pinned before it hands out new ones: a restarted handoffd,
 // whatever order its config lists the services in now, counts each
-// re-adopted listener in the range its connections are counted in.
+// re-adopted listener in the range its connections are counted in. The
+// range of a removed listener is free again; Steering.Insert forgets what
+// was counted in a slot before it counts a new generation there.
 type Kernel struct {
 	dir      string
 	tracking *Tracking // nil when the probes could not load
 	log      *slog.Logger
 
+	// mu is held from the choice of a new listener's tracking base until
+	// the base is pinned, which is what marks a range taken.
 	mu sync.Mutex
-	// bases maps "service/listener" to its tracking base; nil until the
-	// pins were read.
-	bases map[string]uint32
 }
 
 // LoadKernel moves handoffd out of the root cgroup (so that the probes see
@@ -71,6 +72,8 @@ func (k *Kernel) Steering(service, listener string, reuse bool) (*Steering, erro
 	if k.tracking == nil {
 		return LoadSteering(dir)
 	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	base, ok, err := k.base(service, listener)
 	if err != nil {
 		return nil, err
@@ -84,29 +87,23 @@ func (k *Kernel) Steering(service, listener string, reuse bool) (*Steering, erro
 }
 
 // base returns the tracking base of a listener: the one pinned for it, or
-// the lowest range that no pinned or given base takes; false when none
-// is left.
+// the lowest range that no pinned base takes (a removed listener's pins
+// are gone, so its range is free again); false when none is left. The
+// caller holds k.mu.
 func (k *Kernel) base(service, listener string) (uint32, bool, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.bases == nil {
-		bases, err := pinnedBases(k.dir)
-		if err != nil {
-			return 0, false, err
-		}
-		k.bases = bases
+	bases, err := pinnedBases(k.dir)
+	if err != nil {
+		return 0, false, err
 	}
-	key := service + "/" + listener
-	if b, ok := k.bases[key]; ok {
+	if b, ok := bases[service+"/"+listener]; ok {
 		return b, true, nil
 	}
 	taken := map[uint32]bool{}
-	for _, b := range k.bases {
+	for _, b := range bases {
 		taken[b] = true
 	}
 	for b := uint32(0); b+Slots <= TrackingSlots; b += Slots {
 		if !taken[b] {
-			k.bases[key] = b
 			return b, true, nil
 		}
 	}
