@@ -66,6 +66,7 @@ func (s *Service) setConfig(cfg *config.ServiceConfig) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cfg = cfg
+	s.warnConfig(cfg)
 }
 
 // ErrConfigRefused wraps the reason why a reload left the running config

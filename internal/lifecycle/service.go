@@ -112,8 +112,19 @@ func newService(cfg *config.ServiceConfig, mode api.Mode, control string, r Rout
 	if o == nil {
 		o = nopObserver{}
 	}
-	return &Service{name: cfg.Name, cfg: cfg, mode: mode, control: control, router: r, launcher: l, counter: c, observer: o,
+	s := &Service{name: cfg.Name, cfg: cfg, mode: mode, control: control, router: r, launcher: l, counter: c, observer: o,
 		log: log.With("service", cfg.Name), stopCh: make(chan struct{})}
+	s.warnConfig(cfg)
+	return s
+}
+
+// warnConfig logs what a valid config asks for that this service's mode
+// cannot give.
+func (s *Service) warnConfig(cfg *config.ServiceConfig) {
+	if cfg.StopDelay > 0 && serviceMode(cfg, s.mode) != api.ModeEBPF {
+		s.log.Warn("stop_delay does not help in fdpass mode: the old generation accepts from the shared socket until its stop signal",
+			"stop_delay", cfg.StopDelay.Std())
+	}
 }
 
 // Observer is told about swaps as they happen; observe.Metrics implements

@@ -1,8 +1,10 @@
 package lifecycle
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -296,4 +298,17 @@ func TestReplacementCrashingAsReplaceEnds(t *testing.T) {
 	}
 	l.proc(0).exit("signal: segmentation fault")
 	eventually(t, "a third generation active", func() bool { return r.activeGen() == 3 })
+}
+
+func TestStopDelayWarnedInFDPass(t *testing.T) {
+	for _, mode := range []api.Mode{api.ModeEBPF, api.ModeFDPass} {
+		var buf bytes.Buffer
+		cfg := &config.ServiceConfig{Name: "demo", Listeners: []config.ListenerConfig{{Name: "http", Address: "tcp://127.0.0.1:1"}},
+			StopDelay: config.Duration(time.Second)}
+		newService(cfg, mode, "/tmp/ctl.sock", &fakeRouter{}, &fakeLauncher{}, fakeCounter{}, nil, slog.New(slog.NewTextHandler(&buf, nil)))
+		warned := strings.Contains(buf.String(), "stop_delay does not help in fdpass mode")
+		if warned != (mode == api.ModeFDPass) {
+			t.Errorf("mode %s: warned %v; log: %s", mode, warned, buf.String())
+		}
+	}
 }
