@@ -204,12 +204,8 @@ func openStateChannel(fdString, timeout string) (*stateChannel, error) {
 	if err != nil || fd < 0 {
 		return nil, fmt.Errorf("%s=%q is not an fd number", stateproto.EnvFD, fdString)
 	}
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil {
-		return nil, fmt.Errorf("%s=%d: not a socket: %w", stateproto.EnvFD, fd, err)
-	}
-	if typ != unix.SOCK_SEQPACKET {
-		return nil, fmt.Errorf("%s=%d: socket of type %d, want SOCK_SEQPACKET", stateproto.EnvFD, fd, typ)
+	if err := kernel.CheckSeqpacket(fd); err != nil {
+		return nil, fmt.Errorf("%s=%d: %w", stateproto.EnvFD, fd, err)
 	}
 	wait := defaultStateTimeout
 	if ms, err := strconv.Atoi(timeout); err == nil && ms > 0 {
@@ -352,18 +348,11 @@ func (c *stateChannel) stop() {
 // sendChannel makes a new channel and sends handoffd its end on
 // NOTIFY_SOCKET, waiting (briefly) until handoffd read it.
 func sendChannel() (*net.UnixConn, syscall.RawConn, error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("socketpair: %w", err)
-	}
-	mine, theirs := os.NewFile(uintptr(fds[0]), "handoff-state"), os.NewFile(uintptr(fds[1]), "handoff-state (handoffd's end)")
-	defer theirs.Close()
-	nc, err := net.FileConn(mine)
-	mine.Close()
+	conn, theirs, err := kernel.SeqpacketPair("handoff-state (handoffd's end)")
 	if err != nil {
 		return nil, nil, err
 	}
-	conn := nc.(*net.UnixConn)
+	defer theirs.Close()
 	raw, err := conn.SyscallConn()
 	if err == nil {
 		err = notifyState(stateproto.Message{stateproto.NotifyChannel: "1"}, theirs, finalReadWait)
@@ -419,31 +408,27 @@ func (c *stateChannel) handleQueued() {
 func receiveNow(fd int) (m stateproto.Message, files []*os.File, got bool, err error) {
 	buf := make([]byte, stateproto.MaxMessage)
 	oob := make([]byte, kernel.RightsSpace(stateproto.MaxFDs))
-	for {
-		n, oobn, flags, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
-		switch {
-		case errors.Is(err, unix.EINTR):
-			continue
-		case errors.Is(err, unix.EAGAIN):
-			return nil, nil, false, nil
-		case err != nil:
-			return nil, nil, false, fmt.Errorf("read the state channel: %w", err)
-		}
-		fds, perr := kernel.ParseRights(oob[:oobn], flags)
-		if n == 0 && oobn == 0 {
-			return nil, nil, false, io.EOF
-		}
-		if perr != nil || flags&unix.MSG_TRUNC != 0 {
-			kernel.CloseFDs(fds)
-			slog.Warn("state handoff: message dropped", "generation", Generation(),
-				"err", errors.Join(perr, truncated(flags)))
-			return stateproto.Message{}, nil, true, nil
-		}
-		for _, fd := range fds {
-			files = append(files, os.NewFile(uintptr(fd), "handoff-state-fd"))
-		}
-		return stateproto.Parse(buf[:n]), files, true, nil
+	n, oobn, flags, queued, err := kernel.ReadMsgNow(fd, buf, oob)
+	switch {
+	case err != nil:
+		return nil, nil, false, fmt.Errorf("read the state channel: %w", err)
+	case !queued:
+		return nil, nil, false, nil
 	}
+	fds, perr := kernel.ParseRights(oob[:oobn], flags)
+	if n == 0 && oobn == 0 {
+		return nil, nil, false, io.EOF
+	}
+	if perr != nil || flags&unix.MSG_TRUNC != 0 {
+		kernel.CloseFDs(fds)
+		slog.Warn("state handoff: message dropped", "generation", Generation(),
+			"err", errors.Join(perr, truncated(flags)))
+		return stateproto.Message{}, nil, true, nil
+	}
+	for _, fd := range fds {
+		files = append(files, os.NewFile(uintptr(fd), "handoff-state-fd"))
+	}
+	return stateproto.Parse(buf[:n]), files, true, nil
 }
 
 func truncated(flags int) error {

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -401,5 +402,81 @@ func TestSealedMemfd(t *testing.T) {
 	defer plain.Close()
 	if err := CheckSealed(int(plain.Fd())); err != ErrNotSealed {
 		t.Errorf("plain file: %v, want ErrNotSealed", err)
+	}
+}
+
+func TestSeqpacketPair(t *testing.T) {
+	mine, theirs, err := SeqpacketPair("channel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.Close()
+	defer theirs.Close()
+	if err := CheckSeqpacket(int(theirs.Fd())); err != nil {
+		t.Errorf("CheckSeqpacket of the pair's end: %v", err)
+	}
+	if flags, err := unix.FcntlInt(theirs.Fd(), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
+		t.Errorf("the end to pass on is not close-on-exec (flags %d, %v)", flags, err)
+	}
+	fd := int(theirs.Fd())
+	buf, oob := make([]byte, 64), make([]byte, RightsSpace(2))
+	if _, _, _, queued, err := ReadMsgNow(fd, buf, oob); queued || err != nil {
+		t.Fatalf("ReadMsgNow of an empty socket: queued %v, %v; want nothing, at once", queued, err)
+	}
+	l, err := ListenTCP("l", "tcp", "127.0.0.1:0", false, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// Two messages stay two, and the second keeps its fd.
+	if _, err := mine.Write([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	if err := SendFiles(mine, []byte("second"), []*os.File{l}); err != nil {
+		t.Fatal(err)
+	}
+	n, _, _, queued, err := ReadMsgNow(fd, buf, oob)
+	if err != nil || !queued || string(buf[:n]) != "first" {
+		t.Fatalf("first message: %q, queued %v, %v", buf[:n], queued, err)
+	}
+	n, oobn, flags, queued, err := ReadMsgNow(fd, buf, oob)
+	if err != nil || !queued || string(buf[:n]) != "second" {
+		t.Fatalf("second message: %q, queued %v, %v", buf[:n], queued, err)
+	}
+	got, err := ParseRights(oob[:oobn], flags)
+	defer CloseFDs(got)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("fds of the second message: %v, %v; want one", got, err)
+	}
+	if fl, err := unix.FcntlInt(uintptr(got[0]), unix.F_GETFD, 0); err != nil || fl&unix.FD_CLOEXEC == 0 {
+		t.Errorf("a received fd is not close-on-exec (flags %d, %v)", fl, err)
+	}
+	// The other end closed: a message of 0 bytes, end of file.
+	mine.Close()
+	if n, oobn, _, queued, err := ReadMsgNow(fd, buf, oob); err != nil || !queued || n != 0 || oobn != 0 {
+		t.Errorf("after close: %d bytes, %d of control, queued %v, %v; want end of file", n, oobn, queued, err)
+	}
+	if _, _, _, _, err := ReadMsgNow(-1, buf, oob); err == nil || !strings.Contains(err.Error(), "recvmsg on socket -1") {
+		t.Errorf("ReadMsgNow of fd -1: %v, want an error that names recvmsg", err)
+	}
+}
+
+func TestCheckSeqpacketRefusesOthers(t *testing.T) {
+	l, err := ListenTCP("l", "tcp", "127.0.0.1:0", false, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := CheckSeqpacket(int(l.Fd())); err == nil || !strings.Contains(err.Error(), "want SOCK_SEQPACKET") {
+		t.Errorf("a TCP socket: %v, want an error that asks for SOCK_SEQPACKET", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if err := CheckSeqpacket(int(r.Fd())); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("a pipe: %v, want an error that says it is not a socket", err)
 	}
 }

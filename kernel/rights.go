@@ -22,6 +22,26 @@ func SendFiles(c *net.UnixConn, payload []byte, files []*os.File) error {
 	return err
 }
 
+// ReadMsgNow reads one message from the socket fd into buf, and its
+// control messages into oob, without waiting (MSG_DONTWAIT); the fds it
+// carries are close-on-exec (MSG_CMSG_CLOEXEC). queued is false, with no
+// error, when no message waits. As with recvmsg(2), flags has MSG_TRUNC
+// or MSG_CTRUNC set when buf or oob was too small.
+func ReadMsgNow(fd int, buf, oob []byte) (n, oobn, flags int, queued bool, err error) {
+	for {
+		n, oobn, flags, _, err = unix.Recvmsg(fd, buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			return 0, 0, 0, false, nil
+		case err != nil:
+			return 0, 0, 0, false, fmt.Errorf("recvmsg on socket %d: %w", fd, err)
+		}
+		return n, oobn, flags, true, nil
+	}
+}
+
 // RightsSpace is the size of the control-message buffer that receives up
 // to n fds.
 func RightsSpace(n int) int { return unix.CmsgSpace(n * 4) }

@@ -124,15 +124,25 @@ func (f Family) String() string {
 	return fmt.Sprintf("%d", int(f))
 }
 
-// CheckListening checks that fd is a listening stream socket, and returns
-// its family.
-func CheckListening(fd int) (Family, error) {
+// socketType returns the SO_TYPE of the socket fd; an error says whether
+// fd is no socket at all.
+func socketType(fd int) (int, error) {
 	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 	if errors.Is(err, unix.ENOTSOCK) || errors.Is(err, unix.EBADF) {
 		return 0, fmt.Errorf("not a socket: %w", err)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("read SO_TYPE: %w", err)
+	}
+	return typ, nil
+}
+
+// CheckListening checks that fd is a listening stream socket, and returns
+// its family.
+func CheckListening(fd int) (Family, error) {
+	typ, err := socketType(fd)
+	if err != nil {
+		return 0, err
 	}
 	if typ != unix.SOCK_STREAM {
 		return 0, fmt.Errorf("not a stream socket (SO_TYPE %d)", typ)
@@ -149,6 +159,39 @@ func CheckListening(fd int) (Family, error) {
 		return 0, fmt.Errorf("read SO_DOMAIN: %w", err)
 	}
 	return Family(domain), nil
+}
+
+// CheckSeqpacket checks that fd is a SOCK_SEQPACKET socket.
+func CheckSeqpacket(fd int) error {
+	typ, err := socketType(fd)
+	if err != nil {
+		return fmt.Errorf("want a SOCK_SEQPACKET socket: %w", err)
+	}
+	if typ != unix.SOCK_SEQPACKET {
+		return fmt.Errorf("socket of type %d, want SOCK_SEQPACKET", typ)
+	}
+	return nil
+}
+
+// SeqpacketPair returns the two ends of a new pair of connected
+// SOCK_SEQPACKET UNIX sockets, both close-on-exec: one as a connection
+// for this process, the other as a file, named name, to pass on. A
+// seqpacket socket keeps each message whole and reads end of file once
+// the other end is closed.
+func SeqpacketPair(name string) (*net.UnixConn, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair(AF_UNIX, SOCK_SEQPACKET): %w", err)
+	}
+	theirs := os.NewFile(uintptr(fds[1]), name)
+	mine := os.NewFile(uintptr(fds[0]), name+" (other end)")
+	c, err := net.FileConn(mine)
+	mine.Close()
+	if err != nil {
+		theirs.Close()
+		return nil, nil, fmt.Errorf("a connection over a SOCK_SEQPACKET pair: %w", err)
+	}
+	return c.(*net.UnixConn), theirs, nil
 }
 
 // Unread returns how many bytes wait in the receive queue of the

@@ -11,9 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/handoffd/handoffd/internal/lifecycle"
+	"github.com/handoffd/handoffd/kernel"
 )
 
 // adoptedProcess is a generation that an earlier handoffd started and
@@ -116,12 +115,8 @@ func (p *adoptedProcess) Channel() lifecycle.StateChannel {
 // closed, whatever the outcome.
 func (p *adoptedProcess) AttachChannel(f *os.File) error {
 	defer f.Close()
-	typ, err := unix.GetsockoptInt(int(f.Fd()), unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil {
-		return fmt.Errorf("state channel: not a SOCK_SEQPACKET socket: %w", err)
-	}
-	if typ != unix.SOCK_SEQPACKET {
-		return fmt.Errorf("state channel: socket of type %d, want SOCK_SEQPACKET", typ)
+	if err := kernel.CheckSeqpacket(int(f.Fd())); err != nil {
+		return fmt.Errorf("state channel: %w", err)
 	}
 	nc, err := net.FileConn(f)
 	if err != nil {

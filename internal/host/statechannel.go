@@ -30,18 +30,11 @@ const sendTimeout = time.Second
 // newStateChannel returns handoffd's end of a new channel, and the
 // generation's end to pass to it.
 func newStateChannel() (*stateChannel, *os.File, error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	conn, theirs, err := kernel.SeqpacketPair("state channel (generation's end)")
 	if err != nil {
-		return nil, nil, fmt.Errorf("state channel: socketpair: %w", err)
-	}
-	mine := os.NewFile(uintptr(fds[0]), "state channel")
-	conn, err := net.FileConn(mine)
-	mine.Close()
-	if err != nil {
-		unix.Close(fds[1])
 		return nil, nil, fmt.Errorf("state channel: %w", err)
 	}
-	return &stateChannel{c: conn.(*net.UnixConn)}, os.NewFile(uintptr(fds[1]), "state channel (generation's end)"), nil
+	return &stateChannel{c: conn}, theirs, nil
 }
 
 // Send implements lifecycle.StateChannel.
