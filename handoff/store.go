@@ -4,12 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strings"
 	"time"
 
 	"github.com/handoffd/handoffd/internal/stateproto"
-	"golang.org/x/sys/unix"
+	"github.com/handoffd/handoffd/kernel"
 )
 
 // Store keeps files in the service's fd store under name, with systemd's
@@ -102,46 +101,13 @@ func notifyFiles(payload []byte, files []*os.File, untilRead time.Duration) erro
 	if len(payload) > stateproto.MaxMessage {
 		return fmt.Errorf("message of %d bytes, over %d", len(payload), stateproto.MaxMessage)
 	}
-	// A socket of its own, unconnected: net refuses ancillary data on a
-	// connected datagram socket. x/sys/unix turns a leading '@' into
-	// the abstract namespace's NUL byte.
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("notify %s: socket: %w", addr, err)
-	}
-	defer unix.Close(fd)
-	var rights []byte
-	if len(files) > 0 {
-		fds := make([]int, len(files))
-		for i, f := range files {
-			fds[i] = int(f.Fd())
-		}
-		rights = unix.UnixRights(fds...)
-	}
-	err = unix.Sendmsg(fd, payload, rights, &unix.SockaddrUnix{Name: addr}, 0)
-	runtime.KeepAlive(files)
-	if err != nil {
-		return fmt.Errorf("notify %s: %w", addr, err)
-	}
-	if untilRead > 0 {
-		awaitRead(fd, untilRead)
+	// untilRead: a process that exits right after its last message
+	// would otherwise race its reader, since handoffd stops reading a
+	// generation's NOTIFY_SOCKET once it exited.
+	if err := kernel.SendDatagram(addr, payload, files, untilRead); err != nil {
+		return fmt.Errorf("notify: %w", err)
 	}
 	return nil
-}
-
-// awaitRead waits, at most max, until the datagrams sent on the unix
-// datagram socket fd were read: the kernel charges each to its sender
-// until the receiver takes it (SIOCOUTQ). A process that exits right
-// after its last message would otherwise race its reader: handoffd
-// stops reading a generation's NOTIFY_SOCKET once it exited.
-func awaitRead(fd int, max time.Duration) {
-	deadline := time.Now().Add(max)
-	for time.Now().Before(deadline) {
-		if n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ); err != nil || n == 0 {
-			return
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 // errNoNotify says that a message that needs handoffd could not go out.

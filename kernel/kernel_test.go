@@ -480,3 +480,76 @@ func TestCheckSeqpacketRefusesOthers(t *testing.T) {
 		t.Errorf("a pipe: %v, want an error that says it is not a socket", err)
 	}
 }
+
+func TestSendDatagram(t *testing.T) {
+	for _, addr := range []string{filepath.Join(t.TempDir(), "notify"), fmt.Sprintf("@handoffd-kernel-test/%d", os.Getpid())} {
+		ua := &net.UnixAddr{Name: addr, Net: "unixgram"}
+		if addr[0] == '@' {
+			ua.Name = "\x00" + addr[1:]
+		}
+		srv, err := net.ListenUnixgram("unixgram", ua)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+		l, err := ListenTCP("l", "tcp", "127.0.0.1:0", false, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		if err := SendDatagram(addr, []byte("FDSTORE=1"), []*os.File{l}, 0); err != nil {
+			t.Fatalf("%s: %v", addr, err)
+		}
+		buf, oob := make([]byte, 64), make([]byte, RightsSpace(2))
+		n, oobn, flags, _, err := srv.ReadMsgUnix(buf, oob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ParseRights(oob[:oobn], flags)
+		CloseFDs(got)
+		if string(buf[:n]) != "FDSTORE=1" || err != nil || len(got) != 1 {
+			t.Errorf("%s: got %q with fds %v, %v; want FDSTORE=1 and one fd", addr, buf[:n], got, err)
+		}
+	}
+	missing := filepath.Join(t.TempDir(), "none")
+	if err := SendDatagram(missing, []byte("READY=1"), nil, 0); err == nil || !strings.Contains(err.Error(), "sendmsg to "+missing) {
+		t.Errorf("send to a missing socket: %v, want an error that names sendmsg and the address", err)
+	}
+}
+
+// TestSendDatagramUntilRead checks that SendDatagram with untilRead
+// returns once the receiver has read the datagram, and at untilRead when
+// nobody reads it.
+func TestSendDatagramUntilRead(t *testing.T) {
+	addr := filepath.Join(t.TempDir(), "notify")
+	srv, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	const readAfter = 200 * time.Millisecond
+	read := make(chan error, 1)
+	go func() {
+		time.Sleep(readAfter)
+		_, err := srv.Read(make([]byte, 64))
+		read <- err
+	}()
+	start := time.Now()
+	if err := SendDatagram(addr, []byte("read me"), nil, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < readAfter || took > 5*time.Second {
+		t.Errorf("returned after %s; want once read, %s after the send", took, readAfter)
+	}
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	const untilRead = 300 * time.Millisecond
+	start = time.Now()
+	if err := SendDatagram(addr, []byte("never read"), nil, untilRead); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < untilRead || took > 5*time.Second {
+		t.Errorf("unread datagram: returned after %s, want %s", took, untilRead)
+	}
+}

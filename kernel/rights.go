@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,13 +14,50 @@ import (
 // SendFiles writes payload on c with files attached as SCM_RIGHTS, in
 // their order.
 func SendFiles(c *net.UnixConn, payload []byte, files []*os.File) error {
+	_, _, err := c.WriteMsgUnix(payload, rights(files), nil)
+	runtime.KeepAlive(files)
+	return err
+}
+
+// rights returns the SCM_RIGHTS control message that passes files, or nil
+// for none. The caller keeps files alive until the message is sent.
+func rights(files []*os.File) []byte {
+	if len(files) == 0 {
+		return nil
+	}
 	fds := make([]int, len(files))
 	for i, f := range files {
 		fds[i] = int(f.Fd())
 	}
-	_, _, err := c.WriteMsgUnix(payload, unix.UnixRights(fds...), nil)
+	return unix.UnixRights(fds...)
+}
+
+// SendDatagram sends payload as one datagram to the UNIX datagram socket
+// at addr (a path, or an abstract name written with a leading '@'), with
+// files attached as SCM_RIGHTS, from an unconnected socket of its own
+// (net refuses ancillary data on a connected datagram socket). With
+// untilRead > 0 it then waits, at most that long, until the receiver has
+// taken the datagram off its socket: the kernel charges a datagram to
+// its sender until then (SIOCOUTQ).
+func SendDatagram(addr string, payload []byte, files []*os.File, untilRead time.Duration) error {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket(AF_UNIX, SOCK_DGRAM): %w", err)
+	}
+	defer unix.Close(fd)
+	err = unix.Sendmsg(fd, payload, rights(files), &unix.SockaddrUnix{Name: addr}, 0)
 	runtime.KeepAlive(files)
-	return err
+	if err != nil {
+		return fmt.Errorf("sendmsg to %s: %w", addr, err)
+	}
+	deadline := time.Now().Add(untilRead)
+	for time.Now().Before(deadline) {
+		if n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ); err != nil || n == 0 {
+			return nil
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return nil
 }
 
 // ReadMsgNow reads one message from the socket fd into buf, and its
