@@ -553,3 +553,22 @@ func TestSendDatagramUntilRead(t *testing.T) {
 		t.Errorf("unread datagram: returned after %s, want %s", took, untilRead)
 	}
 }
+
+// TestExec runs Exec in a child, which becomes a shell that prints what
+// Exec gave it; a failed exec comes back as an error here.
+func TestExec(t *testing.T) {
+	if os.Getenv("KERNEL_TEST_EXEC") == "1" {
+		err := Exec("/bin/sh", []string{"sh", "-c", `echo "$0 $GREETING"`}, []string{"GREETING=hello"})
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestExec$")
+	cmd.Env = append(os.Environ(), "KERNEL_TEST_EXEC=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || string(out) != "sh hello\n" {
+		t.Errorf("child: %v: %q; want %q", err, out, "sh hello\n")
+	}
+	if err := Exec("/nonexistent/../nonexistent/cmd", []string{"cmd"}, nil); err == nil || !strings.Contains(err.Error(), "exec /nonexistent/cmd") {
+		t.Errorf("Exec of a missing program: %v, want an error that names exec and the path", err)
+	}
+}

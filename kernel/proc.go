@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -61,3 +62,12 @@ func CloseOnExecFrom(first int) error {
 
 // CloseOnExec marks fd close-on-exec.
 func CloseOnExec(fd int) { unix.CloseOnExec(fd) }
+
+// Exec replaces this process with the program at path, run with argv and
+// env (execve). It returns only when the exec failed.
+func Exec(path string, argv, env []string) error {
+	if err := unix.Exec(path, argv, env); err != nil {
+		return fmt.Errorf("exec %s: %w", filepath.Clean(path), err)
+	}
+	return nil
+}

@@ -479,10 +479,7 @@ func ExecGeneration(argv []string) error {
 		return err
 	}
 	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
-	if err := syscall.Exec(path, argv, os.Environ()); err != nil {
-		return fmt.Errorf("exec %s: %w", filepath.Clean(path), err)
-	}
-	return nil
+	return kernel.Exec(path, argv, os.Environ())
 }
 
 // keepOnlyListeners marks close-on-exec every fd above stdio, the
