@@ -572,3 +572,30 @@ func TestExec(t *testing.T) {
 		t.Errorf("Exec of a missing program: %v, want an error that names exec and the path", err)
 	}
 }
+
+func TestIsTerminal(t *testing.T) {
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptmx.Close()
+	if !IsTerminal(ptmx) {
+		t.Error("a pseudo-terminal is no terminal")
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	plain, err := os.CreateTemp(t.TempDir(), "plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	for _, f := range []*os.File{w, plain} {
+		if IsTerminal(f) {
+			t.Errorf("%s is a terminal", f.Name())
+		}
+	}
+}

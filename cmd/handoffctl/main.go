@@ -15,10 +15,10 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/cliapp"
+	"github.com/handoffd/handoffd/kernel"
 )
 
 func main() {
@@ -205,7 +205,7 @@ func swap(c *cli.Context) error {
 // live line on a terminal, a line per change otherwise, then a summary.
 func followDrain(ctx context.Context, cl *api.Client, service string, gen int) error {
 	start := time.Now()
-	tty := isTerminal(os.Stdout)
+	tty := kernel.IsTerminal(os.Stdout)
 	last := ""
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -260,11 +260,6 @@ func deref(n *int64) any {
 		return "?"
 	}
 	return *n
-}
-
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
 }
 
 // drainSummary says how the drain of gen ended, timed by handoffd's own
@@ -324,7 +319,7 @@ func stickyNote(r *api.CanaryResult) string {
 // followCanary shows the connections of the canary and of the active
 // generation until the canary is promoted, rolled back or gone.
 func followCanary(ctx context.Context, cl *api.Client, service string, canaryGen, activeGen int) error {
-	tty := isTerminal(os.Stdout)
+	tty := kernel.IsTerminal(os.Stdout)
 	last := ""
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
