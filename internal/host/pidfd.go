@@ -99,8 +99,12 @@ func (p *PidfdProcess) FindFile(dev, ino uint64) (*os.File, error) {
 		if err != nil {
 			continue
 		}
-		var st syscall.Stat_t
-		if syscall.Stat(filepath.Join(dir, e.Name()), &st) != nil || st.Dev != dev || st.Ino != ino {
+		// stat follows the fd's link in /proc to the open file itself.
+		fi, err := os.Stat(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Dev != dev || st.Ino != ino {
 			continue
 		}
 		f, err := p.getfd(target)

@@ -37,9 +37,13 @@ type storedFD struct {
 
 // fileID returns the st_dev and st_ino of f.
 func fileID(f *os.File) (dev, ino uint64, err error) {
-	var st syscall.Stat_t
-	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
-		return 0, 0, fmt.Errorf("fstat: %w", err)
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, 0, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, 0, fmt.Errorf("stat %s: no st_dev and st_ino", f.Name())
 	}
 	return st.Dev, st.Ino, nil
 }
