@@ -41,3 +41,37 @@ func TestImportGraph(t *testing.T) {
 		}
 	}
 }
+
+// TestHandoffctlLinks keeps the CLI thin: besides the standard library it
+// links api, cliapp, kernel (the standard library and x/sys only),
+// urfave/cli with what that links, and x/sys; nothing else.
+func TestHandoffctlLinks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list")
+	}
+	const mod = "github.com/handoffd/handoffd/"
+	allowed := map[string]bool{mod + "cmd/handoffctl": true, mod + "api": true, mod + "internal/cliapp": true, mod + "kernel": true}
+	for _, p := range nonStandardDeps(t, "github.com/urfave/cli/v2") {
+		allowed[p] = true
+	}
+	for _, p := range nonStandardDeps(t, "../cmd/handoffctl") {
+		if !allowed[p] && p != "golang.org/x/sys" && !strings.HasPrefix(p, "golang.org/x/sys/") {
+			t.Errorf("cmd/handoffctl links %s", p)
+		}
+	}
+}
+
+// nonStandardDeps returns what pkg links, itself included, outside the
+// standard library.
+func nonStandardDeps(t *testing.T, pkg string) []string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", pkg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v\n%s", pkg, err, out)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) == 0 {
+		t.Fatalf("go list -deps %s: nothing outside the standard library, not even itself", pkg)
+	}
+	return deps
+}
