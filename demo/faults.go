@@ -30,6 +30,10 @@ func (h *health) ok() bool { return !h.failing.Load() }
 //	ignore-term@*  every generation ignores SIGTERM (drain_timeout ends it)
 //	unhealthy@3:2s generation 3's GET /healthz answers 503 from 2 s after
 //	               it is ready on (at once without a delay)
+//	oom@3:1s       generation 3 allocates memory from 1 s after it is ready
+//	               until the kernel's OOM killer ends it: run it under a
+//	               memory limit (systemd's MemoryMax=); at oomCap it gives
+//	               up and exits with status 3
 type fault struct {
 	kind  string
 	delay time.Duration
@@ -58,7 +62,7 @@ func parseOneFault(spec string, gen int) (fault, error) {
 	target, delay, _ := strings.Cut(rest, ":")
 	f := fault{kind: kind}
 	switch kind {
-	case "exit", "hang", "crash", "ignore-term", "unhealthy":
+	case "exit", "hang", "crash", "ignore-term", "unhealthy", "oom":
 	default:
 		ok = false
 	}
@@ -70,7 +74,7 @@ func parseOneFault(spec string, gen int) (fault, error) {
 		f.delay = d
 	}
 	if !ok {
-		return fault{}, fmt.Errorf("--fault %q: write KIND@GEN[:DELAY], KIND one of exit, hang, crash, ignore-term, unhealthy", spec)
+		return fault{}, fmt.Errorf("--fault %q: write KIND@GEN[:DELAY], KIND one of exit, hang, crash, ignore-term, unhealthy, oom", spec)
 	}
 	if target != "*" && target != strconv.Itoa(gen) {
 		return fault{}, nil
@@ -105,5 +109,33 @@ func (f fault) afterReady(h *health) {
 		})
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
+	case "oom":
+		time.AfterFunc(f.delay, func() {
+			fmt.Fprintln(os.Stderr, "demo: allocating memory until the OOM killer ends this process, on purpose (--fault oom)")
+			allocateUntilKilled()
+		})
 	}
+}
+
+// oomCap bounds what the oom fault allocates, for a run without a memory
+// limit.
+const oomCap = 4 << 30
+
+// oomHeld keeps the oom fault's memory reachable, so that the collector
+// frees none of it.
+var oomHeld [][]byte
+
+// allocateUntilKilled allocates and touches memory 1 MiB at a time, up to
+// oomCap.
+func allocateUntilKilled() {
+	const chunk = 1 << 20
+	for len(oomHeld)*chunk < oomCap {
+		b := make([]byte, chunk)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		oomHeld = append(oomHeld, b)
+	}
+	fmt.Fprintf(os.Stderr, "demo: allocated %d MiB and was not killed (--fault oom): exiting\n", oomCap>>20)
+	os.Exit(3)
 }

@@ -115,6 +115,7 @@ func TestParseFault(t *testing.T) {
 		{"exit", 1, fault{}, true},
 		{"unhealthy@2:1s", 2, fault{kind: "unhealthy", delay: time.Second}, false},
 		{"unhealthy@*", 4, fault{kind: "unhealthy"}, false},
+		{"oom@4:1s", 4, fault{kind: "oom", delay: time.Second}, false},
 	} {
 		got, err := parseFault(tc.spec, tc.gen)
 		if (err != nil) != tc.bad || got != tc.want {

@@ -23,10 +23,10 @@ import (
 // handoffd.service and, under 32 clients that never retry (half of them
 // keep-alive), swaps, reloads the unit, restarts it twice and swaps again:
 // not one request may fail, and each restart re-adopts the generations
-// instead of stopping them. Then `systemctl stop` leaves the service
-// serving, `handoffctl stop` ends it, and the package removes cleanly.
-// It needs root and a systemd PID 1: the vm build tag keeps it out of
-// make test.
+// instead of stopping them. A generation the OOM killer ends is replaced,
+// and the unit goes on. Then `systemctl stop` leaves the service serving,
+// `handoffctl stop` ends it, and the package removes cleanly. It needs root
+// and a systemd PID 1: the vm build tag keeps it out of make test.
 func TestSystemdUnit(t *testing.T) {
 	if comm, _ := os.ReadFile("/proc/1/comm"); strings.TrimSpace(string(comm)) != "systemd" {
 		t.Fatalf("PID 1 is %q, not systemd: run by make test-vm", strings.TrimSpace(string(comm)))
@@ -45,6 +45,9 @@ func TestSystemdUnit(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	sdWriteConfig(t, addr)
 	sdRun(t, "systemctl", "start", "handoffd")
+	if p := sdRun(t, "systemctl", "show", "-P", "OOMPolicy", "handoffd"); p != "continue" {
+		t.Errorf("OOMPolicy %q, want continue", p)
+	}
 	gen1 := sdActiveGeneration(t)
 	if gen1.ID != 1 {
 		t.Fatalf("after systemctl start: generation %d active, want 1", gen1.ID)
@@ -52,7 +55,6 @@ func TestSystemdUnit(t *testing.T) {
 	if cg := sdCgroupOf(t, gen1.PID); cg != "/system.slice/handoffd.service" {
 		t.Errorf("generation 1 is in cgroup %s, want /system.slice/handoffd.service", cg)
 	}
-
 	newConn := startLoad(addr, "/slow?ms=2", loadClients/2, false)
 	keepAlive := startLoad(addr, "/slow?ms=2", loadClients/2, true)
 	pause := func() { time.Sleep(2 * time.Second) }
@@ -91,6 +93,8 @@ func TestSystemdUnit(t *testing.T) {
 		}
 	}
 
+	sdOOMKill(t)
+
 	// stop ends handoffd alone; the service keeps serving.
 	active := sdActiveGeneration(t)
 	sdRun(t, "systemctl", "stop", "handoffd")
@@ -111,6 +115,7 @@ func TestSystemdUnit(t *testing.T) {
 	sdWaitUntil(t, fmt.Sprintf("generation pid %d to end", active.PID), 30*time.Second, func() bool {
 		return syscall.Kill(active.PID, 0) != nil
 	})
+
 	sdRun(t, "dpkg", "-r", "handoffd")
 	for _, f := range []string{"/usr/sbin/handoffd", "/usr/bin/handoffctl", "/lib/systemd/system/handoffd.service", "/usr/share/man/man8/handoffd.8.gz"} {
 		if _, err := os.Stat(f); err == nil {
@@ -122,14 +127,78 @@ func TestSystemdUnit(t *testing.T) {
 	}
 }
 
-// sdWriteConfig writes /etc/handoff/handoff.yaml with the demo on
-// addr, from HANDOFF_E2E_BIN copied where the unit can run it.
+// sdOOMKill swaps to generation 4, which allocates memory (the demo's oom
+// fault) under the unit's MemoryMax until the kernel's OOM killer ends it:
+// handoffd replaces it, and with OOMPolicy=continue systemd neither stops
+// nor restarts the unit.
+func sdOOMKill(t *testing.T) {
+	t.Helper()
+	const cg = "/sys/fs/cgroup/system.slice/handoffd.service"
+	sdRun(t, "systemctl", "set-property", "--runtime", "handoffd", "MemoryAccounting=yes")
+	current := sdCgroupValue(t, cg+"/memory.current", "")
+	sdRun(t, "systemctl", "set-property", "--runtime", "handoffd", fmt.Sprintf("MemoryMax=%d", current+128<<20))
+	kills := sdCgroupValue(t, cg+"/memory.events", "oom_kill")
+	mainPID, restarts := sdMainPID(t), sdRun(t, "systemctl", "show", "-P", "NRestarts", "handoffd")
+	if out := sdRun(t, "handoffctl", "swap", "demo"); !strings.Contains(out, "generation 4 active") {
+		t.Fatalf("swap: %q, want generation 4 active", out)
+	}
+	gen4 := sdActiveGeneration(t)
+	sdWaitUntil(t, "the OOM killer to end generation 4", 60*time.Second*slow, func() bool {
+		return sdCgroupValue(t, cg+"/memory.events", "oom_kill") > kills && syscall.Kill(gen4.PID, 0) != nil
+	})
+	var repl api.GenerationStatus
+	sdWaitUntil(t, "a generation to replace generation 4", 30*time.Second*slow, func() bool {
+		for _, g := range sdStatus(t).Services[0].Generations {
+			if g.State == api.StateActive && g.ID > gen4.ID {
+				repl = g
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("the OOM killer ended generation 4 (pid %d); generation %d (pid %d) replaced it", gen4.PID, repl.ID, repl.PID)
+	if pid, n := sdMainPID(t), sdRun(t, "systemctl", "show", "-P", "NRestarts", "handoffd"); pid != mainPID || n != restarts {
+		t.Errorf("after the OOM kill: handoffd pid %d, %s restarts; want pid %d, %s restarts", pid, n, mainPID, restarts)
+	}
+	if out, _ := exec.Command("systemctl", "is-active", "handoffd").Output(); strings.TrimSpace(string(out)) != "active" {
+		t.Errorf("after the OOM kill handoffd.service is %s, want active", out)
+	}
+	sdRun(t, "systemctl", "set-property", "--runtime", "handoffd", "MemoryMax=infinity")
+}
+
+// sdCgroupValue reads a number from a cgroup file: the whole file, or the
+// line that starts with key.
+func sdCgroupValue(t *testing.T, file, key string) int64 {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.TrimSpace(string(data))
+	if key != "" {
+		text = ""
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, " "); ok && k == key {
+				text = v
+			}
+		}
+	}
+	n, err := strconv.ParseInt(text, 10, 64)
+	if err != nil {
+		t.Fatalf("%s %s: %v", file, key, err)
+	}
+	return n
+}
+
+// sdWriteConfig writes /etc/handoff/handoff.yaml with the demo on addr,
+// from HANDOFF_E2E_BIN copied where the unit can run it, and its fourth
+// generation playing the oom fault.
 func sdWriteConfig(t *testing.T, addr string) {
 	demo := "/usr/local/lib/handoff-vm/demo"
 	sdRun(t, "install", "-D", "-m", "0755", filepath.Join(bin, "demo"), demo)
 	cfg := fmt.Sprintf(`services:
   - name: demo
-    command: [%q, "--idle-grace", "%s"]
+    command: [%q, "--idle-grace", "%s", "--fault", "oom@4:1s"]
     env: ["GIN_MODE=release"]
     listeners:
       - name: http
@@ -173,13 +242,20 @@ func sdMainPID(t *testing.T) int {
 	return pid
 }
 
-// sdActiveGeneration returns demo's active generation, from handoffctl.
-func sdActiveGeneration(t *testing.T) api.GenerationStatus {
+// sdStatus returns handoffd's status, from handoffctl.
+func sdStatus(t *testing.T) api.Status {
 	t.Helper()
 	var st api.Status
 	if err := json.Unmarshal([]byte(sdRun(t, "handoffctl", "status", "--json", "demo")), &st); err != nil {
 		t.Fatalf("status --json: %v", err)
 	}
+	return st
+}
+
+// sdActiveGeneration returns demo's active generation.
+func sdActiveGeneration(t *testing.T) api.GenerationStatus {
+	t.Helper()
+	st := sdStatus(t)
 	for _, g := range st.Services[0].Generations {
 		if g.State == api.StateActive {
 			return g
