@@ -20,13 +20,15 @@ import (
 
 // TestSystemdUnit installs the Debian package on a machine that systemd
 // booted (make test-vm's guest: HANDOFF_DEB names the package), starts
-// handoffd.service and, under 32 clients that never retry (half of them
-// keep-alive), swaps, reloads the unit, restarts it twice and swaps again:
-// not one request may fail, and each restart re-adopts the generations
-// instead of stopping them. A generation the OOM killer ends is replaced,
-// and the unit goes on. Then `systemctl stop` leaves the service serving,
-// `handoffctl stop` ends it, and the package removes cleanly. It needs root
-// and a systemd PID 1: the vm build tag keeps it out of make test.
+// handoffd.service with a control socket of its own (a drop-in sets the
+// unit's HANDOFF_CONTROL) and, under 32 clients that never retry (half of
+// them keep-alive), swaps, reloads the unit, restarts it twice and swaps
+// again: not one request may fail, and each restart re-adopts the
+// generations instead of stopping them. A generation the OOM killer ends is
+// replaced, and the unit goes on. Then `systemctl stop` leaves the service
+// serving, `handoffctl stop` ends it, and the package removes cleanly. It
+// needs root and a systemd PID 1: the vm build tag keeps it out of make
+// test.
 func TestSystemdUnit(t *testing.T) {
 	if comm, _ := os.ReadFile("/proc/1/comm"); strings.TrimSpace(string(comm)) != "systemd" {
 		t.Fatalf("PID 1 is %q, not systemd: run by make test-vm", strings.TrimSpace(string(comm)))
@@ -190,13 +192,22 @@ func sdCgroupValue(t *testing.T, file, key string) int64 {
 	return n
 }
 
+// sdControl is the test's control socket, not the default one: a drop-in
+// (sdDropIn) gives the unit's ExecReload and the package's prerm its path.
+const (
+	sdControl = "/run/handoff-vm/handoffd.sock"
+	sdDropIn  = "/etc/systemd/system/handoffd.service.d"
+)
+
 // sdWriteConfig writes /etc/handoff/handoff.yaml with the demo on addr,
 // from HANDOFF_E2E_BIN copied where the unit can run it, and its fourth
-// generation playing the oom fault.
+// generation playing the oom fault; and the drop-in that sets the unit's
+// HANDOFF_CONTROL to sdControl, which this test's handoffctl uses too.
 func sdWriteConfig(t *testing.T, addr string) {
 	demo := "/usr/local/lib/handoff-vm/demo"
 	sdRun(t, "install", "-D", "-m", "0755", filepath.Join(bin, "demo"), demo)
-	cfg := fmt.Sprintf(`services:
+	cfg := fmt.Sprintf(`control: %s
+services:
   - name: demo
     command: [%q, "--idle-grace", "%s", "--fault", "oom@4:1s"]
     env: ["GIN_MODE=release"]
@@ -205,10 +216,19 @@ func sdWriteConfig(t *testing.T, addr string) {
         address: tcp://%s
         backlog: 4096
     ready_timeout: %s
-`, demo, time.Second*slow, addr, 10*time.Second*slow)
+`, sdControl, demo, time.Second*slow, addr, 10*time.Second*slow)
 	if err := os.WriteFile("/etc/handoff/handoff.yaml", []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.MkdirAll(sdDropIn, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dropIn := "[Service]\nEnvironment=HANDOFF_CONTROL=" + sdControl + "\n"
+	if err := os.WriteFile(filepath.Join(sdDropIn, "control.conf"), []byte(dropIn), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sdRun(t, "systemctl", "daemon-reload")
+	t.Setenv("HANDOFF_CONTROL", sdControl)
 }
 
 // sdRun runs a command and returns its trimmed output; it fails the test if
