@@ -22,13 +22,13 @@ import (
 // booted (make test-vm's guest: HANDOFF_DEB names the package), starts
 // handoffd.service with a control socket of its own (a drop-in sets the
 // unit's HANDOFF_CONTROL) and, under 32 clients that never retry (half of
-// them keep-alive), swaps, reloads the unit, restarts it twice and swaps
-// again: not one request may fail, and each restart re-adopts the
-// generations instead of stopping them. A generation the OOM killer ends is
-// replaced, and the unit goes on. Then `systemctl stop` leaves the service
-// serving, `handoffctl stop` ends it, and the package removes cleanly. It
-// needs root and a systemd PID 1: the vm build tag keeps it out of make
-// test.
+// them keep-alive), swaps, reloads the unit, restarts it twice, installs
+// the package again (an upgrade) and swaps again: not one request may fail,
+// and each restart re-adopts the generations instead of stopping them. A
+// generation the OOM killer ends is replaced, and the unit goes on. Then
+// `systemctl stop` leaves the service serving, `handoffctl stop` ends it,
+// and the package removes cleanly. It needs root and a systemd PID 1: the
+// vm build tag keeps it out of make test.
 func TestSystemdUnit(t *testing.T) {
 	if comm, _ := os.ReadFile("/proc/1/comm"); strings.TrimSpace(string(comm)) != "systemd" {
 		t.Fatalf("PID 1 is %q, not systemd: run by make test-vm", strings.TrimSpace(string(comm)))
@@ -67,19 +67,25 @@ func TestSystemdUnit(t *testing.T) {
 	pause()
 	sdRun(t, "systemctl", "reload", "handoffd")
 	pause()
-	for i := range 2 {
+	// Each of these ends handoffd and starts a new one, which re-adopts
+	// the active generation. Installing the package again runs its
+	// upgrade: prerm upgrade, then postinst configure, which restarts.
+	readopts := func(what string, args ...string) {
 		before := sdMainPID(t)
 		active := sdActiveGeneration(t)
-		sdRun(t, "systemctl", "restart", "handoffd")
+		sdRun(t, args[0], args[1:]...)
 		after := sdMainPID(t)
 		if after == before || after == 0 {
-			t.Errorf("restart %d: handoffd's pid went from %d to %d, want a new handoffd", i+1, before, after)
+			t.Errorf("%s: handoffd's pid went from %d to %d, want a new handoffd", what, before, after)
 		}
 		if g := sdActiveGeneration(t); g.ID != active.ID || g.PID != active.PID {
-			t.Errorf("restart %d: active generation %d (pid %d), want %d (pid %d) re-adopted", i+1, g.ID, g.PID, active.ID, active.PID)
+			t.Errorf("%s: active generation %d (pid %d), want %d (pid %d) re-adopted", what, g.ID, g.PID, active.ID, active.PID)
 		}
 		pause()
 	}
+	readopts("restart 1", "systemctl", "restart", "handoffd")
+	readopts("restart 2", "systemctl", "restart", "handoffd")
+	readopts("upgrade", "dpkg", "-i", deb)
 	if out := sdRun(t, "handoffctl", "swap", "demo"); !strings.Contains(out, "generation 3 active") {
 		t.Errorf("swap after the restarts: %q, want generation 3 active", out)
 	}
