@@ -27,8 +27,9 @@ import (
 // and each restart re-adopts the generations instead of stopping them. A
 // generation the OOM killer ends is replaced, and the unit goes on. Then
 // `systemctl stop` leaves the service serving, `handoffctl stop` ends it,
-// and the package removes cleanly. It needs root and a systemd PID 1: the
-// vm build tag keeps it out of make test.
+// and the package's removal stops a running, enabled unit and its purge
+// leaves nothing behind. It needs root and a systemd PID 1: the vm build
+// tag keeps it out of make test.
 func TestSystemdUnit(t *testing.T) {
 	if comm, _ := os.ReadFile("/proc/1/comm"); strings.TrimSpace(string(comm)) != "systemd" {
 		t.Fatalf("PID 1 is %q, not systemd: run by make test-vm", strings.TrimSpace(string(comm)))
@@ -116,22 +117,46 @@ func TestSystemdUnit(t *testing.T) {
 	// handoffctl stop ends the services and handoffd; the unit is
 	// inactive, not failed.
 	sdRun(t, "handoffctl", "stop")
-	sdWaitUntil(t, "handoffd.service inactive", 30*time.Second, func() bool {
-		out, _ := exec.Command("systemctl", "is-active", "handoffd").Output()
-		return strings.TrimSpace(string(out)) == "inactive"
-	})
+	sdWaitInactive(t)
 	sdWaitUntil(t, fmt.Sprintf("generation pid %d to end", active.PID), 30*time.Second, func() bool {
 		return syscall.Kill(active.PID, 0) != nil
 	})
 
-	sdRun(t, "dpkg", "-r", "handoffd")
+	// Removal of a running, enabled unit: prerm stops the services (on the
+	// drop-in's control socket) and handoffd.
+	sdRun(t, "systemctl", "start", "handoffd")
+	var live []int
+	for _, g := range sdStatus(t).Services[0].Generations {
+		if g.State == api.StateActive || g.State == api.StateDraining {
+			live = append(live, g.PID)
+		}
+	}
+	if len(live) == 0 {
+		t.Fatal("after handoffctl stop and systemctl start: no live generation")
+	}
+	sdRun(t, "systemctl", "enable", "handoffd")
+	// Without this test's HANDOFF_CONTROL: prerm takes the unit's.
+	sdRun(t, "env", "-u", "HANDOFF_CONTROL", "dpkg", "-r", "handoffd")
+	for _, pid := range live {
+		sdWaitUntil(t, fmt.Sprintf("generation pid %d to end after dpkg -r", pid), 30*time.Second, func() bool {
+			return syscall.Kill(pid, 0) != nil
+		})
+	}
+	sdWaitInactive(t)
 	for _, f := range []string{"/usr/sbin/handoffd", "/usr/bin/handoffctl", "/lib/systemd/system/handoffd.service", "/usr/share/man/man8/handoffd.8.gz"} {
 		if _, err := os.Stat(f); err == nil {
 			t.Errorf("%s is still there after dpkg -r", f)
 		}
 	}
+	if err := os.RemoveAll(sdDropIn); err != nil {
+		t.Error(err)
+	}
+	sdRun(t, "dpkg", "-P", "handoffd")
+	if _, err := os.Lstat("/etc/systemd/system/multi-user.target.wants/handoffd.service"); err == nil {
+		t.Error("multi-user.target.wants/handoffd.service is still there after dpkg -P")
+	}
 	if out, _ := exec.Command("systemctl", "list-units", "--all", "--no-legend", "handoffd*").Output(); strings.TrimSpace(string(out)) != "" {
-		t.Errorf("after dpkg -r systemd still lists: %s", out)
+		t.Errorf("after dpkg -P systemd still lists: %s", out)
 	}
 }
 
@@ -196,6 +221,14 @@ func sdCgroupValue(t *testing.T, file, key string) int64 {
 		t.Fatalf("%s %s: %v", file, key, err)
 	}
 	return n
+}
+
+func sdWaitInactive(t *testing.T) {
+	t.Helper()
+	sdWaitUntil(t, "handoffd.service inactive", 30*time.Second, func() bool {
+		out, _ := exec.Command("systemctl", "is-active", "handoffd").Output()
+		return strings.TrimSpace(string(out)) == "inactive"
+	})
 }
 
 // sdControl is the test's control socket, not the default one: a drop-in
