@@ -58,6 +58,11 @@ func TestSystemdUnit(t *testing.T) {
 	if cg := sdCgroupOf(t, gen1.PID); cg != "/system.slice/handoffd.service" {
 		t.Errorf("generation 1 is in cgroup %s, want /system.slice/handoffd.service", cg)
 	}
+	// mode: auto takes ebpf on the guest's 6.1: a fallback to fdpass fails.
+	if st := sdStatus(t).Services[0]; st.Mode != api.ModeEBPF || st.Listeners[0].Mode != api.ModeEBPF {
+		t.Errorf("mode: auto gave service mode %s, listener mode %s; want ebpf", st.Mode, st.Listeners[0].Mode)
+	}
+
 	newConn := startLoad(addr, "/slow?ms=2", loadClients/2, false)
 	keepAlive := startLoad(addr, "/slow?ms=2", loadClients/2, true)
 	pause := func() { time.Sleep(2 * time.Second) }
