@@ -16,6 +16,7 @@ DESTDIR    ?=
 BINDIR     ?= $(PREFIX)/bin
 SBINDIR    ?= $(PREFIX)/sbin
 MANDIR     ?= $(PREFIX)/share/man
+DOCDIR     ?= $(PREFIX)/share/doc/handoffd
 SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
@@ -51,8 +52,9 @@ e2e: build
 test-vm: deb
 	bash test/vm/run.sh
 
-# Binaries, man pages and shell completion into $(DESTDIR)$(PREFIX); the
-# unit, and the example config as $(SYSCONFDIR)/handoff/handoff.yaml.example.
+# Binaries, man pages, shell completion, README.md and ARCHITECTURE.md into
+# $(DESTDIR)$(PREFIX); the unit, and the example config as
+# $(SYSCONFDIR)/handoff/handoff.yaml.example.
 install: build
 	install -d bin/doc
 	for p in handoffd handoffctl; do \
@@ -72,6 +74,8 @@ install: build
 	install -D -m 0644 bin/doc/_handoffctl $(DESTDIR)$(ZSHCOMPDIR)/_handoffctl
 	install -D -m 0644 bin/doc/handoffd.service $(DESTDIR)$(UNITDIR)/handoffd.service
 	install -D -m 0644 packaging/handoff.yaml $(DESTDIR)$(SYSCONFDIR)/handoff/handoff.yaml.example
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -D -m 0644 docs/ARCHITECTURE.md $(DESTDIR)$(DOCDIR)/ARCHITECTURE.md
 
 # A Debian package of what make install installs, into dist/.
 deb:

@@ -44,6 +44,17 @@ func TestSystemdUnit(t *testing.T) {
 			t.Errorf("man -l %s.8.gz renders no NAME section:\n%s", page, out)
 		}
 	}
+	// The example config sends the reader to the installed ARCHITECTURE.md.
+	const archDoc = "/usr/share/doc/handoffd/ARCHITECTURE.md"
+	if doc, err := os.ReadFile(archDoc); err != nil || !strings.Contains(string(doc), "\n## Configuration\n") {
+		t.Errorf("%s: no Configuration section (%v)", archDoc, err)
+	}
+	if _, err := os.Stat("/usr/share/doc/handoffd/README.md"); err != nil {
+		t.Error(err)
+	}
+	if ex, err := os.ReadFile("/etc/handoff/handoff.yaml.example"); err != nil || !strings.Contains(string(ex), archDoc) {
+		t.Errorf("handoff.yaml.example does not point at %s (%v)", archDoc, err)
+	}
 
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	sdWriteConfig(t, addr)
@@ -148,7 +159,8 @@ func TestSystemdUnit(t *testing.T) {
 		})
 	}
 	sdWaitInactive(t)
-	for _, f := range []string{"/usr/sbin/handoffd", "/usr/bin/handoffctl", "/lib/systemd/system/handoffd.service", "/usr/share/man/man8/handoffd.8.gz"} {
+	for _, f := range []string{"/usr/sbin/handoffd", "/usr/bin/handoffctl", "/lib/systemd/system/handoffd.service",
+		"/usr/share/man/man8/handoffd.8.gz", archDoc} {
 		if _, err := os.Stat(f); err == nil {
 			t.Errorf("%s is still there after dpkg -r", f)
 		}
