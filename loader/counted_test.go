@@ -34,17 +34,8 @@ func TestKernelKeepsTrackingBases(t *testing.T) {
 		if s.base != want[name].base || !s.Counted() {
 			t.Fatalf("listener %s: base %d (counted %v), want %d", name, s.base, s.Counted(), want[name].base)
 		}
-		ln := f.listen(t, 0, 16)
-		if err := s.Attach(ln); err != nil {
-			t.Fatal(err)
-		}
 		// Insert tags the socket: its connections count in base+1.
-		if err := s.Insert(1, ln); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Activate(1); err != nil {
-			t.Fatal(err)
-		}
+		ln := serveInSlot1(t, f, s)
 		for range want[name].conns {
 			f.dial(t, port(t, ln))
 		}
@@ -115,16 +106,7 @@ func TestKernelReusesARemovedRange(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Remove()
-	lnA := f.listen(t, 0, 16)
-	if err := a.Attach(lnA); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Insert(1, lnA); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Activate(1); err != nil {
-		t.Fatal(err)
-	}
+	lnA := serveInSlot1(t, f, a)
 	for range 2 {
 		f.dial(t, port(t, lnA))
 	}
@@ -143,16 +125,7 @@ func TestKernelReusesARemovedRange(t *testing.T) {
 	if c.base != a.base {
 		t.Fatalf("a new listener got base %d, want %d: the range the removed one freed", c.base, a.base)
 	}
-	lnC := f.listen(t, 0, 16)
-	if err := c.Attach(lnC); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Insert(1, lnC); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Activate(1); err != nil {
-		t.Fatal(err)
-	}
+	lnC := serveInSlot1(t, f, c)
 	waitHeld(t, tr, c.base+1, 0)
 	f.dial(t, port(t, lnC))
 	f.acceptN(t, lnC, 1)
@@ -162,4 +135,21 @@ func TestKernelReusesARemovedRange(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond)
 	waitHeld(t, tr, c.base+1, 1)
+}
+
+// serveInSlot1 makes a listener of its own group for s, inserts it in
+// slot 1 and makes that slot active.
+func serveInSlot1(t *testing.T, f fds, s *Steering) int {
+	t.Helper()
+	ln := f.listen(t, 0, 16)
+	if err := s.Attach(ln); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Insert(1, ln); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Activate(1); err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }
