@@ -14,14 +14,7 @@ import (
 // another order does: each keeps its range and its count, and a new
 // listener gets a range nobody pinned.
 func TestKernelKeepsTrackingBases(t *testing.T) {
-	requireTracking(t)
-	inNetns(t)
-	f := newFDs(t)
-	tr := loadTracking(t)
-	dir := testPinDir(t)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	k := newKernel(dir, tr, log)
+	f, tr, k := countedKernel(t)
 	want := map[string]struct {
 		base  uint32
 		conns int
@@ -44,7 +37,7 @@ func TestKernelKeepsTrackingBases(t *testing.T) {
 		s.Close() // the pins stay, as when handoffd exits
 	}
 
-	again := newKernel(dir, tr, log)
+	again := newKernel(k.dir, tr, k.log)
 	for _, name := range []string{"b", "a"} {
 		s, err := again.Steering(name, "http", true)
 		if err != nil {
@@ -89,13 +82,7 @@ func TestKernelWithoutProbes(t *testing.T) {
 // Insert forgets what the old listener counted there, so the new count
 // starts at zero and the old connections' end leaves it alone.
 func TestKernelReusesARemovedRange(t *testing.T) {
-	requireTracking(t)
-	inNetns(t)
-	f := newFDs(t)
-	tr := loadTracking(t)
-	dir := testPinDir(t)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	k := newKernel(dir, tr, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f, tr, k := countedKernel(t)
 
 	a, err := k.Steering("a", "http", false)
 	if err != nil {
@@ -135,6 +122,20 @@ func TestKernelReusesARemovedRange(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond)
 	waitHeld(t, tr, c.base+1, 1)
+}
+
+// countedKernel moves the test into a network namespace of its own and
+// returns a Kernel over freshly loaded probes, pinning under a directory
+// of its own.
+func countedKernel(t *testing.T) (fds, *Tracking, *Kernel) {
+	t.Helper()
+	requireTracking(t)
+	inNetns(t)
+	f := newFDs(t)
+	tr := loadTracking(t)
+	dir := testPinDir(t)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return f, tr, newKernel(dir, tr, slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
 // serveInSlot1 makes a listener of its own group for s, inserts it in
