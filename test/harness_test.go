@@ -140,6 +140,7 @@ type daemon struct {
 	metrics string // host:port of /metrics, if served
 	control string
 	config  string // handoffd's config file, which a test may rewrite
+	bpfDir  string // where handoffd pins its eBPF objects
 	addr    string
 	webAddr string // the second service's address, with daemonOptions.web
 	client  *api.Client
@@ -207,6 +208,7 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 	d := &daemon{t: t, mode: opts.mode, control: filepath.Join(dir, "handoffd.sock"), addr: dialAddr(t, listen),
 		log: new(bytes.Buffer), exited: make(chan struct{})}
 	bpfDir := fmt.Sprintf("/sys/fs/bpf/handoff-e2e-%d-%d", os.Getpid(), port)
+	d.bpfDir = bpfDir
 	if opts.metrics {
 		d.metrics = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	}

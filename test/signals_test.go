@@ -1,7 +1,9 @@
 package test
 
 import (
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -56,4 +58,35 @@ func (d *daemon) signalAndWait(sig syscall.Signal, want time.Duration, when stri
 		d.t.Errorf("handoffd took %v to exit on %s %s; want under %v", took, sig, when, want)
 	}
 	return took
+}
+
+// TestFullStopLeavesNoPins: both full stops, SIGINT and `handoffctl stop`,
+// end every generation and handoffd and leave nothing pinned in bpf_dir:
+// nothing is left to re-adopt, so the connection counter goes too.
+func TestFullStopLeavesNoPins(t *testing.T) {
+	for _, how := range []string{"SIGINT", "handoffctl stop"} {
+		t.Run(how, func(t *testing.T) {
+			d := startDaemon(t, daemonOptions{})
+			if how == "SIGINT" {
+				d.signalAndWait(syscall.SIGINT, 40*time.Second, "on a full stop")
+			} else {
+				d.ctlOK("", "stop")
+				select {
+				case <-d.exited:
+				case <-time.After(40 * time.Second):
+					t.Fatal("handoffd still runs 40s after handoffctl stop")
+				}
+			}
+			var left []string
+			filepath.WalkDir(d.bpfDir, func(path string, e fs.DirEntry, err error) error {
+				if err == nil && !e.IsDir() {
+					left = append(left, strings.TrimPrefix(path, d.bpfDir+"/"))
+				}
+				return nil
+			})
+			if len(left) > 0 {
+				t.Errorf("after %s, bpf_dir still holds %v", how, left)
+			}
+		})
+	}
 }
