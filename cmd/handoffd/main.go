@@ -117,13 +117,24 @@ func run(c *cli.Context) error {
 }
 
 // serve starts the services and handles signals until handoffd is to
-// exit, starting included: SIGINT stops every service, then handoffd;
+// exit, starting included: SIGINT (like POST /v1/stop, which closes
+// stopped) stops every service, then handoffd;
 // SIGTERM leaves them serving for a restarted handoffd; SIGHUP reloads the
 // config in the background (after the start), so that a reload waiting
 // for a swap never holds up the other two.
 func serve(sup *lifecycle.Supervisor, k *loader.Kernel, sigs <-chan os.Signal, stopped <-chan struct{}, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// After a full stop nothing is left to re-adopt: the connection
+	// counter goes too.
+	removeProbes := func() {
+		if k == nil {
+			return
+		}
+		if err := k.Remove(); err != nil {
+			log.Error("remove connection-tracking probes", "err", err)
+		}
+	}
 	started := make(chan error, 1)
 	go func() { started <- sup.Start(ctx) }()
 	starting, reloadPending := true, false
@@ -160,6 +171,7 @@ func serve(sup *lifecycle.Supervisor, k *loader.Kernel, sigs <-chan os.Signal, s
 			}
 		case <-stopped:
 			log.Info("handoffd stopped by request")
+			removeProbes()
 			return nil
 		case sig := <-sigs:
 			switch sig {
@@ -167,10 +179,8 @@ func serve(sup *lifecycle.Supervisor, k *loader.Kernel, sigs <-chan os.Signal, s
 				log.Info("SIGINT: stopping every service, then handoffd")
 				cancel()
 				err := stopAll(sup)
-				if k != nil && err == nil {
-					if err := k.Remove(); err != nil {
-						log.Error("remove connection-tracking probes", "err", err)
-					}
+				if err == nil {
+					removeProbes()
 				}
 				return err
 			case syscall.SIGTERM:
