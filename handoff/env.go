@@ -4,6 +4,7 @@ import (
 	"os"
 	"strconv"
 	"sync/atomic"
+	"time"
 )
 
 // Read at init, before Listen or anything else can change the environment.
@@ -29,4 +30,23 @@ func parseGeneration(s string) int {
 		return 0
 	}
 	return n
+}
+
+// DrainTimeout returns how long handoffd lets this generation drain after
+// its stop signal before it kills it (the service's drain_timeout less
+// its stop_delay, as they were when the generation started:
+// HANDOFF_DRAIN_TIMEOUT_MS), and false when handoffd did not say (the
+// process runs without handoffd, or joined from outside). A drain that
+// keeps within it ends by itself, not by SIGKILL.
+func DrainTimeout() (time.Duration, bool) {
+	d := parseMillis(os.Getenv("HANDOFF_DRAIN_TIMEOUT_MS"))
+	return d, d > 0
+}
+
+func parseMillis(s string) time.Duration {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0
+	}
+	return time.Duration(n) * time.Millisecond
 }

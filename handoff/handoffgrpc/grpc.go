@@ -30,14 +30,30 @@ import (
 	"google.golang.org/grpc"
 )
 
-// DefaultDrainTimeout is the DrainTimeout of a Server that sets none.
+// DefaultDrainTimeout is the DrainTimeout of a Server that sets none,
+// when handoffd did not say how long the drain may take
+// (handoff.DrainTimeout).
 const DefaultDrainTimeout = 30 * time.Second
+
+// drainTimeout is s.DrainTimeout, or what handoffd allows less a margin
+// for Stop and the process's exit (a tenth, at most a second), or
+// DefaultDrainTimeout.
+func (s *Server) drainTimeout() time.Duration {
+	if s.DrainTimeout > 0 {
+		return s.DrainTimeout
+	}
+	if d, ok := handoff.DrainTimeout(); ok {
+		return d - min(d/10, time.Second)
+	}
+	return DefaultDrainTimeout
+}
 
 // A Server runs a *grpc.Server for the life of a generation.
 type Server struct {
 	// DrainTimeout bounds GracefulStop; Stop then closes every connection
-	// left. Keep it below the service's drain_timeout. Zero means
-	// DefaultDrainTimeout.
+	// left. Keep it below the service's drain_timeout. Zero means what
+	// handoffd allows (handoff.DrainTimeout) less a margin, or
+	// DefaultDrainTimeout when handoffd did not say.
 	DrainTimeout time.Duration
 	// Spread is the window over which Draining channels close, cut to
 	// half of DrainTimeout. Zero means handoff.DefaultSpread.
@@ -144,10 +160,7 @@ func (s *Server) Drain() error {
 }
 
 func (s *Server) drain() error {
-	timeout := s.DrainTimeout
-	if timeout <= 0 {
-		timeout = DefaultDrainTimeout
-	}
+	timeout := s.drainTimeout()
 	done := make(chan struct{})
 	go func() { s.srv.GracefulStop(); close(done) }()
 	s.once.Do(func() {
@@ -199,11 +212,7 @@ func (s *Server) Draining(ctx context.Context) <-chan struct{} {
 	if spread <= 0 {
 		spread = handoff.DefaultSpread
 	}
-	timeout := s.DrainTimeout
-	if timeout <= 0 {
-		timeout = DefaultDrainTimeout
-	}
-	spread = min(spread, timeout/2)
+	spread = min(spread, s.drainTimeout()/2)
 	delay := rand.N(spread + 1)
 	// Ends with the drain (after delay) or with ctx, whichever is first.
 	go func() {

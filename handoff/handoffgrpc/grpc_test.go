@@ -119,3 +119,26 @@ func TestServeNotReadyWhenServeFailed(t *testing.T) {
 		}
 	}
 }
+
+// With no DrainTimeout, a Server keeps within what handoffd allows, less a
+// margin for Stop and the exit.
+func TestDrainTimeoutFollowsHandoffd(t *testing.T) {
+	for _, tc := range []struct {
+		env  string
+		set  time.Duration
+		want time.Duration
+	}{
+		{"", 0, DefaultDrainTimeout},
+		{"30000", 0, 29 * time.Second},
+		{"5000", 0, 4500 * time.Millisecond},
+		{"5000", 2 * time.Second, 2 * time.Second},
+		{"nonsense", 0, DefaultDrainTimeout},
+	} {
+		t.Setenv("HANDOFF_DRAIN_TIMEOUT_MS", tc.env)
+		s := New(grpc.NewServer())
+		s.DrainTimeout = tc.set
+		if got := s.drainTimeout(); got != tc.want {
+			t.Errorf("HANDOFF_DRAIN_TIMEOUT_MS=%q, DrainTimeout %v: drains for %v, want %v", tc.env, tc.set, got, tc.want)
+		}
+	}
+}

@@ -166,6 +166,8 @@ func childEnv(spec lifecycle.LaunchSpec, notifySocket string) []string {
 		"HANDOFF_SERVICE="+spec.Service,
 		"HANDOFF_GENERATION="+strconv.Itoa(spec.Generation),
 		"HANDOFF_CONTROL="+spec.Control,
+		// How long the generation has from its stop signal to SIGKILL.
+		"HANDOFF_DRAIN_TIMEOUT_MS="+strconv.FormatInt((spec.Config.DrainTimeout-spec.Config.StopDelay).Std().Milliseconds(), 10),
 	)
 	if spec.StateChannel {
 		// The channel's fd comes right after the LISTEN_FDS.

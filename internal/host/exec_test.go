@@ -17,10 +17,12 @@ func TestChildEnvIsOnlyWhatTheConfigGives(t *testing.T) {
 	t.Setenv("SECRET_OF_HANDOFFD", "x")
 	spec := lifecycle.LaunchSpec{Service: "web", Generation: 3, Control: "/run/handoff/handoffd.sock",
 		Config: &config.ServiceConfig{Env: []string{"GIN_MODE=release", "LISTEN_FDS=9"},
+			DrainTimeout: config.Duration(10 * time.Second), StopDelay: config.Duration(time.Second),
 			Listeners: []config.ListenerConfig{{Name: "http"}, {Name: "admin"}}}}
 	got := childEnv(spec, "@notify")
 	want := []string{"PATH=" + DefaultPath, "GIN_MODE=release", "LISTEN_FDS=0", "LISTEN_FDNAMES=http:admin", "HANDOFF_LISTEN_FDS=0",
-		"NOTIFY_SOCKET=@notify", "HANDOFF_SERVICE=web", "HANDOFF_GENERATION=3", "HANDOFF_CONTROL=/run/handoff/handoffd.sock"}
+		"NOTIFY_SOCKET=@notify", "HANDOFF_SERVICE=web", "HANDOFF_GENERATION=3", "HANDOFF_CONTROL=/run/handoff/handoffd.sock",
+		"HANDOFF_DRAIN_TIMEOUT_MS=9000"}
 	if !slices.Equal(got, want) {
 		t.Errorf("env\n got %q\nwant %q", got, want)
 	}
