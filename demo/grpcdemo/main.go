@@ -42,7 +42,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("grpcdemo", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:9090", "listen address when not started by handoffd")
 	name := fs.String("listener", "grpc", "name of the listener handoffd hands over")
-	drainTimeout := fs.Duration("drain-timeout", 25*time.Second, "longest GracefulStop before open calls are stopped")
+	drainTimeout := fs.Duration("drain-timeout", 0, "longest GracefulStop before open calls are stopped; 0: what handoffd allows, less a margin (handoff.DrainTimeout), or 30s without handoffd")
 	spread := fs.Duration("spread", handoff.DefaultSpread, "while draining, end Ticks streams spread over this window")
 	if err := fs.Parse(args); err != nil {
 		return err
