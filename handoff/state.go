@@ -204,23 +204,15 @@ func openStateChannel(fdString, timeout string) (*stateChannel, error) {
 	if err != nil || fd < 0 {
 		return nil, fmt.Errorf("%s=%q is not an fd number", stateproto.EnvFD, fdString)
 	}
-	if err := kernel.CheckSeqpacket(fd); err != nil {
-		return nil, fmt.Errorf("%s=%d: %w", stateproto.EnvFD, fd, err)
-	}
 	wait := defaultStateTimeout
 	if ms, err := strconv.Atoi(timeout); err == nil && ms > 0 {
 		wait = time.Duration(ms) * time.Millisecond
 	}
 	f := os.NewFile(uintptr(fd), "handoff-state")
-	nc, err := net.FileConn(f) // a close-on-exec dup
+	conn, err := kernel.SeqpacketConn(f)
 	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("%s=%d: %w", stateproto.EnvFD, fd, err)
-	}
-	conn, ok := nc.(*net.UnixConn)
-	if !ok {
-		nc.Close()
-		return nil, fmt.Errorf("%s=%d: not a unix socket", stateproto.EnvFD, fd)
 	}
 	raw, err := conn.SyscallConn()
 	if err != nil {

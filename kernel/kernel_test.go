@@ -599,3 +599,36 @@ func TestIsTerminal(t *testing.T) {
 		}
 	}
 }
+
+// TestSeqpacketConn: a connection over a SOCK_SEQPACKET socket outlives
+// the file it was made from; any other socket is refused.
+func TestSeqpacketConn(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := os.NewFile(uintptr(fds[1]), "peer")
+	defer peer.Close()
+	f := os.NewFile(uintptr(fds[0]), "mine")
+	c, err := SeqpacketConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := peer.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "hello" {
+		t.Errorf("read through the connection after the file closed: %q, %v", buf[:n], err)
+	}
+	l, err := ListenTCP("l", "tcp", "127.0.0.1:0", false, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := SeqpacketConn(l); err == nil || !strings.Contains(err.Error(), "want SOCK_SEQPACKET") {
+		t.Errorf("a TCP socket: %v, want an error that asks for SOCK_SEQPACKET", err)
+	}
+}

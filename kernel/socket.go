@@ -173,6 +173,24 @@ func CheckSeqpacket(fd int) error {
 	return nil
 }
 
+// SeqpacketConn returns a connection over a close-on-exec duplicate of
+// f, which must be a SOCK_SEQPACKET UNIX socket; f stays the caller's.
+func SeqpacketConn(f *os.File) (*net.UnixConn, error) {
+	if err := CheckSeqpacket(int(f.Fd())); err != nil {
+		return nil, err
+	}
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("a connection over a SOCK_SEQPACKET socket: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, errors.New("a SOCK_SEQPACKET socket that is not a UNIX one")
+	}
+	return uc, nil
+}
+
 // SeqpacketPair returns the two ends of a new pair of connected
 // SOCK_SEQPACKET UNIX sockets, both close-on-exec: one as a connection
 // for this process, the other as a file, named name, to pass on. A
@@ -185,13 +203,13 @@ func SeqpacketPair(name string) (*net.UnixConn, *os.File, error) {
 	}
 	theirs := os.NewFile(uintptr(fds[1]), name)
 	mine := os.NewFile(uintptr(fds[0]), name+" (other end)")
-	c, err := net.FileConn(mine)
+	c, err := SeqpacketConn(mine)
 	mine.Close()
 	if err != nil {
 		theirs.Close()
-		return nil, nil, fmt.Errorf("a connection over a SOCK_SEQPACKET pair: %w", err)
+		return nil, nil, err
 	}
-	return c.(*net.UnixConn), theirs, nil
+	return c, theirs, nil
 }
 
 // Unread returns how many bytes wait in the receive queue of the

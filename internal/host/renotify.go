@@ -115,17 +115,9 @@ func (p *adoptedProcess) Channel() lifecycle.StateChannel {
 // closed, whatever the outcome.
 func (p *adoptedProcess) AttachChannel(f *os.File) error {
 	defer f.Close()
-	if err := kernel.CheckSeqpacket(int(f.Fd())); err != nil {
-		return fmt.Errorf("state channel: %w", err)
-	}
-	nc, err := net.FileConn(f)
+	c, err := kernel.SeqpacketConn(f)
 	if err != nil {
 		return fmt.Errorf("state channel: %w", err)
-	}
-	c, ok := nc.(*net.UnixConn)
-	if !ok {
-		nc.Close()
-		return errors.New("state channel: not a unix socket")
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
