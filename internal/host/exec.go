@@ -288,6 +288,16 @@ func closeNotify(c *net.UnixConn) {
 	}
 }
 
+// closeNotifyRead closes the NOTIFY_SOCKET c of a process that exited
+// (its exited flag set), once its reader, which closes read as it
+// returns, took what is still queued. The deadline wakes a read that
+// waits.
+func closeNotifyRead(c *net.UnixConn, read <-chan struct{}) {
+	c.SetReadDeadline(time.Now())
+	<-read
+	closeNotify(c)
+}
+
 type execProcess struct {
 	cmd       *exec.Cmd
 	ready     chan struct{}
@@ -342,14 +352,10 @@ func (p *execProcess) Signal(sig syscall.Signal) error {
 
 func (p *execProcess) wait(notify *net.UnixConn) {
 	p.cmd.Wait()
-	// readNotify reads what is still queued, then returns: the lifecycle
-	// hears of all the process sent (a final delta, just before it
-	// exited) before it hears of the exit. The deadline wakes a read
-	// that waits.
+	// The lifecycle hears of all the process sent (a final delta, just
+	// before it exited) before it hears of the exit.
 	p.exited.Store(true)
-	notify.SetReadDeadline(time.Now())
-	<-p.notifyRead
-	closeNotify(notify)
+	closeNotifyRead(notify, p.notifyRead)
 	if p.channel != nil {
 		p.channel.close()
 	}

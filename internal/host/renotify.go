@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/handoffd/handoffd/internal/lifecycle"
 	"github.com/handoffd/handoffd/kernel"
@@ -55,9 +54,7 @@ func (p *adoptedProcess) wait() {
 	notify, read := p.notify, p.notifyRead
 	p.mu.Unlock()
 	if notify != nil {
-		notify.SetReadDeadline(time.Now()) // wakes a read that waits
-		<-read
-		closeNotify(notify)
+		closeNotifyRead(notify, read)
 	}
 	p.mu.Lock()
 	if p.channel != nil {
