@@ -164,9 +164,7 @@ func (s *Service) snapshotNotice(g *Generation, n Notice) {
 func (s *Service) attachChannel(g *Generation, n Notice) {
 	const name = "handoff.channel" // for the log: the message has no FDNAME
 	files := n.Files
-	s.mu.Lock()
-	on := s.cfg.StateHandoff
-	s.mu.Unlock()
+	on := s.Config().StateHandoff
 	attacher, ok := g.proc.(ChannelAttacher)
 	var why string
 	switch {
