@@ -101,9 +101,8 @@ func notifyFiles(payload []byte, files []*os.File, untilRead time.Duration) erro
 	if len(payload) > stateproto.MaxMessage {
 		return fmt.Errorf("message of %d bytes, over %d", len(payload), stateproto.MaxMessage)
 	}
-	// untilRead: a process that exits right after its last message
-	// would otherwise race its reader, since handoffd stops reading a
-	// generation's NOTIFY_SOCKET once it exited.
+	// untilRead: the caller goes on (a final: exits) only once handoffd
+	// has taken the message off NOTIFY_SOCKET, or untilRead passed.
 	if err := kernel.SendDatagram(addr, payload, files, untilRead); err != nil {
 		return fmt.Errorf("notify: %w", err)
 	}
