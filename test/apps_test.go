@@ -92,7 +92,7 @@ func (r appRun) name() string {
 
 // appRuns are the runs of make test: where each app is clean, and what
 // stop_delay changes for puma. HANDOFF_APPS=all adds the rest of the
-// matrix (every app, mode and client), for the README's table.
+// matrix (every app, mode and client), for the table in docs/apps.md.
 var appRuns = []appRun{
 	{app: 0, mode: "ebpf", keepAlive: true, mustBeClean: true},
 	{app: 0, mode: "fdpass", keepAlive: true, mustBeClean: true},

@@ -439,7 +439,7 @@ func rerender(jsonPath string) error {
 		return fmt.Errorf("plot: %w", err)
 	}
 	fmt.Print(markdown(&res))
-	fmt.Print("\nREADME table:\n\n" + readmeTable(&res))
+	fmt.Print("\nTable for docs/benchmarks.md:\n\n" + readmeTable(&res))
 	fmt.Printf("\nplot: %s\n", pngPath)
 	return nil
 }

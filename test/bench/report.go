@@ -235,7 +235,7 @@ func median(xs []float64) float64 {
 	return s[len(s)/2]
 }
 
-// readmeLabels name the strategies in the README's table.
+// readmeLabels name the strategies in the table of docs/benchmarks.md.
 var readmeLabels = map[string]string{
 	"none":              "none (no swap: the baseline)",
 	"naive":             "naive (stop, then start)",
@@ -249,7 +249,7 @@ var readmeLabels = map[string]string{
 	"handoffd-canary":   "handoffd, ebpf, canary 5 % → 50 % → promote",
 }
 
-// readmeTable is the README's summary of a run: failures, requests/s and
+// readmeTable is docs/benchmarks.md's summary of a run: failures, requests/s and
 // p99 latency before and after swaps, in both client modes.
 func readmeTable(res *results) string {
 	var b strings.Builder
