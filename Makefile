@@ -52,8 +52,9 @@ e2e: build
 test-vm: deb
 	bash test/vm/run.sh
 
-# Binaries, man pages, shell completion, README.md and ARCHITECTURE.md into
-# $(DESTDIR)$(PREFIX); the unit, and the example config as
+# Binaries, man pages, shell completion and the guide (README.md,
+# SECURITY.md, docs/*.md, as laid out in the repository, so that their links
+# hold) into $(DESTDIR)$(PREFIX); the unit, and the example config as
 # $(SYSCONFDIR)/handoff/handoff.yaml.example.
 install: build
 	install -d bin/doc
@@ -74,8 +75,8 @@ install: build
 	install -D -m 0644 bin/doc/_handoffctl $(DESTDIR)$(ZSHCOMPDIR)/_handoffctl
 	install -D -m 0644 bin/doc/handoffd.service $(DESTDIR)$(UNITDIR)/handoffd.service
 	install -D -m 0644 packaging/handoff.yaml $(DESTDIR)$(SYSCONFDIR)/handoff/handoff.yaml.example
-	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
-	install -D -m 0644 docs/ARCHITECTURE.md $(DESTDIR)$(DOCDIR)/ARCHITECTURE.md
+	install -D -m 0644 -t $(DESTDIR)$(DOCDIR) README.md SECURITY.md
+	install -D -m 0644 -t $(DESTDIR)$(DOCDIR)/docs docs/*.md
 
 # A Debian package of what make install installs, into dist/.
 deb:

@@ -44,16 +44,19 @@ func TestSystemdUnit(t *testing.T) {
 			t.Errorf("man -l %s.8.gz renders no NAME section:\n%s", page, out)
 		}
 	}
-	// The example config sends the reader to the installed ARCHITECTURE.md.
-	const archDoc = "/usr/share/doc/handoffd/ARCHITECTURE.md"
-	if doc, err := os.ReadFile(archDoc); err != nil || !strings.Contains(string(doc), "\n## Configuration\n") {
-		t.Errorf("%s: no Configuration section (%v)", archDoc, err)
+	// The example config sends the reader to the installed configuration
+	// reference, beside the rest of the guide.
+	const confDoc = "/usr/share/doc/handoffd/docs/configuration.md"
+	if doc, err := os.ReadFile(confDoc); err != nil || !strings.Contains(string(doc), "\n## Keys\n") {
+		t.Errorf("%s: no Keys section (%v)", confDoc, err)
 	}
-	if _, err := os.Stat("/usr/share/doc/handoffd/README.md"); err != nil {
-		t.Error(err)
+	for _, doc := range []string{"README.md", "SECURITY.md", "docs/ARCHITECTURE.md"} {
+		if _, err := os.Stat("/usr/share/doc/handoffd/" + doc); err != nil {
+			t.Error(err)
+		}
 	}
-	if ex, err := os.ReadFile("/etc/handoff/handoff.yaml.example"); err != nil || !strings.Contains(string(ex), archDoc) {
-		t.Errorf("handoff.yaml.example does not point at %s (%v)", archDoc, err)
+	if ex, err := os.ReadFile("/etc/handoff/handoff.yaml.example"); err != nil || !strings.Contains(string(ex), confDoc) {
+		t.Errorf("handoff.yaml.example does not point at %s (%v)", confDoc, err)
 	}
 
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -160,7 +163,7 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	sdWaitInactive(t)
 	for _, f := range []string{"/usr/sbin/handoffd", "/usr/bin/handoffctl", "/lib/systemd/system/handoffd.service",
-		"/usr/share/man/man8/handoffd.8.gz", archDoc} {
+		"/usr/share/man/man8/handoffd.8.gz", confDoc} {
 		if _, err := os.Stat(f); err == nil {
 			t.Errorf("%s is still there after dpkg -r", f)
 		}
