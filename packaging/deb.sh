@@ -19,7 +19,7 @@ rm -rf bin/deb && mkdir -p "$root/DEBIAN" dist
 # Static binaries: the package depends on nothing.
 CGO_ENABLED=0 make --no-print-directory install DESTDIR="$root" PREFIX=/usr SYSCONFDIR=/etc \
 	UNITDIR=/lib/systemd/system ZSHCOMPDIR=/usr/share/zsh/vendor-completions VERSION="$version" COMMIT="$commit" >/dev/null
-gzip -9n "$root"/usr/share/man/man8/*.8
+gzip -9n "$root"/usr/share/man/man8/*.8 "$root"/usr/share/man/man5/*.5
 cp packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$root/DEBIAN/"
 echo /etc/handoff/handoff.yaml.example >"$root/DEBIAN/conffiles"
 cat >"$root/DEBIAN/control" <<CONTROL

@@ -38,10 +38,11 @@ func TestSystemdUnit(t *testing.T) {
 	sdRun(t, "dpkg", "-i", deb)
 	t.Logf("%s; %s", sdRun(t, "handoffd", "--version"), sdRun(t, "handoffctl", "--version"))
 	sdRun(t, "systemd-analyze", "verify", "/lib/systemd/system/handoffd.service")
-	for _, page := range []string{"handoffd", "handoffctl"} {
-		out := sdRun(t, "man", "-P", "cat", "-l", "/usr/share/man/man8/"+page+".8.gz")
-		if !strings.Contains(out, "NAME") || !strings.Contains(out, page) {
-			t.Errorf("man -l %s.8.gz renders no NAME section:\n%s", page, out)
+	for _, page := range []string{"man8/handoffd.8", "man8/handoffctl.8", "man5/handoff.yaml.5"} {
+		out := sdRun(t, "man", "-P", "cat", "-l", "/usr/share/man/"+page+".gz")
+		name := strings.TrimSuffix(filepath.Base(page), filepath.Ext(page))
+		if !strings.Contains(out, "NAME") || !strings.Contains(out, name) || !strings.Contains(out, "SEE ALSO") {
+			t.Errorf("man -l %s.gz renders no NAME or SEE ALSO section:\n%s", page, out)
 		}
 	}
 	// The example config sends the reader to the installed configuration

@@ -39,7 +39,8 @@ func main() {
 		Description: "handoffd runs the services of its config file as numbered generations and swaps them " +
 			"without failing a request (handoffctl swap). SIGHUP reloads the config; SIGTERM ends handoffd " +
 			"and leaves the services serving, for a new handoffd to re-adopt from state_dir/state.json; " +
-			"SIGINT stops every service, then handoffd. Under systemd: handoffd.service.",
+			"SIGINT stops every service, then handoffd. Under systemd: handoffd.service. The config " +
+			"file's keys: handoff.yaml(5).",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Value: config.DefaultConfigPath, Usage: "config file"},
 			&cli.StringFlag{Name: "control", Usage: "control socket (overrides the config)"},
@@ -48,6 +49,7 @@ func main() {
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
 		},
 		Action:          run,
+		Commands:        []*cli.Command{configReferenceCommand()},
 		HideHelpCommand: true,
 	}
 	cliapp.Setup(app)
