@@ -27,6 +27,21 @@ func VersionLine() string { return fmt.Sprintf("%s (commit %s)", Version, Commit
 // administration, as they need root or handoffd's group.
 const manSection = 8
 
+// manPages are handoffd's man pages, as name and section; each page's SEE
+// ALSO names the others.
+var manPages = [][2]string{{"handoffd", "8"}, {"handoffctl", "8"}, {"handoff.yaml", "5"}}
+
+// seeAlso is the SEE ALSO section of the man page of the program name.
+func seeAlso(name string) string {
+	var refs []string
+	for _, p := range manPages {
+		if p[0] != name {
+			refs = append(refs, fmt.Sprintf(".BR %s (%s)", p[0], p[1]))
+		}
+	}
+	return ".SH SEE ALSO\n" + strings.Join(refs, ",\n") + "\n"
+}
+
 var (
 	//go:embed completion.bash
 	bashCompletion string
@@ -35,7 +50,8 @@ var (
 )
 
 // Setup sets app's version and shell completion and adds the hidden
-// commands "man" and "completion bash|zsh".
+// commands "man" (whose SEE ALSO names handoffd's other man pages, the
+// config file's handoff.yaml(5) among them) and "completion bash|zsh".
 func Setup(app *cli.App) {
 	app.Version = VersionLine()
 	app.EnableBashCompletion = true
@@ -47,7 +63,7 @@ func Setup(app *cli.App) {
 				if err != nil {
 					return fmt.Errorf("man page: %w", err)
 				}
-				_, err = fmt.Fprint(c.App.Writer, page)
+				_, err = fmt.Fprint(c.App.Writer, strings.TrimRight(page, "\n")+"\n\n"+seeAlso(app.Name))
 				return err
 			},
 		},

@@ -29,7 +29,8 @@ func TestSetup(t *testing.T) {
 		wantErr string
 	}{
 		{args: []string{"--version"}, want: []string{"handoffctl version dev (commit unknown)"}},
-		{args: []string{"man"}, want: []string{".TH handoffctl 8", "control handoffd", "--control", "swap"}},
+		{args: []string{"man"}, want: []string{".TH handoffctl 8", "control handoffd", "--control", "swap",
+			".SH SEE ALSO\n.BR handoffd (8),\n.BR handoff.yaml (5)\n"}},
 		{args: []string{"completion", "bash"}, want: []string{"complete -o bashdefault -o default -F _handoffctl_complete handoffctl"}},
 		{args: []string{"completion", "zsh"}, want: []string{"#compdef handoffctl", "--generate-bash-completion"}},
 		{args: []string{"completion", "fish"}, wantErr: "name a shell, bash or zsh"},
