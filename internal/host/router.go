@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 
 	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/config"
@@ -55,7 +56,7 @@ type NewSteering func(service, listener string, reuse bool) (Steering, error)
 // lane is how one listener moves between generations.
 type lane interface {
 	socket(gen int) (*os.File, error)
-	adopt(f *os.File) error
+	adopt(gen int, f *os.File) error
 	activate(gen int) error
 	stats(gen int) (lifecycle.SlotStats, bool)
 	migrated() uint64
@@ -73,6 +74,7 @@ type steeredLane struct {
 	st    Steering
 	slots int
 	base  slotBaselines
+	bound boundAddrs
 }
 
 func (s *steeredLane) slot(gen int) uint32 { return uint32(gen % s.slots) }
@@ -98,6 +100,7 @@ func (s *steeredLane) socket(gen int) (*os.File, error) {
 			s.base.set(gen, lifecycle.SlotStats(now))
 		}
 	}
+	s.bound.set(gen, f)
 	return f, nil
 }
 
@@ -116,15 +119,23 @@ func (s *steeredLane) promote(gen int) error {
 	return s.st.SetSplit(loader.Split{})
 }
 
+// dialProbe connects to the address gen's socket is bound to (the
+// loader dials the loopback address of its family when that is every
+// address), through the steering program's probes map.
 func (s *steeredLane) dialProbe(ctx context.Context, gen int) (net.Conn, error) {
-	target, err := listenerTarget(s.l)
-	if err != nil {
-		return nil, err
+	target, ok := s.bound.get(gen)
+	if !ok {
+		var err error
+		if target, err = listenerTarget(s.l); err != nil {
+			return nil, err
+		}
 	}
 	return s.st.DialProbe(ctx, target, s.slot(gen))
 }
 
-// listenerTarget is the address a health check of listener l dials.
+// listenerTarget is the address a health check of listener l dials when
+// no socket of it is at hand: the address kernel.ListenTCP binds, an
+// empty host being every address of the network's family.
 func listenerTarget(l config.ListenerConfig) (netip.AddrPort, error) {
 	network, hostport, err := config.ParseAddress(l.Address)
 	if err != nil {
@@ -135,13 +146,29 @@ func listenerTarget(l config.ListenerConfig) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("resolve %s: %w", l.Address, err)
 	}
 	ap := a.AddrPort()
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	addr := ap.Addr().Unmap()
+	if a.IP == nil {
+		addr = netip.IPv4Unspecified()
+		if network == "tcp6" {
+			addr = netip.IPv6Unspecified()
+		}
+	}
+	return netip.AddrPortFrom(addr, ap.Port()), nil
 }
-func (s *steeredLane) close() error   { return s.st.Remove() }
-func (s *steeredLane) forget(gen int) { s.base.forget(gen) }
 
-// adopt needs nothing: the socket is in the pinned steering map already.
-func (s *steeredLane) adopt(*os.File) error { return nil }
+func (s *steeredLane) close() error { return s.st.Remove() }
+
+func (s *steeredLane) forget(gen int) {
+	s.base.forget(gen)
+	s.bound.forget(gen)
+}
+
+// adopt keeps the address of the re-adopted socket; the socket itself is
+// in the pinned steering map already.
+func (s *steeredLane) adopt(gen int, f *os.File) error {
+	s.bound.set(gen, f)
+	return nil
+}
 
 func (s *steeredLane) stats(gen int) (lifecycle.SlotStats, bool) {
 	if !s.st.Counted() {
@@ -205,7 +232,7 @@ func (s *sharedLane) migrated() uint64                      { return 0 }
 func (s *sharedLane) forget(int)                            {}
 
 // adopt makes a re-adopted generation's socket the shared one again.
-func (s *sharedLane) adopt(f *os.File) error {
+func (s *sharedLane) adopt(_ int, f *os.File) error {
 	dup, err := kernel.Dup(f)
 	s.f = dup
 	return err
@@ -344,7 +371,7 @@ func (r *laneRouter) Migrated() uint64 {
 
 func (r *laneRouter) Adopt(gen int, files []*os.File) error {
 	for i, ln := range r.lanes {
-		if err := ln.adopt(files[i]); err != nil {
+		if err := ln.adopt(gen, files[i]); err != nil {
 			return fmt.Errorf("listener %s: %w", r.names[i], err)
 		}
 	}
@@ -374,4 +401,46 @@ func (r *laneRouter) Close() error {
 		errs = append(errs, ln.close())
 	}
 	return errors.Join(errs...)
+}
+
+// boundAddrs remembers, per generation, the address its listening socket
+// is bound to: what a health check of that socket dials. A host name may
+// resolve to other addresses by the next generation, and an empty host
+// binds every address, which a client cannot dial.
+type boundAddrs struct {
+	mu   sync.Mutex
+	addr map[int]netip.AddrPort
+}
+
+// set reads the address f is bound to; a socket whose address cannot be
+// read leaves gen to the listener's configured address.
+func (b *boundAddrs) set(gen int, f *os.File) {
+	if f == nil {
+		return
+	}
+	a, err := kernel.ListeningAddr(f)
+	tcp, ok := a.(*net.TCPAddr)
+	if err != nil || !ok {
+		return
+	}
+	ap := tcp.AddrPort()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.addr == nil {
+		b.addr = map[int]netip.AddrPort{}
+	}
+	b.addr[gen] = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+func (b *boundAddrs) get(gen int) (netip.AddrPort, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	a, ok := b.addr[gen]
+	return a, ok
+}
+
+func (b *boundAddrs) forget(gen int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.addr, gen)
 }

@@ -3,12 +3,16 @@ package host
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/handoffd/handoffd/internal/config"
+	"github.com/handoffd/handoffd/kernel"
+	"github.com/handoffd/handoffd/loader"
 )
 
 func TestListenerTarget(t *testing.T) {
@@ -16,6 +20,11 @@ func TestListenerTarget(t *testing.T) {
 		{"tcp://127.0.0.1:8080", "127.0.0.1:8080"},
 		{"tcp6://[::1]:80", "[::1]:80"},
 		{"tcp4://0.0.0.0:9000", "0.0.0.0:9000"},
+		{"tcp://:8080", "0.0.0.0:8080"},
+		{"tcp4://:8080", "0.0.0.0:8080"},
+		{"tcp6://:8080", "[::]:8080"},
+		{"tcp6://[::]:8080", "[::]:8080"},
+		{"tcp4://localhost:8080", "127.0.0.1:8080"},
 	} {
 		got, err := listenerTarget(config.ListenerConfig{Name: "http", Address: tc.addr})
 		if err != nil || got != netip.MustParseAddrPort(tc.want) {
@@ -54,4 +63,86 @@ func TestSharedLaneProbeAndSplit(t *testing.T) {
 	if err := lane.promote(2); !errors.Is(err, errShared) {
 		t.Errorf("promote of a shared lane: %v, want errShared", err)
 	}
+}
+
+// probeRecorder is a Steering that records where DialProbe was asked to
+// connect and connects nowhere.
+type probeRecorder struct {
+	Steering
+	target netip.AddrPort
+	slot   uint32
+}
+
+func (p *probeRecorder) Attach(int) error         { return nil }
+func (p *probeRecorder) Insert(uint32, int) error { return nil }
+func (p *probeRecorder) Counted() bool            { return false }
+
+func (p *probeRecorder) DialProbe(_ context.Context, target netip.AddrPort, slot uint32) (net.Conn, error) {
+	p.target, p.slot = target, slot
+	return nil, errors.New("recorded")
+}
+
+// TestSteeredLaneProbeTarget checks that a health check of a steered
+// listener dials the address its generation's socket is bound to, a
+// valid address for each form of listener address (the loader turns
+// every-address into loopback), and the configured address for a
+// generation whose socket it never saw.
+func TestSteeredLaneProbeTarget(t *testing.T) {
+	for _, tc := range []struct{ addr, want string }{
+		{"tcp://:%d", "0.0.0.0"},
+		{"tcp4://:%d", "0.0.0.0"},
+		{"tcp6://:%d", "::"},
+		{"tcp6://[::]:%d", "::"},
+		{"tcp://localhost:%d", "127.0.0.1"},
+		{"tcp6://[::1]:%d", "::1"},
+	} {
+		st := &probeRecorder{}
+		address := fmt.Sprintf(tc.addr, freePort(t))
+		lane := &steeredLane{l: config.ListenerConfig{Name: "http", Address: address, Backlog: 16}, st: st, slots: int(loader.Slots)}
+		f, err := lane.socket(3)
+		if err != nil {
+			t.Fatalf("%s: %v", address, err)
+		}
+		bound, err := boundPort(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lane.dialProbe(context.Background(), 3)
+		if want := netip.AddrPortFrom(netip.MustParseAddr(tc.want), bound); st.target != want || st.slot != 3 {
+			t.Errorf("%s: probe dialled %s for slot %d, want %s for slot 3", address, st.target, st.slot, want)
+		}
+		lane.forget(3)
+		lane.dialProbe(context.Background(), 3)
+		if want := netip.AddrPortFrom(netip.MustParseAddr(tc.want), bound); st.target != want {
+			t.Errorf("%s: probe of a socket never seen dialled %s, want %s", address, st.target, want)
+		}
+		if err := lane.adopt(3, f); err != nil {
+			t.Fatal(err)
+		}
+		lane.dialProbe(context.Background(), 3)
+		if want := netip.AddrPortFrom(netip.MustParseAddr(tc.want), bound); st.target != want {
+			t.Errorf("%s: probe of an adopted socket dialled %s, want %s", address, st.target, want)
+		}
+		f.Close()
+	}
+}
+
+// freePort returns a port that no TCP socket is bound to now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// boundPort returns the port f listens on.
+func boundPort(f *os.File) (uint16, error) {
+	a, err := kernel.ListeningAddr(f)
+	if err != nil {
+		return 0, err
+	}
+	return uint16(a.(*net.TCPAddr).Port), nil
 }
