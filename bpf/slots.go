@@ -10,4 +10,12 @@ const (
 	// in (TRACKING_SLOTS in tracking.h): each counted listener takes a
 	// range of Slots of them.
 	TrackingSlots = 4096
+
+	// The canary split is one 64-bit word (steer.c's splits map): the
+	// threshold in its low SplitThresholdBits bits (0 to 1<<32), the
+	// canary's slot in the byte from SplitSlotShift, and the sticky flag
+	// at bit SplitStickyShift.
+	SplitThresholdBits = 33
+	SplitSlotShift     = 40
+	SplitStickyShift   = 48
 )

@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestSlotsMatchTheSources keeps the Go constants, the C sources and the
@@ -16,6 +18,9 @@ func TestSlotsMatchTheSources(t *testing.T) {
 	}{
 		{"steer.c", "SLOTS", Slots},
 		{"tracking.h", "TRACKING_SLOTS", TrackingSlots},
+		{"steer.c", "SPLIT_THRESHOLD_BITS", SplitThresholdBits},
+		{"steer.c", "SPLIT_SLOT_SHIFT", SplitSlotShift},
+		{"steer.c", "SPLIT_STICKY_SHIFT", SplitStickyShift},
 	} {
 		src, err := os.ReadFile(tc.file)
 		if err != nil {
@@ -41,6 +46,9 @@ func TestSlotsMatchTheSources(t *testing.T) {
 	track, err := LoadTrack()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if sp := steer.Maps[SteerMapSplits]; sp.ValueSize != 8 || sp.Flags&unix.BPF_F_MMAPABLE == 0 {
+		t.Errorf("compiled steer map %s has values of %d bytes, flags %#x: want one mmapable 64-bit word", SteerMapSplits, sp.ValueSize, sp.Flags)
 	}
 	if n := track.Maps[TrackMapConnCounts].MaxEntries; n != TrackingSlots {
 		t.Errorf("compiled track map %s has %d entries, want TrackingSlots = %d", TrackMapConnCounts, n, TrackingSlots)

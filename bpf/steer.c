@@ -61,24 +61,26 @@ struct {
 	__type(value, __u64);
 } fallbacks SEC(".maps");
 
-// Split flags.
-#define SPLIT_STICKY 1 // split by client address instead of by flow
-
-// How new connections are shared between the active slot and a canary.
-struct split {
-	__u32 slot;  // the canary's slot
-	__u32 flags; // SPLIT_*
-	// A connection whose 32-bit hash is below threshold goes to slot:
-	// 0 sends none, 1 << 32 sends all. Changing the share, promoting
-	// and rolling back are each one update of this value or of active.
-	__u64 threshold;
-};
+// How new connections are shared between the active slot and a canary:
+// one 64-bit word, which the program reads with one load and handoffd
+// writes with one atomic store through a mapping of the map (it is
+// mmapable), so that no connection sees a share change, a promotion or a
+// rollback half done. A connection whose 32-bit hash is below the
+// threshold goes to the canary's slot: 0 sends none, 1 << 32 all.
+//
+//   bits  0-32  threshold
+//   bits 40-47  the canary's slot
+//   bit  48     sticky: split by client address instead of by flow
+#define SPLIT_THRESHOLD_BITS 33
+#define SPLIT_SLOT_SHIFT 40
+#define SPLIT_STICKY_SHIFT 48
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, struct split);
+	__type(value, __u64);
 } splits SEC(".maps");
 
 // The source of one health-probe connection of handoffd. addr is IPv6 or
@@ -298,18 +300,21 @@ int steer(struct sk_reuseport_md *md)
 	// values may change under us.
 	__u32 key = *slot;
 	__u32 other = key;
-	struct split *sp = bpf_map_lookup_elem(&splits, &zero);
-	if (sp && sp->threshold && sp->slot != key) {
-		__u32 canary = sp->slot;
+	__u64 *sp = bpf_map_lookup_elem(&splits, &zero);
+	// One load: the fields below all come from the same split.
+	__u64 split = sp ? *(volatile __u64 *)sp : 0;
+	__u64 threshold = split & ((1ULL << SPLIT_THRESHOLD_BITS) - 1);
+	__u32 canary = (split >> SPLIT_SLOT_SHIFT) & 0xff;
+	if (threshold && canary != key) {
 		__u32 hash = md->hash;
-		if (sp->flags & SPLIT_STICKY) {
+		if ((split >> SPLIT_STICKY_SHIFT) & 1) {
 			if (!have_addr)
 				have_addr = client_addr(md, addr) == 0;
 			// Without an address the flow hash still splits.
 			if (have_addr)
 				hash = addr_hash(addr);
 		}
-		if ((__u64)hash < sp->threshold) {
+		if ((__u64)hash < threshold) {
 			other = key;
 			key = canary;
 		} else {

@@ -37,13 +37,6 @@ type SteerSlotCounters struct {
 	Migrated uint64
 }
 
-type SteerSplit struct {
-	_         structs.HostLayout
-	Slot      uint32
-	Flags     uint32
-	Threshold uint64
-}
-
 type SteerSplitCounts struct {
 	_          structs.HostLayout
 	Probed     uint64

@@ -18,9 +18,6 @@ import (
 // active slot; a steering loaded afresh has them.
 var ErrNoSplit = errors.New("the pinned steering program predates canary splits and health probes")
 
-// splitFlagSticky is SPLIT_STICKY of steer.c.
-const splitFlagSticky = 1
-
 // fullShare is the split threshold that sends every connection to the
 // canary: the program compares a 32-bit hash with it.
 const fullShare = 1 << 32
@@ -70,7 +67,7 @@ func (s *Steering) openSplitPins(spec *ebpf.CollectionSpec) error {
 		if _, err := os.Stat(filepath.Join(s.dir, pm.name)); errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		m, err := openPinnedMap(spec, s.dir, pm.name)
+		m, err := s.openSplitPin(spec, pm.name)
 		if err != nil {
 			return err
 		}
@@ -83,7 +80,35 @@ func (s *Steering) openSplitPins(spec *ebpf.CollectionSpec) error {
 	if present == 0 {
 		return nil
 	}
+	if !s.legacySplits {
+		if err := s.mapSplits(); err != nil {
+			return err
+		}
+	}
 	return s.forgetProbes()
+}
+
+// openSplitPin opens the pinned map name. A splits map of the layout
+// before the split was one word is taken as it is, and written in that
+// layout, which its program reads: the steering of a running service
+// keeps its canaries across an upgrade of handoffd.
+func (s *Steering) openSplitPin(spec *ebpf.CollectionSpec, name string) (*ebpf.Map, error) {
+	if name != pinSplits {
+		return openPinnedMap(spec, s.dir, name)
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(s.dir, name), nil)
+	if err != nil {
+		return nil, err
+	}
+	if isLegacySplits(m) {
+		s.legacySplits = true
+		return m, nil
+	}
+	if err := spec.Maps[name].Compatible(m); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("pinned map %s: %w", name, err)
+	}
+	return m, nil
 }
 
 // forgetProbes empties the probes map of a steering opened from its pins:
@@ -112,8 +137,9 @@ func (s *Steering) forgetProbes() error {
 }
 
 // SetSplit sends Share of the new connections to sp.Slot from now on, and
-// the rest to the active slot. It is one map update: it starts a canary,
-// changes its share, or, with Share 0, rolls it back. Requests migrated
+// the rest to the active slot. It is one atomic store of the split's one
+// word, which the program reads whole: it starts a canary, changes its
+// share, or, with Share 0, rolls it back. Requests migrated
 // from a closing listener follow the same split. Whichever slot the split
 // chooses, a connection whose chosen slot holds no socket goes to the
 // other one, so a canary that dies sends nothing into the void.
@@ -136,11 +162,9 @@ func (s *Steering) SetSplit(sp Split) error {
 			return fmt.Errorf("set split to slot %d: no listening socket in it: %w", sp.Slot, err)
 		}
 	}
-	v := bpf.SteerSplit{Slot: sp.Slot, Threshold: uint64(math.Round(sp.Share * fullShare))}
-	if sp.Sticky {
-		v.Flags = splitFlagSticky
-	}
-	if err := s.splits.Update(uint32(0), v, ebpf.UpdateAny); err != nil {
+	s.splitMu.Lock()
+	defer s.splitMu.Unlock()
+	if err := s.storeSplit(sp); err != nil {
 		return fmt.Errorf("set split to slot %d: %w", sp.Slot, err)
 	}
 	return nil
@@ -151,15 +175,13 @@ func (s *Steering) Split() (Split, error) {
 	if s.splits == nil {
 		return Split{}, fmt.Errorf("read split: %w", ErrNoSplit)
 	}
-	var v bpf.SteerSplit
-	if err := s.splits.Lookup(uint32(0), &v); err != nil {
+	s.splitMu.Lock()
+	defer s.splitMu.Unlock()
+	sp, err := s.loadSplit()
+	if err != nil {
 		return Split{}, fmt.Errorf("read split: %w", err)
 	}
-	return Split{
-		Slot:   v.Slot,
-		Share:  float64(v.Threshold) / fullShare,
-		Sticky: v.Flags&splitFlagSticky != 0,
-	}, nil
+	return sp, nil
 }
 
 // Promote makes the canary the active slot and ends the split. The

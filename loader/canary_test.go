@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/handoffd/handoffd/bpf"
@@ -748,5 +749,172 @@ func TestSplitStickyMigration(t *testing.T) {
 	m1, m2 := counters(t, s, 1).Migrated, counters(t, s, 2).Migrated
 	if m1+m2 != uint64(len(sources)) || m2 != uint64(canaries) {
 		t.Errorf("migrated counters %d and %d, want %d and %d", m1, m2, len(sources)-canaries, canaries)
+	}
+}
+
+// TestSplitReadWhole changes the split between two values as fast as one
+// goroutine can, a canary taking every connection (slot 2) and no split
+// at all, while new connections are steered: each must land on a slot
+// that one of the two values sends it to. A program that read the split
+// field by field could mix the canary's threshold with the empty split's
+// slot 0 and send a connection there; a listener waits in slot 0 to catch
+// it. The run is bounded by splitHammerConns connections and
+// splitHammerTime.
+func TestSplitReadWhole(t *testing.T) {
+	s, ln1, ln2 := activeGroup(t)
+	p := port(t, ln1)
+	decoy, _ := listen(t, p)
+	if err := s.Attach(decoy); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Insert(0, decoy); err != nil {
+		t.Fatal(err)
+	}
+	canary := Split{Slot: 2, Share: 1}
+	stop := make(chan struct{})
+	updates := make(chan int, 1)
+	errc := make(chan error, 1)
+	go func() {
+		n := 0
+		defer func() { updates <- n }()
+		for ; ; n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			sp := Split{}
+			if n%2 == 0 {
+				sp = canary
+			}
+			if err := s.SetSplit(sp); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	sources := splitSources()
+	start := time.Now()
+	conns := 0
+	var got []map[[4]byte]int
+	for conns < splitHammerConns && time.Since(start) < splitHammerTime {
+		batch := sources[conns%len(sources):][:min(1000, len(sources)-conns%len(sources))]
+		g := spread(t, p, batch, 1, ln1, ln2, decoy)
+		if got == nil {
+			got = g
+		} else {
+			for i := range g {
+				for k, v := range g[i] {
+					got[i][k] += v
+				}
+			}
+		}
+		conns += len(batch)
+	}
+	close(stop)
+	n := <-updates
+	select {
+	case err := <-errc:
+		t.Fatal(err)
+	default:
+	}
+	wrong := counters(t, s, 0).Selected
+	t.Logf("%d connections in %s while the split changed %d times: %d to the active slot, %d to the canary, %d to slot 0",
+		conns, time.Since(start).Round(time.Millisecond), n, total(got[0]), total(got[1]), total(got[2]))
+	if wrong != 0 || total(got[2]) != 0 {
+		t.Errorf("%d connections steered to slot 0 (%d accepted there), which neither split sends any to: the split was read half old, half new", wrong, total(got[2]))
+	}
+	if total(got[0]) == 0 || total(got[1]) == 0 {
+		t.Errorf("the split did not change under the connections: %d active, %d canary", total(got[0]), total(got[1]))
+	}
+}
+
+// splitHammerConns and splitHammerTime bound TestSplitReadWhole.
+const (
+	splitHammerConns = 60000
+	splitHammerTime  = 15 * time.Second
+)
+
+// TestOpenPinnedSplitLayouts opens a pinned steering twice: as this build
+// pins it, where the split written by the first handle is read by the
+// second, and with a splits map of the layout before the split was one
+// word (slot, flags, threshold), as an older handoffd left it, which the
+// second handle reads and writes in that layout.
+func TestOpenPinnedSplitLayouts(t *testing.T) {
+	requireEBPF(t)
+	inNetns(t)
+	dir := testPinDir(t)
+	first, err := LoadSteering(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	ln, _ := listen(t, 0)
+	if err := first.Insert(3, ln); err != nil {
+		t.Fatal(err)
+	}
+	want := Split{Slot: 3, Share: 0.25, Sticky: true}
+	setSplit(t, first, want)
+	again, err := OpenPinned(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := again.Split(); err != nil || got != want {
+		t.Errorf("Split() of the reopened steering = %+v, %v; want %+v", got, err, want)
+	}
+	again.Close()
+
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	path := filepath.Join(dir, pinSplits)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	legacy, err := OpenPinned(dir, nil)
+	if err != nil {
+		t.Fatalf("open a steering pinned with the older split layout: %v", err)
+	}
+	defer func() {
+		if err := legacy.Remove(); err != nil {
+			t.Error(err)
+		}
+	}()
+	setSplit(t, legacy, Split{Slot: 3, Share: 0.5, Sticky: true})
+	var v legacySplit
+	if err := old.Lookup(uint32(0), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v != (legacySplit{Slot: 3, Flags: 1, Threshold: 1 << 31}) {
+		t.Errorf("the older splits map holds %+v, want slot 3, flags 1, threshold 1<<31", v)
+	}
+	setSplit(t, legacy, Split{Slot: 3, Share: 1})
+	if err := old.Lookup(uint32(0), &v); err != nil || v != (legacySplit{Slot: 3, Threshold: 1 << 32}) {
+		t.Errorf("the older splits map holds %+v (%v), want slot 3, threshold 1<<32", v, err)
+	}
+}
+
+// TestPackSplit checks the split's word against the layout steer.c reads.
+func TestPackSplit(t *testing.T) {
+	for _, tc := range []struct {
+		sp   Split
+		want uint64
+	}{
+		{Split{}, 0},
+		{Split{Slot: 63, Share: 1}, 63<<40 | 1<<32},
+		{Split{Slot: 5, Share: 0.5, Sticky: true}, 1<<48 | 5<<40 | 1<<31},
+		{Split{Slot: 1, Share: 1.0 / (1 << 32)}, 1<<40 | 1},
+	} {
+		if got := packSplit(tc.sp); got != tc.want {
+			t.Errorf("packSplit(%+v) = %#x, want %#x", tc.sp, got, tc.want)
+		}
+		if got := unpackSplit(tc.want); got != tc.sp {
+			t.Errorf("unpackSplit(%#x) = %+v, want %+v", tc.want, got, tc.sp)
+		}
 	}
 }

@@ -10,7 +10,8 @@
 // too. Generation g owns slot uint32(g % Slots); a swap is Activate, one
 // map update. A canary is a Split beside the active slot: SetSplit starts
 // one, changes its share, or rolls it back, and Promote makes the canary
-// active, each with one map update that decides. DialProbe connects to the
+// active, each with one update that decides (the split is one word, read
+// whole by the program and written with one atomic store). DialProbe connects to the
 // listener as a health check of the generation in a given slot, steered
 // there while every client connection goes by the active slot and split.
 //

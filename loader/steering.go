@@ -59,6 +59,14 @@ type Steering struct {
 	splitCounters *ebpf.Map
 	probeCount    *ebpf.Map
 
+	// splitMu orders the writes of the split, held in splitMem (splits
+	// mapped into memory) or, with legacySplits, in a splits map of the
+	// layout before the split was one word. splitsClosed is set by Close.
+	splitMu      sync.Mutex
+	splitMem     []byte
+	legacySplits bool
+	splitsClosed bool
+
 	// probeMu orders the updates of probes and probeCount, which
 	// holds probeN: the program reads client addresses only while it is
 	// not 0.
@@ -129,7 +137,11 @@ func loadSteeringObjs(dir string, t *Tracking, base uint32) (*Steering, error) {
 		tracking:      t,
 		base:          base,
 	}
-	if err := s.pin(); err != nil {
+	err = s.mapSplits()
+	if err == nil {
+		err = s.pin()
+	}
+	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("load steering in %s: %w", dir, err)
 	}
@@ -388,9 +400,13 @@ func (s *Steering) Close() error {
 	s.probeMu.Lock()
 	s.closed = true
 	s.probeMu.Unlock()
+	s.splitMu.Lock()
+	s.splitsClosed = true
+	unmapErr := s.unmapSplits()
+	s.splitMu.Unlock()
 	// Close of a nil *ebpf.Map or *ebpf.Program is a no-op, which covers
 	// a half-opened Steering.
-	err := errors.Join(s.prog.Close(), s.sockets.Close(), s.active.Close(),
+	err := errors.Join(unmapErr, s.prog.Close(), s.sockets.Close(), s.active.Close(),
 		s.counters.Close(), s.fallbacks.Close(),
 		s.splits.Close(), s.probes.Close(), s.splitCounters.Close(), s.probeCount.Close())
 	if err != nil {
