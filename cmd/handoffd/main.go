@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -74,6 +73,11 @@ func run(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// Before anything else writes there: the modes of state_dir are
+	// deliberate, not those of whichever writer came first.
+	if err := host.PrepareStateDir(cfg.StateDir, log); err != nil {
+		return err
+	}
 	mode, err := resolveMode(cfg.Mode, log)
 	if err != nil {
 		return err
@@ -82,7 +86,7 @@ func run(c *cli.Context) error {
 	opts := lifecycle.Options{
 		Mode: mode,
 		Launcher: &host.ExecLauncher{Self: "/proc/self/exe", Stdout: os.Stdout, Stderr: os.Stderr,
-			LogDir: filepath.Join(cfg.StateDir, "logs"), NotifyDir: filepath.Join(cfg.StateDir, "notify")},
+			LogDir: host.LogDir(cfg.StateDir), NotifyDir: host.NotifyDir(cfg.StateDir)},
 		Counter:    host.Counter{},
 		Observer:   swaps,
 		Logger:     log,

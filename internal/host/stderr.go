@@ -40,9 +40,6 @@ func stderrPath(dir, service string, gen int) string {
 }
 
 func openStderrLog(dir, service string, gen int) (*stderrLog, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create log directory: %w", err)
-	}
 	path := stderrPath(dir, service, gen)
 	child, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {

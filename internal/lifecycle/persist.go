@@ -158,10 +158,9 @@ func (w *stateSaver) write() {
 	}
 }
 
+// writeFileAtomic writes path, mode 0600, through a rename. Its directory,
+// state_dir, is made by handoffd's start (host.PrepareStateDir).
 func writeFileAtomic(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
 		return err
