@@ -26,6 +26,10 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
+	// A copy of this binary runs as another user for a test (runAs).
+	if len(os.Args) > 1 && os.Args[1] == asUserArg {
+		os.Exit(asUser(os.Args[2:]))
+	}
 	// A guest without a Go toolchain (make test-vm) runs the binaries
 	// built on its host.
 	if dir := os.Getenv("HANDOFF_E2E_BIN"); dir != "" {

@@ -45,24 +45,26 @@ type ExecLauncher struct {
 	// stderrLog); its last lines then explain a failed start. Without
 	// it, generations write to Stderr directly.
 	LogDir string
-	// NotifyDir, if set, holds each generation's NOTIFY_SOCKET as a
-	// socket file, as systemd's /run/systemd/notify is; without it, the
-	// socket is abstract ("@..."), which some sd_notify clients cannot
-	// reach (Ruby's sd_notify gem, used by puma). A generation that runs
-	// as another user gets an abstract one when it could not reach a
-	// file in NotifyDir (a directory on the way is not o+x).
+	// NotifyDir holds each generation's NOTIFY_SOCKET, a socket file in
+	// a directory of its own that only root and the generation's user
+	// may enter (see PrepareStateDir). It is never abstract: anyone may
+	// bind an abstract name first.
 	NotifyDir string
 }
 
 // Start starts one generation and returns once the process runs.
 func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, error) {
-	notifyDir := l.NotifyDir
-	if (spec.Config.User != "" || spec.Config.Group != "") && !traversableByAll(notifyDir) {
-		// Another user could not reach a file there; anyone can reach an
-		// abstract socket, and only the generation's pid is believed.
-		notifyDir = ""
+	var cred *syscall.Credential
+	if spec.Config.User != "" || spec.Config.Group != "" {
+		var err error
+		if cred, err = lookupCredential(spec.Config.User, spec.Config.Group); err != nil {
+			return nil, err
+		}
+		if cred.Uid != 0 && !traversableByAll(l.NotifyDir) {
+			return nil, fmt.Errorf("notify directory %s: a directory on the way is not searchable by others (o+x), so user %q could not reach its NOTIFY_SOCKET: open it, or choose another state_dir", l.NotifyDir, spec.Config.User)
+		}
 	}
-	notify, err := listenNotify(notifyDir, spec.Service, spec.Generation)
+	notify, err := listenNotify(l.NotifyDir, spec.Service, spec.Generation, cred)
 	if err != nil {
 		return nil, err
 	}
@@ -104,15 +106,7 @@ func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, erro
 	}
 	// Its own process group: a Ctrl-C meant for handoffd must not reach
 	// the generations, which handoffd stops in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if spec.Config.User != "" || spec.Config.Group != "" {
-		cred, err := lookupCredential(spec.Config.User, spec.Config.Group)
-		if err != nil {
-			release()
-			return nil, err
-		}
-		cmd.SysProcAttr.Credential = cred
-	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		release()
 		if errLog != nil {
@@ -216,46 +210,104 @@ func lookupCredential(userName, groupName string) (*syscall.Credential, error) {
 	return cred, nil
 }
 
-// listenNotify opens the generation's NOTIFY_SOCKET: a unixgram socket
-// with SO_PASSCRED, so that the kernel tells who sent each message. It is
-// a file in dir, or abstract when dir is "" or the path would be too long
-// for a socket address. The file is writable by all, like systemd's: a
-// generation may run as another user, and only its own pid is believed.
-func listenNotify(dir, service string, gen int) (*net.UnixConn, error) {
-	name := fmt.Sprintf("@handoffd/%d/%s/%d", os.Getpid(), service, gen)
-	if path, ok := notifyPath(dir, service, gen); ok {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, fmt.Errorf("notify socket directory: %w", err)
+// notifySocketName is the name of a NOTIFY_SOCKET in the directory of its
+// generation.
+const notifySocketName = "sock"
+
+// maxSocketPath is the longest path a socket address holds (sun_path, less
+// its NUL).
+const maxSocketPath = 107
+
+// notifyPath is the file of generation gen's NOTIFY_SOCKET in dir, the
+// notify directory: sock in a directory of the generation's own.
+func notifyPath(dir, service string, gen int) (string, error) {
+	if dir == "" {
+		return "", errors.New("no notify directory")
+	}
+	path := filepath.Join(dir, fmt.Sprintf("%s.%d", service, gen), notifySocketName)
+	if len(path) > maxSocketPath {
+		return "", fmt.Errorf("notify socket %s is %d bytes long, more than a socket address holds (%d): choose a shorter state_dir", path, len(path), maxSocketPath)
+	}
+	return path, nil
+}
+
+// legacyNotifyPath is where a handoffd older than the directory per
+// generation put the NOTIFY_SOCKET of a generation: a file in dir itself.
+// A restarted handoffd binds it again for a generation that such a
+// handoffd started (only handoffd can create a name in dir).
+func legacyNotifyPath(dir, service string, gen int) string {
+	return filepath.Join(dir, fmt.Sprintf("%s.%d.sock", service, gen))
+}
+
+// listenNotify opens the NOTIFY_SOCKET of generation gen: a unixgram
+// socket with SO_PASSCRED, so that the kernel tells who sent each
+// message, bound in a fresh directory of the generation's own in dir.
+// The directory is 0700 while the socket is bound, then opened to the
+// user of cred, if it is not root: with an ACL entry that lets that user
+// alone search it, or, where the filesystem has no ACLs, as 0710 for the
+// generation's group.
+func listenNotify(dir, service string, gen int, cred *syscall.Credential) (*net.UnixConn, error) {
+	path, err := notifyPath(dir, service, gen)
+	if err != nil {
+		return nil, err
+	}
+	genDir := filepath.Dir(path)
+	// One left there is a generation's whose handoffd died: only handoffd
+	// can create a name in dir.
+	if err := os.RemoveAll(genDir); err != nil {
+		return nil, fmt.Errorf("notify socket directory: %w", err)
+	}
+	if err := os.Mkdir(genDir, 0o700); err != nil {
+		return nil, fmt.Errorf("notify socket directory: %w", err)
+	}
+	c, err := bindNotify(path)
+	if err == nil {
+		err = openNotifyDir(genDir, cred)
+	}
+	if err != nil {
+		if c != nil {
+			closeNotify(c)
 		}
-		name = path
+		os.RemoveAll(genDir)
+		return nil, err
 	}
-	return bindNotify(name)
+	return c, nil
 }
 
-// notifyPath is the file of a generation's NOTIFY_SOCKET in dir, unless
-// dir is "" or the path is too long for a socket address.
-func notifyPath(dir, service string, gen int) (string, bool) {
-	path := filepath.Join(dir, fmt.Sprintf("%s.%d.sock", service, gen))
-	return path, dir != "" && len(path) < 108 // sun_path, with its NUL
+// openNotifyDir lets the user of cred search genDir, and nobody else but
+// handoffd enter it.
+func openNotifyDir(genDir string, cred *syscall.Credential) error {
+	if err := os.Chmod(genDir, 0o700); err != nil {
+		return fmt.Errorf("notify socket directory: %w", err)
+	}
+	if cred == nil || cred.Uid == 0 {
+		return nil
+	}
+	err := kernel.AllowUser(genDir, cred.Uid, 1)
+	if errors.Is(err, kernel.ErrNoACLs) {
+		if err = os.Chown(genDir, -1, int(cred.Gid)); err == nil {
+			err = os.Chmod(genDir, 0o710)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("open notify socket directory to uid %d: %w", cred.Uid, err)
+	}
+	return nil
 }
 
-// bindNotify binds a NOTIFY_SOCKET at name, a path or an abstract name
-// ("@..."). A stale file at the path, of a handoffd that died, is
-// removed first.
-func bindNotify(name string) (*net.UnixConn, error) {
-	file := strings.HasPrefix(name, "/")
-	if file {
-		os.Remove(name)
-	}
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
+// bindNotify binds a NOTIFY_SOCKET at path. A stale file there, of a
+// handoffd that died, is removed first. The file is writable by all, like
+// systemd's: its directory decides who reaches it, and only the
+// generation's pid is believed.
+func bindNotify(path string) (*net.UnixConn, error) {
+	os.Remove(path)
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
 		return nil, fmt.Errorf("open notify socket: %w", err)
 	}
-	if file {
-		if err := os.Chmod(name, 0o666); err != nil {
-			closeNotify(c)
-			return nil, fmt.Errorf("notify socket: %w", err)
-		}
+	if err := os.Chmod(path, 0o666); err != nil {
+		closeNotify(c)
+		return nil, fmt.Errorf("notify socket: %w", err)
 	}
 	if err := kernel.PassCred(c); err != nil {
 		closeNotify(c)
@@ -280,11 +332,17 @@ func traversableByAll(dir string) bool {
 	}
 }
 
-// closeNotify closes a notify socket and removes its file, if it has one.
+// closeNotify closes a notify socket and removes its file, and the
+// generation's directory it was in.
 func closeNotify(c *net.UnixConn) {
 	c.Close()
-	if name := c.LocalAddr().String(); strings.HasPrefix(name, "/") {
-		os.Remove(name)
+	name := c.LocalAddr().String()
+	if !strings.HasPrefix(name, "/") {
+		return
+	}
+	os.Remove(name)
+	if filepath.Base(name) == notifySocketName {
+		os.Remove(filepath.Dir(name))
 	}
 }
 

@@ -1,16 +1,23 @@
 package host
 
 import (
+	"bytes"
+	"encoding/binary"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/handoffd/handoffd/internal/config"
 	"github.com/handoffd/handoffd/internal/lifecycle"
+	"github.com/handoffd/handoffd/kernel"
 )
 
 func TestChildEnvIsOnlyWhatTheConfigGives(t *testing.T) {
@@ -68,20 +75,28 @@ func TestLookupCredential(t *testing.T) {
 	}
 }
 
-// The notify socket is a file in the notify directory, writable by all
-// and removed on close; with no directory it is abstract.
+// The notify socket is a file in a directory of its generation's own in
+// the notify directory, writable by all and removed with its directory on
+// close; the directory is root's alone, or opened to the generation's
+// user alone. There is no abstract one.
 func TestListenNotifyFile(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "notify")
-	c, err := listenNotify(dir, "web", 3)
+	if err := os.Mkdir(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	c, err := listenNotify(dir, "web", 3, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "web.3.sock")
+	path := filepath.Join(dir, "web.3", "sock")
 	if got := c.LocalAddr().String(); got != path {
 		t.Errorf("notify socket %q, want %q", got, path)
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o666 {
 		t.Errorf("notify socket file: %v, %v; want mode 0666", fi, err)
+	}
+	if fi, err := os.Stat(filepath.Dir(path)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("notify socket directory of a generation that runs as root: %v, %v; want mode 0700", fi, err)
 	}
 	sender, err := net.Dial("unixgram", path)
 	if err != nil {
@@ -95,16 +110,40 @@ func TestListenNotifyFile(t *testing.T) {
 		t.Errorf("read %q, %v", buf[:n], err)
 	}
 	closeNotify(c)
-	if _, err := os.Stat(path); !os.IsNotExist(err) {
-		t.Errorf("notify socket file left after close: %v", err)
+	if _, err := os.Stat(filepath.Dir(path)); !os.IsNotExist(err) {
+		t.Errorf("notify socket directory left after close: %v", err)
 	}
-	a, err := listenNotify("", "web", 3)
+
+	// Another user's: its directory lets that uid alone search it.
+	u, err := listenNotify(dir, "web", 4, &syscall.Credential{Uid: 4244, Gid: 4244})
+	if errors.Is(err, kernel.ErrNoACLs) && os.Getenv("CI") != "true" {
+		t.Skipf("no ACLs: %v", err)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeNotify(a)
-	if name := a.LocalAddr().String(); !strings.HasPrefix(name, "@handoffd/") {
-		t.Errorf("notify socket without a directory: %q, want an abstract one", name)
+	defer closeNotify(u)
+	genDir := filepath.Join(dir, "web.4")
+	buf = make([]byte, 256)
+	n, err := unix.Getxattr(genDir, "system.posix_acl_access", buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := binary.LittleEndian.AppendUint16(binary.LittleEndian.AppendUint16(nil, 0x02), 1)
+	entry = binary.LittleEndian.AppendUint32(entry, 4244)
+	if !bytes.Contains(buf[:n], entry) {
+		t.Errorf("ACL %x of %s has no search entry for uid 4244", buf[:n], genDir)
+	}
+	if fi, err := os.Stat(genDir); err != nil || fi.Mode().Perm()&0o007 != 0 {
+		t.Errorf("notify socket directory of uid 4244: %v, %v; want nothing for others", fi, err)
+	}
+
+	if _, err := listenNotify("", "web", 3, nil); err == nil {
+		t.Error("a notify socket without a notify directory")
+	}
+	long := filepath.Join(dir, strings.Repeat("x", 100))
+	if _, err := listenNotify(long, "web", 3, nil); err == nil || !strings.Contains(err.Error(), "choose a shorter state_dir") {
+		t.Errorf("a notify socket path over 107 bytes: %v, want an error that says so", err)
 	}
 }
 

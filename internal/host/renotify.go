@@ -65,9 +65,10 @@ func (p *adoptedProcess) wait() {
 }
 
 // Renotify implements lifecycle.Renotifier: it binds the NOTIFY_SOCKET
-// of the process again, at the address in its environment, which must be
-// one that handoffd gives (a file in the notify directory, or
-// @handoffd/PID/service/generation), and reads it as Start does.
+// of the process again, at the path in its environment, which must be the
+// one that handoffd gives this generation in the notify directory, and
+// reads it as Start does. The generation's directory there, with the
+// access its user was given, stays as the previous handoffd made it.
 func (p *adoptedProcess) Renotify(notice func(lifecycle.Notice)) error {
 	addr, err := environValue(p.Pid(), "NOTIFY_SOCKET")
 	if err != nil {
@@ -145,19 +146,17 @@ func environValue(pid int, name string) (string, error) {
 	return "", fmt.Errorf("pid %d has no %s", pid, name)
 }
 
-// notifyAddrs returns whether an address is one that a handoffd gives to
-// generation gen of service as its NOTIFY_SOCKET, with dir as the notify
-// directory: the file there, or an abstract name of any handoffd's pid.
+// notifyAddrs returns whether an address is the one that a handoffd gives
+// to generation gen of service as its NOTIFY_SOCKET, with dir as the
+// notify directory: its file there, or where a handoffd older than the
+// directory per generation put it. Never an abstract name: anyone may
+// bind one.
 func notifyAddrs(dir, service string, gen int) func(string) bool {
 	return func(addr string) bool {
-		if path, ok := notifyPath(dir, service, gen); ok && addr == path {
-			return true
-		}
-		rest, ok := strings.CutPrefix(addr, "@handoffd/")
-		if !ok {
+		if dir == "" {
 			return false
 		}
-		pid, tail, ok := strings.Cut(rest, "/")
-		return ok && pid != "" && strings.Trim(pid, "0123456789") == "" && tail == fmt.Sprintf("%s/%d", service, gen)
+		path, err := notifyPath(dir, service, gen)
+		return (err == nil && addr == path) || addr == legacyNotifyPath(dir, service, gen)
 	}
 }

@@ -59,12 +59,12 @@ func TestRenotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	stale, err := listenNotify(dir, "web", 4) // the previous handoffd's
+	stale, err := listenNotify(dir, "web", 4, nil) // the previous handoffd's
 	if err != nil {
 		t.Fatal(err)
 	}
 	stale.Close() // the file stays, as after a SIGKILL
-	path := filepath.Join(dir, "web.4.sock")
+	path := filepath.Join(dir, "web.4", "sock")
 	var out syncBuffer
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), wireChildEnv+"=channel", "NOTIFY_SOCKET="+path)
@@ -139,19 +139,21 @@ func dupSeqpacket(t *testing.T) (*os.File, error) {
 }
 
 // TestNotifyAddrs: a re-adopted generation's NOTIFY_SOCKET is bound again
-// only at an address that handoffd gives: its file in the notify
-// directory, or an abstract name of its service and generation.
+// only at the path that handoffd gives: its file in its directory in the
+// notify directory, or where an older handoffd put it. Never an abstract
+// name, which anyone could have bound.
 func TestNotifyAddrs(t *testing.T) {
 	ok := notifyAddrs("/run/handoffd/notify", "web", 4)
 	for addr, want := range map[string]bool{
+		"/run/handoffd/notify/web.4/sock":    true,
 		"/run/handoffd/notify/web.4.sock":    true,
-		"@handoffd/1234/web/4":               true,
+		"/run/handoffd/notify/web.5/sock":    false,
 		"/run/handoffd/notify/web.5.sock":    false,
+		"/run/handoffd/notify/web.4/other":   false,
 		"/run/handoffd/notify/../x.4.sock":   false,
 		"/etc/passwd":                        false,
+		"@handoffd/1234/web/4":               false,
 		"@handoffd/1234/web/40":              false,
-		"@handoffd/12a/web/4":                false,
-		"@handoffd//web/4":                   false,
 		"@other/1234/web/4":                  false,
 		"@handoffd/1234/web/4/../../x/web/4": false,
 		"":                                   false,

@@ -299,7 +299,7 @@ func TestStateWire(t *testing.T) {
 		t.Fatalf("second notice %+v, want an oversize one with 1 fd refused", big)
 	}
 	<-p1.Ready()
-	strangerSends(t, filepath.Join(notifyDir, "web.1.sock"), notices1)
+	strangerSends(t, filepath.Join(notifyDir, "web.1", "sock"), notices1)
 	p2, notices2 := start(2, []lifecycle.StoredFile{{Name: "memo", File: memo.Files[0]}})
 	memo.Files[0].Close()
 	for _, f := range next(notices2).Files {
@@ -416,7 +416,7 @@ services:
 	}
 	var out syncBuffer
 	sup, err := lifecycle.New(cfg, lifecycle.Options{Mode: api.ModeFDPass, NewRouter: NewRouter(api.ModeFDPass, 0, nil),
-		Launcher: &ExecLauncher{Self: self, Stdout: &out, Stderr: os.Stderr}, Counter: Counter{},
+		Launcher: &ExecLauncher{Self: self, Stdout: &out, Stderr: os.Stderr, NotifyDir: t.TempDir()}, Counter: Counter{},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -459,7 +459,7 @@ func TestStartKeepsStoredSocketsNonblocking(t *testing.T) {
 	defer unix.Close(fds[1])
 	stored := os.NewFile(uintptr(fds[0]), "stored socket")
 	defer stored.Close()
-	l := &ExecLauncher{Self: self, Stdout: io.Discard, Stderr: os.Stderr}
+	l := &ExecLauncher{Self: self, Stdout: io.Discard, Stderr: os.Stderr, NotifyDir: t.TempDir()}
 	cfg := &config.ServiceConfig{Name: "web", Command: []string{"true"}, Dir: "."}
 	p, err := l.Start(lifecycle.LaunchSpec{Service: "web", Generation: 1, Config: cfg,
 		Stored: []lifecycle.StoredFile{{Name: "conn", File: stored}}})
