@@ -29,6 +29,21 @@ func StartTicks(pid int) uint64 {
 	return ticks
 }
 
+// ParentPID returns the pid of the parent of process pid, 0 when it has
+// none (pid 1) or is gone.
+func ParentPID(pid int) int {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(fields) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return ppid
+}
+
 // NoNewPrivs makes sure that no exec from here on gains privileges
 // (setuid bits, file capabilities): PR_SET_NO_NEW_PRIVS. The kernel sets
 // it for the calling thread (and the threads it creates later): a caller

@@ -80,6 +80,11 @@ type ServiceConfig struct {
 	// StateTimeout bounds the whole state handoff of one swap (snapshot,
 	// delivery, LOADED); past it the new generation starts cold.
 	StateTimeout Duration `yaml:"state_timeout"`
+	// Join lets a process that handoffd did not start become the
+	// service's next generation over the control socket (POST
+	// /v1/services/NAME/join): root, members of group, and processes
+	// with the service's user (and group). Off by default.
+	Join bool `yaml:"join"`
 }
 
 // DefaultFDStoreMax is fd_store_max when the config does not set it.

@@ -112,7 +112,16 @@ func (a *API) authorize(next http.Handler) http.Handler {
 			need = accessRead
 		}
 		cred, ok := peerCredFrom(r.Context())
-		if ok && (a.policy.of(cred) >= need || a.mayJoin(cred, r)) {
+		if name, join := joinPath(r); ok && join {
+			if err := a.joinRefusal(cred, name); err != nil {
+				a.log.Warn("join refused", "service", name, "uid", cred.UID, "gid", cred.GID, "pid", cred.PID, "err", err)
+				writeJSON(w, http.StatusForbidden, api.ErrorBody{Error: err.Error()})
+				return
+			}
+			next.ServeHTTP(w, r)
+			return
+		}
+		if ok && a.policy.of(cred) >= need {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -124,7 +133,7 @@ func (a *API) authorize(next http.Handler) http.Handler {
 		a.log.Warn("control API request denied", "uid", cred.UID, "gid", cred.GID, "pid", cred.PID,
 			"method", r.Method, "path", r.URL.Path)
 		writeJSON(w, http.StatusForbidden, api.ErrorBody{Error: fmt.Sprintf(
-			"permission denied: uid %d may not %s %s; only %s%s may", cred.UID, r.Method, r.URL.Path, a.policy.who(need), a.joinersNote(r))})
+			"permission denied: uid %d may not %s %s; only %s may", cred.UID, r.Method, r.URL.Path, a.policy.who(need))})
 	})
 }
 

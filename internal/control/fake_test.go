@@ -48,7 +48,9 @@ func (l *fakeLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, erro
 	}
 	ready := make(chan struct{})
 	close(ready)
-	return &fakeProcess{pid: 1000 + spec.Generation, ready: ready, done: make(chan struct{})}, nil
+	// Pids differ between services, as real ones do.
+	pid := 1000 + 100*len(spec.Service) + spec.Generation
+	return &fakeProcess{pid: pid, ready: ready, done: make(chan struct{})}, nil
 }
 
 func (l *fakeLauncher) Adopt(string, int, int, uint64, []config.ListenerConfig) (lifecycle.Process, []*os.File, error) {

@@ -146,45 +146,73 @@ func joinPath(r *http.Request) (string, bool) {
 	return name, ok && name != "" && !strings.Contains(name, "/")
 }
 
-// joinUser returns the uid that may join service name besides those the
-// access policy admits: the service's user, if it has one.
-func (a *API) joinUser(name string) (uint32, string, bool) {
+// maxAncestors bounds the walk up a joining process's parents.
+const maxAncestors = 64
+
+// joinRefusal says why peer c may not join service name, or returns nil
+// when it may. Joining is a service's choice (join: true); then root,
+// handoffd's own uid, members of group, and processes that run as the
+// service would (its user, with its group or the user's primary group)
+// may join. A process that is, or descends from, a live generation of
+// another service may not, whatever its uid: two services that run as
+// one user must not take each other's place. An unknown service is left
+// to the handler to answer.
+func (a *API) joinRefusal(c *kernel.PeerCred, name string) error {
 	svc, err := a.sup.Service(name)
-	user := ""
-	if err == nil {
-		user = svc.Config().User
-	}
-	if user == "" {
-		return 0, "", false
-	}
-	u, err := config.LookupUser(user)
 	if err != nil {
-		return 0, "", false
+		if a.policy.of(c) == accessAll {
+			return nil
+		}
+		return fmt.Errorf("permission denied: uid %d may not join service %s", c.UID, name)
 	}
-	uid, err := strconv.ParseUint(u.Uid, 10, 32)
-	return uint32(uid), user, err == nil
+	cfg := svc.Config()
+	if !cfg.Join {
+		return fmt.Errorf("service %s does not accept joins: set join: true in its config to let a process started outside handoffd become its next generation", name)
+	}
+	for pid, i := int(c.PID), 0; pid > 1 && i < maxAncestors; pid, i = kernel.ParentPID(pid), i+1 {
+		if other, gen, ok := a.sup.GenerationOf(pid); ok && other != name {
+			return fmt.Errorf("permission denied: pid %d is generation %d of service %s or runs under it, and may not join service %s", c.PID, gen, other, name)
+		}
+	}
+	if a.policy.of(c) == accessAll {
+		return nil
+	}
+	who := a.policy.who(accessAll)
+	if cfg.User != "" {
+		uid, gid, err := serviceIDs(cfg)
+		if err != nil {
+			return fmt.Errorf("permission denied: service %s's user: %w", name, err)
+		}
+		if c.UID == uid && c.GID == gid {
+			return nil
+		}
+		who += fmt.Sprintf(" or processes that run as service %s's user %s (gid %d)", name, cfg.User, gid)
+	}
+	return fmt.Errorf("permission denied: uid %d (gid %d) may not join service %s; only %s may", c.UID, c.GID, name, who)
 }
 
-// mayJoin says whether c may join the service that r names as its user.
-func (a *API) mayJoin(c *kernel.PeerCred, r *http.Request) bool {
-	name, ok := joinPath(r)
-	if !ok {
-		return false
+// serviceIDs returns the uid and primary gid that cfg's generations run
+// with: its user's, and its group's gid when it names one.
+func serviceIDs(cfg *config.ServiceConfig) (uid, gid uint32, err error) {
+	u, err := config.LookupUser(cfg.User)
+	if err != nil {
+		return 0, 0, err
 	}
-	uid, _, ok := a.joinUser(name)
-	return ok && c.UID == uid
-}
-
-// joinersNote adds the service's user to the message of a denied join.
-func (a *API) joinersNote(r *http.Request) string {
-	name, ok := joinPath(r)
-	if !ok {
-		return ""
+	uid64, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return 0, 0, err
 	}
-	if _, user, ok := a.joinUser(name); ok {
-		return fmt.Sprintf(" or service %s's user %s", name, user)
+	gid64, err := strconv.ParseUint(u.Gid, 10, 32)
+	if err != nil {
+		return 0, 0, err
 	}
-	return ""
+	gid = uint32(gid64)
+	if cfg.Group != "" {
+		if gid, err = config.LookupGroup(cfg.Group); err != nil {
+			return 0, 0, err
+		}
+	}
+	return uint32(uid64), gid, nil
 }
 
 func headerHasToken(h http.Header, name, token string) bool {

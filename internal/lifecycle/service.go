@@ -161,6 +161,18 @@ func (nopObserver) StateFinal(string, string)               {}
 // Name returns the service's name.
 func (s *Service) Name() string { return s.name }
 
+// generationOf returns the live generation whose process pid is.
+func (s *Service) generationOf(pid int) (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, g := range s.gens {
+		if g.pid == pid && g.state.Live() {
+			return g.ID, true
+		}
+	}
+	return 0, false
+}
+
 // Swap starts the next generation, waits until it is ready, makes it
 // active and tells the previous one to drain. It returns once the new
 // generation is active, or with an error when it could not be made ready;

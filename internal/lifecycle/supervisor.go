@@ -193,6 +193,17 @@ func (s *Supervisor) Service(name string) (*Service, error) {
 	return nil, fmt.Errorf("%w %q", ErrUnknownService, name)
 }
 
+// GenerationOf returns the service and the generation whose process pid
+// is, among the live generations of every service.
+func (s *Supervisor) GenerationOf(pid int) (service string, gen int, ok bool) {
+	for _, svc := range s.list() {
+		if id, ok := svc.generationOf(pid); ok {
+			return svc.Name(), id, true
+		}
+	}
+	return "", 0, false
+}
+
 // Status returns the state of every service, or of the named one.
 func (s *Supervisor) Status(name string) (api.Status, error) {
 	st := api.Status{Services: []api.ServiceStatus{}}
