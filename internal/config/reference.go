@@ -132,6 +132,7 @@ services:
     fd_store_max: 16                  # fds kept in the fd store (FDSTORE=1); 0: none
     state_handoff: false              # the old generation hands its state to the new one (needs ready: notify)
     state_timeout: 5s                 # bounds the state handoff of one swap
+    join: false                       # let a process handoffd did not start become the next generation
     health:                           # optional; checked on the generation's own socket before activation
       http: /healthz                  # GET, 2xx passes; or  tcp: true
       listener: http                  # default: the first
@@ -174,8 +175,11 @@ var Reference = []Section{
 			},
 			{
 				Path: "state_dir", Type: "absolute path", Default: "/run/handoff",
-				Doc: "handoffd's state: `state.json`, from which a restarted handoffd re-adopts the generations that " +
-					"still run; `logs/`, the generations' stderr; `notify/`, their `NOTIFY_SOCKET` files.",
+				Doc: "handoffd's state: `state.json` (0600), from which a restarted handoffd re-adopts the generations " +
+					"that still run; `logs/` (0700), the generations' stderr; `notify/` (0711), a directory per " +
+					"generation that only it (and root) may enter, holding its `NOTIFY_SOCKET`. handoffd lays it out " +
+					"at start: a missing `state_dir` is made 0755, an existing one must be handoffd's and gets the " +
+					"search bits the control socket's groups and the generations need.",
 				Example: "/run/handoff-web", Reload: ReloadRestart,
 			},
 			{
@@ -332,6 +336,15 @@ var Reference = []Section{
 				Doc: "Bounds the state handoff of one swap (snapshot, delivery, `LOADED=1`); past it the new " +
 					"generation starts cold. Not counted in `ready_timeout`.",
 				Example: "2s", Reload: ReloadAtOnce,
+			},
+			{
+				Path: "services.join", Type: "boolean", Default: "false",
+				Doc: "Lets a process that handoffd did not start become the service's next generation over the " +
+					"control socket (`handoff.Listen` with `HANDOFF_CONTROL` and `HANDOFF_SERVICE`). Off, every join " +
+					"is refused, root's included. On, root, members of `group` and processes that run as the service " +
+					"would (its `user`, with its `group` or the user's primary group) may join; a process that is, or " +
+					"runs under, a live generation of another service may not, whatever its uid.",
+				Example: "true", Reload: ReloadAtOnce,
 			},
 		},
 	},
