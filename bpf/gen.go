@@ -21,4 +21,4 @@
 package bpf
 
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -strip llvm-strip -target bpfel -type slot_counters -type probe_key -type split_counts Steer steer.c -- -O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -strip llvm-strip -target bpfel -type slot_count -type conn Track track.c -- -O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -strip llvm-strip -target bpfel -type port_count Count count.c -- -O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu

@@ -1,0 +1,230 @@
+package loader
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// requireCounter skips the test unless this process can run the
+// connection counter (root, Linux >= 6.1); in CI it fails instead.
+func requireCounter(t *testing.T) *ConnCounter {
+	t.Helper()
+	c, err := LoadConnCounter()
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("connection counter unavailable in CI: %v", err)
+		}
+		t.Skipf("connection counter unavailable: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// holder starts a process (sleep) that holds the sockets fds as its fds 3
+// and up, and kills it when the test ends. It returns the pid.
+func holder(t *testing.T, fds ...int) int {
+	t.Helper()
+	cmd := exec.Command("sleep", "60")
+	for _, fd := range fds {
+		// A copy, so that closing the *os.File leaves fd alone.
+		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := os.NewFile(uintptr(dup), "socket")
+		defer f.Close()
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd.Process.Pid
+}
+
+// checkCount counts the connections of pids on port p and compares them
+// with want, retrying for a while: a close takes effect in the kernel a
+// little after the call.
+func checkCount(t *testing.T, c *ConnCounter, pids []int, p int, want PortHeld) {
+	t.Helper()
+	var got PortHeld
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		held, err := c.Count(pids, []uint16{uint16(p)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got = held[uint16(p)]; got == want {
+			return
+		}
+	}
+	t.Errorf("Count(%v, port %d) = %+v, want %+v", pids, p, got, want)
+}
+
+func TestConnCounterOneProcess(t *testing.T) {
+	requireEBPF(t)
+	c := requireCounter(t)
+	inNetns(t)
+	f := newFDs(t)
+	ln := f.listen(t, 0, 128)
+	p := port(t, ln)
+	for range 10 {
+		f.dial(t, p)
+	}
+	self := []int{os.Getpid()}
+	// Queued: the listener's accept queue.
+	checkCount(t, c, self, p, PortHeld{Queued: 10, Listeners: 1})
+	acc := f.acceptN(t, ln, 10)
+	checkCount(t, c, self, p, PortHeld{Connections: 10, Listeners: 1})
+	f.close(t, acc[0])
+	checkCount(t, c, self, p, PortHeld{Connections: 9, Listeners: 1})
+}
+
+// written returns how many sockets the last Count had the program write
+// out for user space.
+func (c *ConnCounter) lastWritten() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.written
+}
+
+// TestConnCounterProcesses spreads the connections of one port over
+// several processes the way a server with workers does: a parent that
+// holds the listener, workers that share it and hold their own
+// connections, one connection that two workers hold, one that a worker
+// holds twice (a dup), IPv4 and IPv6. Each connection counts once, and a
+// connection that only one fd holds is counted by the program itself.
+func TestConnCounterProcesses(t *testing.T) {
+	requireEBPF(t)
+	c := requireCounter(t)
+	inNetns(t)
+	for _, family := range []string{"tcp4", "tcp6"} {
+		t.Run(family, func(t *testing.T) {
+			ln := listenFamily(t, family, 0)
+			p := int(listenAddr(t, ln).Port())
+			var conns []int
+			for range 12 {
+				dialFamily(t, family, p)
+			}
+			for range 12 {
+				fd := acceptOne(t, ln)
+				conns = append(conns, fd)
+			}
+			parent := holder(t, ln)
+			w1 := holder(t, append([]int{ln}, conns[0:5]...)...)
+			w2 := holder(t, append([]int{ln, conns[4]}, conns[5:9]...)...) // conns[4] in two workers
+			w3 := holder(t, ln, conns[9], conns[9], conns[10])             // a dup
+			// conns[11] stays in the test process alone; then the test
+			// closes its own copies, so only the holders hold them.
+			for _, fd := range conns[:11] {
+				unix.Close(fd)
+			}
+			t.Cleanup(func() { unix.Close(conns[11]) })
+			pids := []int{parent, w1, w2, w3}
+			checkCount(t, c, pids, p, PortHeld{Connections: 11, Listeners: 1})
+			// conns[0..3] and conns[5..8]: one fd each, counted in the
+			// kernel; conns[4], conns[9] and the listener go out.
+			if n := c.lastWritten(); n > 3+3+1+4 {
+				t.Errorf("%d sockets written out for 12 fds that share 3 sockets, want at most 11", n)
+			}
+			checkCount(t, c, []int{w1}, p, PortHeld{Connections: 5, Listeners: 1})
+			checkCount(t, c, []int{w2, w3}, p, PortHeld{Connections: 7, Listeners: 1})
+			all := append(pids, os.Getpid())
+			checkCount(t, c, all, p, PortHeld{Connections: 12, Listeners: 1})
+			// The listener's queue counts once however many hold it.
+			dialFamily(t, family, p)
+			dialFamily(t, family, p)
+			checkCount(t, c, pids, p, PortHeld{Connections: 11, Queued: 2, Listeners: 1})
+			// A process that is gone counts nothing.
+			if err := unix.Kill(w1, unix.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			checkCount(t, c, pids, p, PortHeld{Connections: 7, Queued: 2, Listeners: 1}) // conns[4] lives on in w2
+		})
+	}
+}
+
+// dialFamily connects a blocking client socket to the loopback address of
+// family on port, closed when the test ends.
+func dialFamily(t *testing.T, family string, port int) int {
+	t.Helper()
+	domain, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Addr: loopback, Port: port})
+	if family == "tcp6" {
+		domain, sa = unix.AF_INET6, &unix.SockaddrInet6{Addr: [16]byte{15: 1}, Port: port}
+	}
+	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Connect(fd, sa); err != nil {
+		t.Fatalf("connect to port %d: %v", port, err)
+	}
+	return fd
+}
+
+// acceptOne accepts one connection from the non-blocking listener ln,
+// waiting at most 5s. The caller closes it.
+func acceptOne(t *testing.T, ln int) int {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		fd, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+		if err == nil {
+			return fd
+		}
+		if err != unix.EAGAIN {
+			t.Fatalf("accept: %v", err)
+		}
+	}
+	t.Fatal("no connection to accept in 5s")
+	return -1
+}
+
+// TestConnCounterMigration queues connections on the listener of one
+// generation, makes another active and closes the first listener: the
+// kernel migrates the queue, and the count follows it to the process that
+// holds the active listener.
+func TestConnCounterMigration(t *testing.T) {
+	requireEBPF(t)
+	c := requireCounter(t)
+	inNetns(t)
+	s := loadSteering(t)
+	ln1, ln2 := group(t, s)
+	p := port(t, ln1)
+	if err := s.Activate(1); err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	for range n {
+		dial(t, p)
+	}
+	waitQueued(t, n, ln1)
+	gen1, gen2 := holder(t, ln1), holder(t, ln2)
+	checkCount(t, c, []int{gen1}, p, PortHeld{Queued: n, Listeners: 1})
+	checkCount(t, c, []int{gen2}, p, PortHeld{Listeners: 1})
+	if err := s.Activate(2); err != nil {
+		t.Fatal(err)
+	}
+	// The old generation exits, and the test shuts its copy of the
+	// listener down: its queue moves to the active one.
+	if err := unix.Kill(gen1, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Shutdown(ln1, unix.SHUT_RDWR); err != nil {
+		t.Fatal(err)
+	}
+	checkCount(t, c, []int{gen2}, p, PortHeld{Queued: n, Listeners: 1})
+	checkCounters(t, s, 2, SlotCounters{Migrated: n})
+	accepted := acceptAll(t, n, ln2)[0]
+	checkCount(t, c, []int{gen2, os.Getpid()}, p, PortHeld{Connections: n, Listeners: 1})
+	for _, fd := range accepted[:5] {
+		unix.Shutdown(fd, unix.SHUT_RDWR) // closed when the test ends
+	}
+	checkCount(t, c, []int{gen2, os.Getpid()}, p, PortHeld{Connections: n - 5, Listeners: 1})
+}
