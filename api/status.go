@@ -18,7 +18,7 @@ const (
 // Where a generation's connection count comes from
 // (GenerationStatus.ConnectionsSource).
 const (
-	SourceEBPF = "ebpf" // the kernel probes (loader's tracking)
+	SourceEBPF = "ebpf" // the kernel, by a task_file iterator over the generation's processes
 	SourceProc = "proc" // the generation's fds matched with the kernel's socket table
 )
 
@@ -83,11 +83,18 @@ type GenerationStatus struct {
 }
 
 // GenerationListenerStatus is what one listener of a generation did.
-// Fields the kernel probes do not count in this mode are absent.
+// Fields not counted in this mode are absent.
 type GenerationListenerStatus struct {
-	Name        string  `json:"name"`
-	Connections *int64  `json:"connections,omitempty"`
-	Accepted    *uint64 `json:"accepted,omitempty"`
+	Name string `json:"name"`
+	// Connections is what the generation holds on the listener,
+	// accepted or queued (the generation's Connections, split).
+	Connections *int64 `json:"connections,omitempty"`
+	// Accepted counts the connection requests steering handed to the
+	// listener: Steered, and those migrated to it from a closing
+	// listener (ebpf mode).
+	Accepted *uint64 `json:"accepted,omitempty"`
+	// Steered counts the new connections steering sent to the listener
+	// (ebpf mode).
 	Steered     *uint64 `json:"steered,omitempty"`
 	AcceptQueue *uint32 `json:"accept_queue,omitempty"`
 }

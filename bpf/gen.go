@@ -9,10 +9,9 @@
 // their source address and port, reach the slot of the generation they
 // check.
 //
-// track.c is the sock_ops program, attached to handoffd's cgroup, that
-// counts, per tracking slot, the connections each generation holds;
-// tracking.h holds the maps it shares with steer.c, which moves the count
-// of a connection the kernel migrates from a closing listener.
+// count.c is the task_file iterator that counts, when asked, the
+// connections one process holds on given ports: nothing of handoffd runs
+// for a connection but the steering program's choice of its listener.
 //
 // The compiled objects and their bindings (*_bpfel.o, *_bpfel.go) are
 // committed, so building handoffd needs no clang; run go generate after

@@ -6,10 +6,6 @@ const (
 	// Slots is the number of listening sockets one steering map holds
 	// (SLOTS in steer.c): generation g of a listener uses slot g % Slots.
 	Slots = 64
-	// TrackingSlots is the number of slots the connection counter counts
-	// in (TRACKING_SLOTS in tracking.h): each counted listener takes a
-	// range of Slots of them.
-	TrackingSlots = 4096
 
 	// The canary split is one 64-bit word (steer.c's splits map): the
 	// threshold in its low SplitThresholdBits bits (0 to 1<<32), the

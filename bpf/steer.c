@@ -16,13 +16,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#include "tracking.h"
-
 #define SLOTS 64
-
-// This listener's slot s is counted in tracking slot track_base + s. Set at
-// load time; see loader.LoadSteeringWith.
-volatile const __u32 track_base = 0;
 
 // Listening sockets, one per generation: generation g sits in slot g % SLOTS.
 struct {
@@ -130,43 +124,6 @@ static __always_inline int fallback(void)
 	if (n)
 		*n += 1;
 	return SK_PASS;
-}
-
-// move_conn moves the count of a child socket that the kernel migrates from
-// the accept queue of a closing listener to the listener in slot. Request
-// sockets need nothing: their child will be cloned from the new listener.
-// Without a Tracking, conns is this Steering's own and stays empty.
-static __always_inline void move_conn(struct bpf_sock *sk, __u32 slot)
-{
-	__u32 state = sk->state;
-	__u32 to = track_base + slot;
-
-	if (state != BPF_TCP_ESTABLISHED && state != BPF_TCP_CLOSE_WAIT &&
-	    state != BPF_TCP_SYN_RECV)
-		return;
-	if (to >= TRACKING_SLOTS)
-		return;
-	__u64 cookie = bpf_get_socket_cookie(sk);
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
-
-	if (state == BPF_TCP_SYN_RECV) {
-		// A fast-open child, queued before its handshake completed:
-		// track counts it in when it does, in the slot noted here.
-		struct conn pending = { .slot = to, .counted = 0 };
-
-		if (!c)
-			bpf_map_update_elem(&conns, &cookie, &pending, BPF_NOEXIST);
-		else if (!c->counted)
-			c->slot = to;
-		return;
-	}
-	if (!c || !c->counted || c->slot == to)
-		return;
-	// The child is locked while it migrates, so track cannot count it
-	// out under us.
-	count_held(c->slot, -1, 0);
-	c->slot = to;
-	count_held(to, 1, 0);
 }
 
 // SK_LOAD32 reads a 32-bit field of a struct bpf_sock at its constant
@@ -341,8 +298,6 @@ int steer(struct sk_reuseport_md *md)
 		else
 			c->selected += 1;
 	}
-	if (md->migrating_sk)
-		move_conn(md->migrating_sk, key);
 	return SK_PASS;
 }
 

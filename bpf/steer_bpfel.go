@@ -13,22 +13,10 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type SteerConn struct {
-	_       structs.HostLayout
-	Slot    uint32
-	Counted uint32
-}
-
 type SteerProbeKey struct {
 	_    structs.HostLayout
 	Addr [4]uint32
 	Port uint32
-}
-
-type SteerSlotCount struct {
-	_        structs.HostLayout
-	Held     int64
-	Accepted uint64
 }
 
 type SteerSlotCounters struct {
@@ -49,8 +37,6 @@ type SteerSplitCounts struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	SteerMapActive        = "active"
-	SteerMapConnCounts    = "conn_counts"
-	SteerMapConns         = "conns"
 	SteerMapCounters      = "counters"
 	SteerMapFallbacks     = "fallbacks"
 	SteerMapProbeCount    = "probe_count"
@@ -59,7 +45,6 @@ const (
 	SteerMapSplitCounters = "split_counters"
 	SteerMapSplits        = "splits"
 	SteerProgSteer        = "steer"
-	SteerVarTrackBase     = "track_base"
 )
 
 // LoadSteer returns the embedded CollectionSpec for Steer.
@@ -112,8 +97,6 @@ type SteerProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SteerMapSpecs struct {
 	Active        *ebpf.MapSpec `ebpf:"active"`
-	ConnCounts    *ebpf.MapSpec `ebpf:"conn_counts"`
-	Conns         *ebpf.MapSpec `ebpf:"conns"`
 	Counters      *ebpf.MapSpec `ebpf:"counters"`
 	Fallbacks     *ebpf.MapSpec `ebpf:"fallbacks"`
 	ProbeCount    *ebpf.MapSpec `ebpf:"probe_count"`
@@ -127,7 +110,6 @@ type SteerMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SteerVariableSpecs struct {
-	TrackBase *ebpf.VariableSpec `ebpf:"track_base"`
 }
 
 // SteerObjects contains all objects after they have been loaded into the kernel.
@@ -151,8 +133,6 @@ func (o *SteerObjects) Close() error {
 // It can be passed to LoadSteerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SteerMaps struct {
 	Active        *ebpf.Map `ebpf:"active"`
-	ConnCounts    *ebpf.Map `ebpf:"conn_counts"`
-	Conns         *ebpf.Map `ebpf:"conns"`
 	Counters      *ebpf.Map `ebpf:"counters"`
 	Fallbacks     *ebpf.Map `ebpf:"fallbacks"`
 	ProbeCount    *ebpf.Map `ebpf:"probe_count"`
@@ -165,8 +145,6 @@ type SteerMaps struct {
 func (m *SteerMaps) Close() error {
 	return _SteerClose(
 		m.Active,
-		m.ConnCounts,
-		m.Conns,
 		m.Counters,
 		m.Fallbacks,
 		m.ProbeCount,
@@ -181,7 +159,6 @@ func (m *SteerMaps) Close() error {
 //
 // It can be passed to LoadSteerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SteerVariables struct {
-	TrackBase *ebpf.Variable `ebpf:"track_base"`
 }
 
 // SteerPrograms contains all programs after they have been loaded into the kernel.

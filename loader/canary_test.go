@@ -522,7 +522,7 @@ func TestOpenPinnedForgetsProbes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	again, err := OpenPinned(s.Dir(), nil)
+	again, err := OpenPinned(s.Dir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -631,7 +631,7 @@ func TestOpenPinnedWithoutSplit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	old, err := OpenPinned(dir, nil)
+	old, err := OpenPinned(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -855,7 +855,7 @@ func TestOpenPinnedSplitLayouts(t *testing.T) {
 	}
 	want := Split{Slot: 3, Share: 0.25, Sticky: true}
 	setSplit(t, first, want)
-	again, err := OpenPinned(dir, nil)
+	again, err := OpenPinned(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -876,7 +876,7 @@ func TestOpenPinnedSplitLayouts(t *testing.T) {
 	if err := old.Pin(path); err != nil {
 		t.Fatal(err)
 	}
-	legacy, err := OpenPinned(dir, nil)
+	legacy, err := OpenPinned(dir)
 	if err != nil {
 		t.Fatalf("open a steering pinned with the older split layout: %v", err)
 	}

@@ -269,6 +269,20 @@ func (c *ConnCounter) Stats() (runs uint64, runtime time.Duration, err error) {
 	return s.RunCount, s.Runtime, nil
 }
 
+// EnableStats makes the kernel count the runs and run time of every eBPF
+// program on the host (ConnCounter.Stats, the steering program's) until
+// the returned Closer is closed. It uses BPF_ENABLE_STATS (Linux >= 5.8)
+// rather than the kernel.bpf_stats_enabled sysctl, so statistics stop when
+// the process dies, whatever state it dies in. Counting costs a little on
+// every run of every program: enable it for measurements, not for good.
+func EnableStats() (io.Closer, error) {
+	c, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return nil, fmt.Errorf("enable eBPF run time statistics: %w", err)
+	}
+	return c, nil
+}
+
 // Close releases the program and its map.
 func (c *ConnCounter) Close() error {
 	return errors.Join(c.prog.Close(), c.ports.Close())

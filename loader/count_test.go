@@ -71,19 +71,29 @@ func TestConnCounterOneProcess(t *testing.T) {
 	requireEBPF(t)
 	c := requireCounter(t)
 	inNetns(t)
-	f := newFDs(t)
-	ln := f.listen(t, 0, 128)
-	p := port(t, ln)
-	for range 10 {
-		f.dial(t, p)
+	ln, p := listen(t, 0)
+	clients := make([]int, 10)
+	for i := range clients {
+		clients[i] = dial(t, p)
 	}
 	self := []int{os.Getpid()}
 	// Queued: the listener's accept queue.
 	checkCount(t, c, self, p, PortHeld{Queued: 10, Listeners: 1})
-	acc := f.acceptN(t, ln, 10)
+	acc := acceptAll(t, 10, ln)[0]
 	checkCount(t, c, self, p, PortHeld{Connections: 10, Listeners: 1})
-	f.close(t, acc[0])
+	if n := c.lastWritten(); n != 1 {
+		t.Errorf("%d sockets written out, want 1 (the listener): a connection one fd holds is counted in the kernel", n)
+	}
+	// The server closes one (FIN_WAIT1 does not count), a client another
+	// (CLOSE_WAIT does).
+	unix.Shutdown(acc[0], unix.SHUT_RDWR)
+	unix.Shutdown(clients[1], unix.SHUT_RDWR)
 	checkCount(t, c, self, p, PortHeld{Connections: 9, Listeners: 1})
+	// A port not asked for counts nothing.
+	held, err := c.Count(self, []uint16{uint16(p + 1)})
+	if err != nil || held[uint16(p+1)] != (PortHeld{}) {
+		t.Errorf("Count of another port = %v, %v; want nothing", held, err)
+	}
 }
 
 // written returns how many sockets the last Count had the program write

@@ -6,212 +6,129 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
-
-	"github.com/cilium/ebpf"
 )
 
-// Kernel is what one handoffd loads into the kernel in ebpf mode: the
-// connection-tracking probes, once, and a counted Steering per listener.
+// Kernel is what one handoffd loads into the kernel in ebpf mode: a
+// Steering per listener, and the ConnCounter that counts the connections
+// of generations when status or a scrape asks.
 //
-// Each listener that the probes count gets a range of Slots tracking
-// slots, starting at its tracking base. The base is pinned next to the
-// listener's steering program, and a Kernel reads back every base its
-// predecessor pinned before it hands out new ones: a restarted handoffd,
-// whatever order its config lists the services in now, counts each
-// re-adopted listener in the range its connections are counted in. The
-// range of a removed listener is free again; Steering.Insert forgets what
-// was counted in a slot before it counts a new generation there.
+// A handoffd before on-demand counting left a sock_ops counter attached
+// to its cgroup and pinned under dir/tracking, and a tracking base beside
+// each listener's steering. LoadKernel removes those pins, which detaches
+// the counter: nothing of it runs for a connection any more. The
+// steering programs that an earlier handoffd pinned stay, and their
+// generations are re-adopted as before.
 type Kernel struct {
-	dir      string
-	tracking *Tracking // nil when the probes could not load
-	log      *slog.Logger
-
-	// mu is held from the choice of a new listener's tracking base until
-	// the base is pinned, which is what marks a range taken.
-	mu sync.Mutex
+	dir     string
+	counter *ConnCounter // nil when it could not load
+	log     *slog.Logger
 }
 
-// LoadKernel moves handoffd out of the root cgroup (so that the probes see
-// its own sockets only) and loads the connection-tracking probes, pinned
-// under dir/tracking. When they cannot load, handoffd still steers, and
-// counts connections without them: the reason is logged.
+// LoadKernel removes what an older handoffd pinned for counting under dir
+// and loads the ConnCounter. When the counter cannot load, handoffd still
+// steers, and counts connections without it: the reason is logged.
 func LoadKernel(dir string, log *slog.Logger) *Kernel {
 	k := &Kernel{dir: dir, log: log}
-	if cg, err := LeaveRootCgroup("handoffd"); err != nil {
-		log.Warn("staying in the root cgroup: the connection counter runs for every socket of the host", "reason", err)
-	} else {
-		log.Info("connection counter attached to handoffd's cgroup", "cgroup", cg)
+	if n, err := removeTrackingPins(dir); err != nil {
+		log.Warn("remove the pins of the former connection counter", "err", err)
+	} else if n > 0 {
+		log.Info("detached the former connection counter", "pins", n)
 	}
-	t, err := LoadTracking(filepath.Join(dir, "tracking"))
+	c, err := LoadConnCounter()
 	if err != nil {
-		log.Warn("connection-tracking probes unavailable; counting connections without them", "reason", err)
+		log.Warn("connection counter unavailable; counting connections from /proc", "reason", err)
 		return k
 	}
-	k.tracking = t
+	k.counter = c
 	return k
 }
 
-// newKernel is a Kernel over probes loaded already (nil: none), for tests.
-func newKernel(dir string, t *Tracking, log *slog.Logger) *Kernel {
-	return &Kernel{dir: dir, tracking: t, log: log}
-}
+// Counter returns the ConnCounter, or nil when it did not load.
+func (k *Kernel) Counter() *ConnCounter { return k.counter }
 
-// Tracking returns the probes, or nil when they did not load.
-func (k *Kernel) Tracking() *Tracking { return k.tracking }
-
-// Steering loads the steering of one listener, counted when the probes
-// loaded and a tracking range is left. With reuse it opens the steering an
-// earlier handoffd pinned, whose sockets and active slot serve the
-// generations being re-adopted, with its pinned tracking base.
+// Steering loads the steering of one listener. With reuse it opens the
+// steering an earlier handoffd pinned, whose sockets and active slot serve
+// the generations being re-adopted.
 func (k *Kernel) Steering(service, listener string, reuse bool) (*Steering, error) {
 	dir := filepath.Join(k.dir, service, listener)
 	if reuse {
-		return OpenPinned(dir, k.tracking)
+		return OpenPinned(dir)
 	}
-	if k.tracking == nil {
-		return LoadSteering(dir)
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	base, ok, err := k.base(service, listener)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		k.log.Warn("too many listeners for the kernel probes; counting this one's connections without them",
-			"service", service, "listener", listener, "max", TrackingSlots/Slots)
-		return LoadSteering(dir)
-	}
-	return LoadSteeringWith(dir, k.tracking, base)
+	return LoadSteering(dir)
 }
 
-// base returns the tracking base of a listener: the one pinned for it, or
-// the lowest range that no pinned base takes (a removed listener's pins
-// are gone, so its range is free again); false when none is left. The
-// caller holds k.mu.
-func (k *Kernel) base(service, listener string) (uint32, bool, error) {
-	bases, err := pinnedBases(k.dir)
-	if err != nil {
-		return 0, false, err
-	}
-	if b, ok := bases[service+"/"+listener]; ok {
-		return b, true, nil
-	}
-	taken := map[uint32]bool{}
-	for _, b := range bases {
-		taken[b] = true
-	}
-	for b := uint32(0); b+Slots <= TrackingSlots; b += Slots {
-		if !taken[b] {
-			return b, true, nil
-		}
-	}
-	return 0, false, nil
-}
-
-// pinnedBases reads the tracking base pinned in every listener directory
-// under dir (dir/SERVICE/LISTENER/tracking_base).
-func pinnedBases(dir string) (map[string]uint32, error) {
-	paths, err := filepath.Glob(filepath.Join(dir, "*", "*", pinBase))
-	if err != nil {
-		return nil, err
-	}
-	bases := map[string]uint32{}
-	for _, p := range paths {
-		b, err := readBase(p)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read tracking base: %w", err)
-		}
-		rel, _ := filepath.Rel(dir, filepath.Dir(p))
-		bases[filepath.ToSlash(rel)] = b
-	}
-	return bases, nil
-}
-
-// Remove detaches the probes and removes their pins.
-func (k *Kernel) Remove() error {
-	if k.tracking == nil {
+// Close releases the ConnCounter. Nothing it loaded is pinned.
+func (k *Kernel) Close() error {
+	if k.counter == nil {
 		return nil
 	}
-	return k.tracking.Remove()
+	return k.counter.Close()
 }
 
-// pinBase is the pinned one-entry array that holds the tracking base of a
-// counted Steering, next to its program.
-const pinBase = "tracking_base"
+// The pins of the sock_ops connection counter of handoffd before
+// on-demand counting: its directory under the bpf dir, and the tracking
+// base beside each listener's steering.
+const (
+	trackingDir = "tracking"
+	pinBase     = "tracking_base"
+)
 
-func newBaseMap(base uint32) (*ebpf.Map, error) {
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "tracking_base", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
-	if err != nil {
-		return nil, fmt.Errorf("create tracking base map: %w", err)
+// removeTrackingPins removes the pins of the former connection counter
+// under dir and returns how many it removed. Unpinning its links detaches
+// the sock_ops program (a link lives as long as a pin or an fd holds it);
+// its maps go with the last program that uses them.
+func removeTrackingPins(dir string) (int, error) {
+	var errs []error
+	n := 0
+	remove := func(path string) {
+		err := os.Remove(path)
+		switch {
+		case err == nil:
+			n++
+		case !errors.Is(err, os.ErrNotExist):
+			errs = append(errs, err)
+		}
 	}
-	if err := m.Update(uint32(0), base, ebpf.UpdateAny); err != nil {
-		m.Close()
-		return nil, fmt.Errorf("write tracking base: %w", err)
-	}
-	return m, nil
-}
-
-func readBase(path string) (uint32, error) {
-	m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
+	bases, err := filepath.Glob(filepath.Join(dir, "*", "*", pinBase))
 	if err != nil {
 		return 0, err
 	}
-	defer m.Close()
-	var b uint32
-	if err := m.Lookup(uint32(0), &b); err != nil {
-		return 0, err
+	for _, p := range bases {
+		remove(p)
 	}
-	if b > TrackingSlots-Slots {
-		return 0, fmt.Errorf("%s holds %d, out of range [0, %d]", path, b, TrackingSlots-Slots)
+	tracking := filepath.Join(dir, trackingDir)
+	pins, err := os.ReadDir(tracking)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return n, err
 	}
-	return b, nil
+	for _, p := range pins {
+		remove(filepath.Join(tracking, p.Name()))
+	}
+	if len(pins) > 0 {
+		remove(tracking)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return n, fmt.Errorf("remove tracking pins under %s: %w", dir, err)
+	}
+	return n, nil
 }
 
-// SlotStats is what the kernel counted for one slot of a counted Steering.
+// SlotStats is what the steering program counted for one slot.
 type SlotStats struct {
-	// Held is the number of connections the slot's socket holds now:
-	// ESTABLISHED or CLOSE_WAIT, accepted or still in the accept queue.
-	Held int64
-	// Accepted counts connections that reached ESTABLISHED on the slot.
-	Accepted uint64
 	// Selected counts new connections the steering program sent to it.
 	Selected uint64
 	// Migrated counts requests moved to it from a closing listener.
 	Migrated uint64
 }
 
-// ErrNotCounted is returned by Stats of a Steering whose connections the
-// probes do not count.
-var ErrNotCounted = errors.New("the listener's connections are not counted by the kernel probes")
-
-// Counted reports whether the probes count the connections of this
-// Steering's sockets.
-func (s *Steering) Counted() bool { return s.tracking != nil }
-
-// Stats returns what the kernel counted for slot: the probes' counts and
-// the steering program's, since the slot was last given to a socket.
+// Stats returns what the steering program counted for slot since the
+// maps were created.
 func (s *Steering) Stats(slot uint32) (SlotStats, error) {
-	if s.tracking == nil {
-		return SlotStats{}, ErrNotCounted
-	}
-	held, err := s.tracking.Held(s.base + slot)
-	if err != nil {
-		return SlotStats{}, err
-	}
-	accepted, err := s.tracking.Accepted(s.base + slot)
-	if err != nil {
-		return SlotStats{}, err
-	}
 	counts, err := s.Counters(slot)
 	if err != nil {
 		return SlotStats{}, err
 	}
-	return SlotStats{Held: held, Accepted: accepted, Selected: counts.Selected, Migrated: counts.Migrated}, nil
+	return SlotStats(counts), nil
 }
 
 // Migrated returns the requests migrated into any slot since load: the

@@ -47,10 +47,6 @@ type Steering struct {
 	active    *ebpf.Map
 	counters  *ebpf.Map
 	fallbacks *ebpf.Map
-	// tracking, when not nil, counts the connections of the sockets,
-	// in tracking slots base to base+Slots-1.
-	tracking *Tracking
-	base     uint32
 
 	// nil in a Steering that OpenPinned found without them (pinned by a
 	// handoffd that predates canaries): see ErrNoSplit.
@@ -95,32 +91,12 @@ type SlotCounters struct {
 // program from the sockets it was attached to; it lives until they close.
 // Use OpenPinned to re-adopt the pins of an earlier run instead.
 func LoadSteering(dir string) (*Steering, error) {
-	return loadSteeringObjs(dir, nil, 0)
-}
-
-// LoadSteeringWith is LoadSteering for a listener whose connections t
-// counts: when the kernel migrates a connection from the accept queue of a
-// closing listener to the listener in slot s, the program moves its count
-// to tracking slot base+s. The Steering shares t's maps, not its lifetime:
-// it goes on moving counts after t is closed, as long as t's pins live.
-// base is the same for every listener of a service; see TrackingSlots.
-func LoadSteeringWith(dir string, t *Tracking, base uint32) (*Steering, error) {
-	if t == nil {
-		return nil, fmt.Errorf("load steering in %s: no tracking", dir)
-	}
-	if base > TrackingSlots-Slots {
-		return nil, fmt.Errorf("load steering in %s: tracking base %d out of range [0, %d]", dir, base, TrackingSlots-Slots)
-	}
-	return loadSteeringObjs(dir, t, base)
-}
-
-func loadSteeringObjs(dir string, t *Tracking, base uint32) (*Steering, error) {
 	if err := makePinDir(dir); err != nil {
 		return nil, fmt.Errorf("load steering in %s: %w", dir, err)
 	}
-	objs, err := loadSteerObjects(t, base)
-	if err != nil {
-		return nil, err
+	var objs bpf.SteerObjects
+	if err := bpf.LoadSteerObjects(&objs, nil); err != nil {
+		return nil, explainLoad(err)
 	}
 	s := &Steering{
 		dir:       dir,
@@ -134,10 +110,8 @@ func loadSteeringObjs(dir string, t *Tracking, base uint32) (*Steering, error) {
 		probes:        objs.Probes,
 		splitCounters: objs.SplitCounters,
 		probeCount:    objs.ProbeCount,
-		tracking:      t,
-		base:          base,
 	}
-	err = s.mapSplits()
+	err := s.mapSplits()
 	if err == nil {
 		err = s.pin()
 	}
@@ -148,40 +122,12 @@ func loadSteeringObjs(dir string, t *Tracking, base uint32) (*Steering, error) {
 	return s, nil
 }
 
-// loadSteerObjects loads the steering program, sharing t's tracking maps
-// when t is not nil. Without t the program gets tracking maps of its own,
-// which stay empty. Only the Steering's own maps are left open.
-func loadSteerObjects(t *Tracking, base uint32) (*bpf.SteerObjects, error) {
-	spec, err := bpf.LoadSteer()
-	if err != nil {
-		return nil, fmt.Errorf("load steering program: %w", err)
-	}
-	var opts ebpf.CollectionOptions
-	if t != nil {
-		if err := spec.Variables[bpf.SteerVarTrackBase].Set(base); err != nil {
-			return nil, fmt.Errorf("load steering program: set tracking base: %w", err)
-		}
-		opts.MapReplacements = map[string]*ebpf.Map{
-			bpf.SteerMapConns:      t.conns,
-			bpf.SteerMapConnCounts: t.counts,
-		}
-	}
-	var objs bpf.SteerObjects
-	if err := spec.LoadAndAssign(&objs, &opts); err != nil {
-		return nil, explainLoad(err)
-	}
-	// The program holds its own references to the tracking maps.
-	objs.Conns.Close()
-	objs.ConnCounts.Close()
-	objs.Conns, objs.ConnCounts = nil, nil
-	return &objs, nil
-}
-
 // pin replaces whatever is pinned under the Steering's names in its dir,
-// and pins the tracking base of a counted Steering (or removes a stale one).
+// and removes the tracking base that a handoffd older than on-demand
+// counting pinned beside them.
 func (s *Steering) pin() error {
-	if err := s.pinBase(); err != nil {
-		return err
+	if err := os.Remove(filepath.Join(s.dir, pinBase)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove old pin: %w", err)
 	}
 	pinners := map[string]interface{ Pin(string) error }{
 		pinProgram:   s.prog,
@@ -207,34 +153,16 @@ func (s *Steering) pin() error {
 	return nil
 }
 
-func (s *Steering) pinBase() error {
-	path := filepath.Join(s.dir, pinBase)
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove old pin: %w", err)
-	}
-	if s.tracking == nil {
-		return nil
-	}
-	m, err := newBaseMap(s.base)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	if err := m.Pin(path); err != nil {
-		return fmt.Errorf("pin %s: %w", pinBase, err)
-	}
-	return nil
-}
-
 // OpenPinned opens the steering that an earlier LoadSteering pinned under
 // dir, without replacing anything: the program, the sockets in its slots
 // and the counters stay as they are. It fails if a pin is missing or does
-// not match the program this build carries. With t, a Steering that was
-// counted is counted again, in the tracking slots its pinned base names.
-// A steering pinned by a handoffd that predates canaries opens without
+// not match the program this build carries. A steering pinned by a
+// handoffd that counted connections with probes keeps its program, which
+// also moves counts nobody reads any more when the kernel migrates a
+// connection. A steering pinned by a handoffd that predates canaries opens without
 // its split and probe maps: it steers as before, and the canary methods
 // return ErrNoSplit.
-func OpenPinned(dir string, t *Tracking) (*Steering, error) {
+func OpenPinned(dir string) (*Steering, error) {
 	spec, err := bpf.LoadSteer()
 	if err != nil {
 		return nil, err
@@ -263,16 +191,6 @@ func OpenPinned(dir string, t *Tracking) (*Steering, error) {
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open pinned steering in %s: %w", dir, err)
-	}
-	if t != nil {
-		base, err := readBase(filepath.Join(dir, pinBase))
-		switch {
-		case err == nil:
-			s.tracking, s.base = t, base
-		case !errors.Is(err, os.ErrNotExist):
-			s.Close()
-			return nil, fmt.Errorf("open pinned steering in %s: %w", dir, err)
-		}
 	}
 	return s, nil
 }
@@ -309,23 +227,11 @@ func (s *Steering) Attach(fd int) error {
 // attached to. The map holds its own reference: fd may be closed after.
 // A socket that is closed leaves its slot by itself. A socket can be in
 // the sockets map of one Steering only; the kernel answers EBUSY otherwise.
-//
-// In a counted Steering the slot's tracking counts are reset first (what
-// the slot's previous socket left), then fd is tagged, so that every
-// connection it accepts counts in the slot, then it goes into the map:
-// a connection can reach the socket only once it is in the map, so none
-// escapes the count, and none of the previous socket's counts remain.
+// It is one map update whatever the connections held: nothing is counted
+// per slot that would have to be reset.
 func (s *Steering) Insert(slot uint32, fd int) error {
 	if err := checkSlot(slot); err != nil {
 		return fmt.Errorf("insert socket in slot %d: %w", slot, err)
-	}
-	if s.tracking != nil {
-		if _, err := s.tracking.ResetSlot(s.base + slot); err != nil {
-			return fmt.Errorf("reset tracking slot %d: %w", s.base+slot, err)
-		}
-		if err := s.tracking.Tag(fd, s.base+slot); err != nil {
-			return err
-		}
 	}
 	if err := s.sockets.Update(slot, uint64(fd), ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("insert socket in slot %d: %w", slot, err)

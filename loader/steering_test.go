@@ -373,7 +373,7 @@ func TestLoadSteeringReplacesPins(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	pinned, err := OpenPinned(dir, nil)
+	pinned, err := OpenPinned(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +384,7 @@ func TestLoadSteeringReplacesPins(t *testing.T) {
 	if err := pinned.Activate(7); err == nil {
 		t.Error("Activate of an empty slot succeeded")
 	}
-	if _, err := OpenPinned(filepath.Join(dir, "missing"), nil); err == nil {
+	if _, err := OpenPinned(filepath.Join(dir, "missing")); err == nil {
 		t.Error("OpenPinned of a missing dir succeeded")
 	}
 }

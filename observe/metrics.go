@@ -26,10 +26,10 @@ var (
 		"A live generation of a service: its pid and lifecycle state (starting, ready, active, canary, standby, draining). Always 1.",
 		[]string{"service", "generation", "pid", "state"}, nil)
 	connectionsActive = prometheus.NewDesc(namespace+"_connections_active",
-		"TCP connections a generation holds (ESTABLISHED or CLOSE_WAIT, accepted or queued); source=ebpf when counted by the kernel probes, proc when matched from the generation's fds.",
+		"TCP connections a generation holds (ESTABLISHED or CLOSE_WAIT, accepted or queued), counted at scrape time; source=ebpf when the kernel counted its processes' sockets (a task_file iterator), proc when sock_diag and the processes' fds did.",
 		[]string{"service", "generation", "source"}, nil)
 	connectionsAccepted = prometheus.NewDesc(namespace+"_connections_accepted_total",
-		"TCP connections that reached ESTABLISHED on a generation's listeners, counted by the kernel probes.",
+		"Connection requests the kernel handed to a generation's listeners: new ones the SK_REUSEPORT program steered there, and those it migrated there from a closing listener (ebpf mode).",
 		[]string{"service", "generation"}, nil)
 	acceptQueue = prometheus.NewDesc(namespace+"_accept_queue_length",
 		"Connections waiting in a listener's accept queue (TCP_INFO of the listening socket).",

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -122,9 +121,6 @@ func drainProgressCounted(t *testing.T, mode string) {
 	if g := st.Generations[0]; g.ConnectionsSource != source {
 		t.Errorf("connections counted from %q, want %q", g.ConnectionsSource, source)
 	}
-	if mode == "ebpf" {
-		checkOwnCgroup(t, d.cmd.Process.Pid)
-	}
 	if n := kernelEstablished(t, d.port()); n != held {
 		t.Errorf("ss sees %d established connections on :%s, want %d", n, d.port(), held)
 	}
@@ -232,19 +228,4 @@ func openIdle(t *testing.T, addr string, n int) []net.Conn {
 		c.SetDeadline(time.Time{})
 	}
 	return conns
-}
-
-// checkOwnCgroup checks that a handoffd started from the root cgroup moved
-// into a cgroup of its own, so that its connection counter runs for its
-// own sockets only, not for every socket of the host.
-func checkOwnCgroup(t *testing.T, pid int) {
-	t.Helper()
-	own, _ := os.ReadFile("/proc/self/cgroup")
-	if !strings.Contains(string(own), "0::/\n") {
-		return // the test does not run in the root cgroup: handoffd stays where it is
-	}
-	theirs, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-	if err != nil || !strings.Contains(string(theirs), "0::/handoffd\n") {
-		t.Errorf("handoffd's cgroup: %q, %v; want 0::/handoffd", theirs, err)
-	}
 }

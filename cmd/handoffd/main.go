@@ -83,22 +83,33 @@ func run(c *cli.Context) error {
 		return err
 	}
 	swaps := observe.NewSwaps()
+	counter := &host.Counter{Log: log}
 	opts := lifecycle.Options{
 		Mode: mode,
 		Launcher: &host.ExecLauncher{Self: "/proc/self/exe", Stdout: os.Stdout, Stderr: os.Stderr,
 			LogDir: host.LogDir(cfg.StateDir), NotifyDir: host.NotifyDir(cfg.StateDir)},
-		Counter:    host.Counter{},
+		Counter:    counter,
 		Observer:   swaps,
 		Logger:     log,
 		LoadConfig: func() (*config.Config, error) { return loadConfig(c) },
 		NewRouter:  host.NewRouter(mode, 0, nil),
 	}
-	var k *loader.Kernel
 	if mode == api.ModeEBPF {
-		k = loader.LoadKernel(cfg.BPFDir, log)
+		k := loader.LoadKernel(cfg.BPFDir, log)
+		defer k.Close()
+		if c := k.Counter(); c != nil {
+			counter.Procs = c
+		}
 		opts.NewRouter = host.NewRouter(mode, loader.Slots, func(service, listener string, reuse bool) (host.Steering, error) {
 			return k.Steering(service, listener, reuse)
 		})
+	} else if c, err := loader.LoadConnCounter(); err == nil {
+		// Where eBPF works, it finds what a draining generation holds
+		// on a shared socket faster than /proc does.
+		defer c.Close()
+		counter.Procs = c
+	} else {
+		log.Debug("connection counter unavailable; counting connections from /proc", "reason", err)
 	}
 	sup, err := lifecycle.New(cfg, opts)
 	if err != nil {
@@ -119,7 +130,7 @@ func run(c *cli.Context) error {
 	defer srv.Close()
 
 	log.Info("handoffd starting", "control", cfg.Control, "mode", mode, "services", len(cfg.Services))
-	return serve(sup, k, sigs, stopped, log)
+	return serve(sup, sigs, stopped, log)
 }
 
 // serve starts the services and handles signals until handoffd is to
@@ -128,19 +139,9 @@ func run(c *cli.Context) error {
 // SIGTERM leaves them serving for a restarted handoffd; SIGHUP reloads the
 // config in the background (after the start), so that a reload waiting
 // for a swap never holds up the other two.
-func serve(sup *lifecycle.Supervisor, k *loader.Kernel, sigs <-chan os.Signal, stopped <-chan struct{}, log *slog.Logger) error {
+func serve(sup *lifecycle.Supervisor, sigs <-chan os.Signal, stopped <-chan struct{}, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// After a full stop nothing is left to re-adopt: the connection
-	// counter goes too.
-	removeProbes := func() {
-		if k == nil {
-			return
-		}
-		if err := k.Remove(); err != nil {
-			log.Error("remove connection-tracking probes", "err", err)
-		}
-	}
 	started := make(chan error, 1)
 	go func() { started <- sup.Start(ctx) }()
 	starting, reloadPending := true, false
@@ -177,18 +178,13 @@ func serve(sup *lifecycle.Supervisor, k *loader.Kernel, sigs <-chan os.Signal, s
 			}
 		case <-stopped:
 			log.Info("handoffd stopped by request")
-			removeProbes()
 			return nil
 		case sig := <-sigs:
 			switch sig {
 			case syscall.SIGINT:
 				log.Info("SIGINT: stopping every service, then handoffd")
 				cancel()
-				err := stopAll(sup)
-				if err == nil {
-					removeProbes()
-				}
-				return err
+				return stopAll(sup)
 			case syscall.SIGTERM:
 				handoff.Notify("STOPPING=1")
 				cancel()

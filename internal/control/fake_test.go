@@ -82,12 +82,13 @@ func (fakeRouter) Promote(int) error                          { return errors.Ne
 func (fakeRouter) DialProbe(context.Context, int, int) (net.Conn, error) {
 	return nil, errors.New("refused")
 }
-func (fakeRouter) AcceptQueue(*os.File) (uint32, bool)                       { return 0, false }
-func (fakeRouter) Connections(*config.ServiceConfig) (lifecycle.Held, error) { return held{}, nil }
-
-type held struct{}
-
-func (held) Held(int) (int64, error) { return 0, nil }
+func (fakeRouter) AcceptQueue(*os.File) (uint32, bool) { return 0, false }
+func (fakeRouter) Count(gens []*lifecycle.Counted) {
+	for _, g := range gens {
+		var n int64
+		g.Total, g.Source = &n, api.SourceProc
+	}
+}
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 

@@ -1,47 +1,290 @@
 package host
 
 import (
+	"log/slog"
+	"net/netip"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 
+	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/config"
 	"github.com/handoffd/handoffd/internal/lifecycle"
 	"github.com/handoffd/handoffd/kernel"
+	"github.com/handoffd/handoffd/loader"
 )
 
-// Counter is the lifecycle.Counter of the real kernel: TCP_INFO for
-// accept queues, and sock_diag with /proc for connections (see
-// kernel.ConnCounter).
-type Counter struct{}
+// ProcessCounter counts the connections that processes hold on ports;
+// *loader.ConnCounter implements it with a task_file iterator.
+type ProcessCounter interface {
+	Count(pids []int, ports []uint16) (map[uint16]loader.PortHeld, error)
+}
+
+// Counter is the lifecycle.Counter of the real kernel: TCP_INFO for accept
+// queues, and for connections, at status and scrape time only:
+//
+//   - a generation of steered listeners (ebpf mode) holds what its
+//     processes (the generation's process and its descendants) hold on
+//     the listeners' ports, and what waits in the accept queues of its
+//     own listening sockets; Procs counts both in the kernel;
+//   - on a listening socket that generations share (fdpass mode, and ebpf
+//     mode without Procs), one sock_diag dump per status lists the
+//     connections of every service's ports, filtered by the kernel; when
+//     one generation is live it holds them all, queued ones included;
+//     when several are, each but the one that receives new connections
+//     holds those its processes hold (Procs, or /proc/PID/fd), and that
+//     one holds the rest.
+type Counter struct {
+	// Procs counts the connections of processes from the kernel; nil
+	// where it could not load: /proc then.
+	Procs ProcessCounter
+	Log   *slog.Logger
+}
 
 // AcceptQueue implements lifecycle.Counter.
-func (Counter) AcceptQueue(f *os.File) (uint32, bool) {
+func (*Counter) AcceptQueue(f *os.File) (uint32, bool) {
 	n, _, err := kernel.AcceptQueue(int(f.Fd()))
 	return n, err == nil
 }
 
-// Connections implements lifecycle.Counter.
-func (Counter) Connections(svc *config.ServiceConfig) (lifecycle.Held, error) {
-	return kernel.NewConnCounter(tcpPorts(svc))
+// listener is what counting needs of one configured listener.
+type listener struct {
+	tcp     bool
+	steered bool
+	port    uint16
+	addr    netip.Addr // the zero Addr: any address
 }
 
-// tcpPorts returns the TCP ports of a service's listeners.
-func tcpPorts(svc *config.ServiceConfig) map[int]bool {
-	ports := map[int]bool{}
-	for _, l := range svc.Listeners {
+func listenersOf(svc *config.ServiceConfig, mode api.Mode) []listener {
+	out := make([]listener, len(svc.Listeners))
+	for i, l := range svc.Listeners {
 		network, hostport, err := config.ParseAddress(l.Address)
 		if err != nil || network == "unix" {
 			continue
 		}
-		if i := strings.LastIndexByte(hostport, ':'); i >= 0 {
-			if p, err := strconv.Atoi(hostport[i+1:]); err == nil {
-				ports[p] = true
+		ap, err := netip.ParseAddrPort(hostport)
+		if err != nil {
+			// A host name: match the port on any address.
+			_, port, ok := cutPort(hostport)
+			if !ok {
+				continue
+			}
+			out[i] = listener{tcp: true, port: port}
+		} else {
+			out[i] = listener{tcp: true, port: ap.Port(), addr: ap.Addr().Unmap()}
+			if out[i].addr.IsUnspecified() {
+				out[i].addr = netip.Addr{}
+			}
+		}
+		out[i].steered = config.ListenerMode(l, mode) == api.ModeEBPF
+	}
+	return out
+}
+
+func cutPort(hostport string) (string, uint16, bool) {
+	for i := len(hostport) - 1; i >= 0; i-- {
+		if hostport[i] == ':' {
+			p, err := strconv.ParseUint(hostport[i+1:], 10, 16)
+			return hostport[:i], uint16(p), err == nil
+		}
+	}
+	return "", 0, false
+}
+
+// ports returns the distinct ports of the TCP listeners ls.
+func ports(ls []listener) []uint16 {
+	var out []uint16
+	seen := map[uint16]bool{}
+	for _, l := range ls {
+		if l.tcp && !seen[l.port] {
+			seen[l.port] = true
+			out = append(out, l.port)
+		}
+	}
+	return out
+}
+
+// Count implements lifecycle.Counter.
+func (c *Counter) Count(gens []*lifecycle.Counted) {
+	var shared []*lifecycle.Counted
+	for _, g := range gens {
+		if !c.countSteered(g) {
+			shared = append(shared, g)
+		}
+	}
+	if len(shared) > 0 {
+		c.countShared(shared)
+	}
+}
+
+// countSteered counts a generation whose TCP listeners are all steered,
+// with Procs; false when it cannot.
+func (c *Counter) countSteered(g *lifecycle.Counted) bool {
+	if c.Procs == nil {
+		return false
+	}
+	ls := listenersOf(g.Service, g.Mode)
+	for _, l := range ls {
+		if l.tcp && !l.steered {
+			return false
+		}
+	}
+	held, err := c.Procs.Count(kernel.Descendants(g.PID), ports(ls))
+	if err != nil {
+		c.log().Warn("count connections", "service", g.Service.Name, "generation", g.ID, "err", err)
+		return false
+	}
+	var total int64
+	g.Listeners = make([]*int64, len(ls))
+	counted := map[uint16]bool{}
+	for i, l := range ls {
+		if !l.tcp {
+			continue
+		}
+		// Listeners on one port (tcp4 and tcp6) are told apart by
+		// nothing here: the first one shows the port's count.
+		var n int64
+		if !counted[l.port] {
+			counted[l.port] = true
+			n = held[l.port].Connections + held[l.port].Queued
+		}
+		total += n
+		g.Listeners[i] = &n
+	}
+	g.Total, g.Source = &total, api.SourceEBPF
+	return true
+}
+
+// countShared counts generations from one sock_diag dump of all their
+// services' ports.
+func (c *Counter) countShared(gens []*lifecycle.Counted) {
+	var all []uint16
+	seen := map[uint16]bool{}
+	services := map[string][]*lifecycle.Counted{}
+	var order []string
+	for _, g := range gens {
+		for _, p := range ports(listenersOf(g.Service, g.Mode)) {
+			if !seen[p] {
+				seen[p] = true
+				all = append(all, p)
+			}
+		}
+		if services[g.Service.Name] == nil {
+			order = append(order, g.Service.Name)
+		}
+		services[g.Service.Name] = append(services[g.Service.Name], g)
+	}
+	conns, err := kernel.Connections(all)
+	if err != nil {
+		c.log().Warn("count connections", "err", err)
+		return
+	}
+	for _, name := range order {
+		c.countService(services[name], conns)
+	}
+}
+
+// countService attributes the connections of one service's listeners to
+// its live generations gens.
+func (c *Counter) countService(gens []*lifecycle.Counted, conns []kernel.Conn) {
+	ls := listenersOf(gens[0].Service, gens[0].Mode)
+	// Per listener, the connections on it, by inode.
+	byInode := map[uint64]int{}
+	perListener := make([]int64, len(ls))
+	for _, conn := range conns {
+		for i, l := range ls {
+			if l.tcp && l.port == conn.Port && (!l.addr.IsValid() || l.addr == conn.Addr) {
+				perListener[i]++
+				if conn.Inode != 0 {
+					byInode[conn.Inode] = i
+				}
+				break
 			}
 		}
 	}
-	return ports
+	var primary *lifecycle.Counted
+	others := make([]int64, len(ls))
+	for _, g := range gens {
+		if g.Primary {
+			primary = g
+			continue
+		}
+		held, ok := c.heldByProcesses(g, ls, byInode)
+		if !ok {
+			continue
+		}
+		setCounts(g, ls, held)
+		for i, n := range held {
+			others[i] += n
+		}
+	}
+	if primary != nil {
+		held := make([]int64, len(ls))
+		for i := range ls {
+			held[i] = max(0, perListener[i]-others[i])
+		}
+		setCounts(primary, ls, held)
+	}
+}
+
+// heldByProcesses counts, per listener, the connections that the
+// processes of g hold among those listed.
+func (c *Counter) heldByProcesses(g *lifecycle.Counted, ls []listener, byInode map[uint64]int) ([]int64, bool) {
+	pids := kernel.Descendants(g.PID)
+	held := make([]int64, len(ls))
+	if c.Procs != nil {
+		// Every connection on the service's ports that the processes
+		// hold is one of the service's; the queue of the shared
+		// listener is not theirs.
+		n, err := c.Procs.Count(pids, ports(ls))
+		if err == nil {
+			counted := map[uint16]bool{}
+			for i, l := range ls {
+				if l.tcp && !counted[l.port] {
+					counted[l.port] = true
+					held[i] = n[l.port].Connections
+				}
+			}
+			return held, true
+		}
+		c.log().Warn("count connections", "service", g.Service.Name, "generation", g.ID, "err", err)
+	}
+	seen := map[uint64]bool{}
+	found := false
+	for _, pid := range pids {
+		inodes, err := kernel.SocketInodes(pid)
+		if err != nil {
+			continue
+		}
+		found = true
+		for _, ino := range inodes {
+			if i, ok := byInode[ino]; ok && !seen[ino] {
+				seen[ino] = true
+				held[i]++
+			}
+		}
+	}
+	return held, found
+}
+
+func setCounts(g *lifecycle.Counted, ls []listener, held []int64) {
+	var total int64
+	g.Listeners = make([]*int64, len(ls))
+	for i, l := range ls {
+		if l.tcp {
+			n := held[i]
+			g.Listeners[i] = &n
+			total += n
+		}
+	}
+	g.Total, g.Source = &total, api.SourceProc
+}
+
+func (c *Counter) log() *slog.Logger {
+	if c.Log != nil {
+		return c.Log
+	}
+	return slog.Default()
 }
 
 // slotBaselines remembers, per generation, the cumulative slot counters at
@@ -65,7 +308,6 @@ func (b *slotBaselines) since(gen int, now lifecycle.SlotStats) lifecycle.SlotSt
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	base := b.base[gen]
-	now.Accepted -= min(now.Accepted, base.Accepted)
 	now.Selected -= min(now.Selected, base.Selected)
 	now.Migrated -= min(now.Migrated, base.Migrated)
 	return now

@@ -22,17 +22,14 @@ import (
 type Steering interface {
 	// Attach attaches the steering program to the reuseport group of fd.
 	Attach(fd int) error
-	// Insert puts the listening socket fd in slot (and, counted, makes the
-	// kernel count its connections there).
+	// Insert puts the listening socket fd in slot.
 	Insert(slot uint32, fd int) error
 	// Activate sends every new connection to the socket in slot, in one
 	// map update.
 	Activate(slot uint32) error
 	// Remove releases the program and maps, pins included.
 	Remove() error
-	// Counted reports whether Stats counts connections.
-	Counted() bool
-	// Stats returns what the kernel counted for slot.
+	// Stats returns what the steering program counted for slot.
 	Stats(slot uint32) (loader.SlotStats, error)
 	// Migrated returns the requests migrated into any slot since load.
 	Migrated() (uint64, error)
@@ -95,10 +92,8 @@ func (s *steeredLane) socket(gen int) (*os.File, error) {
 		f.Close()
 		return nil, err
 	}
-	if s.st.Counted() {
-		if now, err := s.st.Stats(s.slot(gen)); err == nil {
-			s.base.set(gen, lifecycle.SlotStats(now))
-		}
+	if now, err := s.st.Stats(s.slot(gen)); err == nil {
+		s.base.set(gen, lifecycle.SlotStats(now))
 	}
 	s.bound.set(gen, f)
 	return f, nil
@@ -171,9 +166,6 @@ func (s *steeredLane) adopt(gen int, f *os.File) error {
 }
 
 func (s *steeredLane) stats(gen int) (lifecycle.SlotStats, bool) {
-	if !s.st.Counted() {
-		return lifecycle.SlotStats{}, false
-	}
 	now, err := s.st.Stats(s.slot(gen))
 	if err != nil {
 		return lifecycle.SlotStats{}, false
@@ -182,9 +174,6 @@ func (s *steeredLane) stats(gen int) (lifecycle.SlotStats, bool) {
 }
 
 func (s *steeredLane) migrated() uint64 {
-	if !s.st.Counted() {
-		return 0
-	}
 	n, _ := s.st.Migrated()
 	return n
 }

@@ -416,7 +416,7 @@ services:
 	}
 	var out syncBuffer
 	sup, err := lifecycle.New(cfg, lifecycle.Options{Mode: api.ModeFDPass, NewRouter: NewRouter(api.ModeFDPass, 0, nil),
-		Launcher: &ExecLauncher{Self: self, Stdout: &out, Stderr: os.Stderr, NotifyDir: t.TempDir()}, Counter: Counter{},
+		Launcher: &ExecLauncher{Self: self, Stdout: &out, Stderr: os.Stderr, NotifyDir: t.TempDir()}, Counter: &Counter{},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/config"
 	"github.com/handoffd/handoffd/internal/stateproto"
 	"github.com/handoffd/handoffd/kernel"
@@ -380,14 +381,15 @@ func (r *fakeRouter) activeGen() int {
 }
 
 func (r *fakeRouter) Close() error                     { return nil }
-func (r *fakeRouter) Stats(int, int) (SlotStats, bool) { return SlotStats{Held: 7}, true }
+func (r *fakeRouter) Stats(int, int) (SlotStats, bool) { return SlotStats{Selected: 9}, true }
 func (r *fakeRouter) Migrated() uint64                 { return 3 }
 func (r *fakeRouter) Forget(int)                       {}
 func (r *fakeRouter) Adopt(int, []*os.File) error      { return nil }
 func (r *fakeRouter) Slots() int                       { return 64 }
 
-// fakeCounter reads each socket's fd as the real one does, and counts 5
-// connections per process.
+// fakeCounter reads each socket's fd as the real one does, and counts 7
+// connections per generation from the kernel in ebpf mode, 5 from /proc
+// in fdpass mode.
 type fakeCounter struct{}
 
 func (fakeCounter) AcceptQueue(f *os.File) (uint32, bool) {
@@ -395,11 +397,15 @@ func (fakeCounter) AcceptQueue(f *os.File) (uint32, bool) {
 	return 0, syscall.Fstat(int(f.Fd()), &st) == nil
 }
 
-func (fakeCounter) Connections(*config.ServiceConfig) (Held, error) { return fakeHeld{}, nil }
-
-type fakeHeld struct{}
-
-func (fakeHeld) Held(int) (int64, error) { return 5, nil }
+func (fakeCounter) Count(gens []*Counted) {
+	for _, g := range gens {
+		n, source := int64(5), api.SourceProc
+		if g.Mode == api.ModeEBPF {
+			n, source = 7, api.SourceEBPF
+		}
+		g.Total, g.Source = &n, source
+	}
+}
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/config"
 	"github.com/handoffd/handoffd/internal/stateproto"
 )
@@ -146,14 +147,9 @@ type Launcher interface {
 	StartTicks(pid int) uint64
 }
 
-// SlotStats is what the kernel counted for one generation on one steered
-// listener.
+// SlotStats is what the steering program counted for one generation on
+// one steered listener.
 type SlotStats struct {
-	// Held is the number of connections the generation's socket holds
-	// now: ESTABLISHED or CLOSE_WAIT, accepted or still in the accept queue.
-	Held int64
-	// Accepted counts connections that reached ESTABLISHED on it.
-	Accepted uint64
 	// Selected counts new connections the steering program sent to it.
 	Selected uint64
 	// Migrated counts requests moved to it from a closing listener.
@@ -206,16 +202,37 @@ type Router interface {
 type NewRouter func(svc *config.ServiceConfig, adopting bool) (Router, error)
 
 // Counter counts what the steering program does not: accept queues, and
-// a process's connections when the kernel probes are not there.
+// the connections generations hold.
 type Counter interface {
 	// AcceptQueue returns the length of a listening socket's accept queue.
 	AcceptQueue(f *os.File) (uint32, bool)
-	// Connections lists once the connections on the TCP ports of svc's
-	// listeners; Held of the result counts those a process holds.
-	Connections(svc *config.ServiceConfig) (Held, error)
+	// Count counts, in one pass over all of them, the connections that
+	// the generations of gens hold, and fills in their results. A
+	// generation it cannot count keeps a nil Total.
+	Count(gens []*Counted)
 }
 
-// Held counts the connections a process holds.
-type Held interface {
-	Held(pid int) (int64, error)
+// Counted is one live generation whose connections a status asks for,
+// and, once Counter.Count returned, what was found.
+type Counted struct {
+	Service *config.ServiceConfig
+	// Mode is handoffd's mode; each listener's is config.ListenerMode.
+	Mode api.Mode
+	ID   int
+	PID  int
+	// Primary marks the generation that receives new connections. On a
+	// listening socket that generations share (fdpass), it holds the
+	// connections that no other live generation of the service holds,
+	// those still queued included; a Count that has a primary generation
+	// of a service has all its live generations.
+	Primary bool
+
+	// Total is what the generation holds (nil: not counted), from Source
+	// (api.SourceEBPF or api.SourceProc); Listeners splits it by the
+	// service's listeners (nil where a listener is not counted).
+	Total     *int64
+	Source    string
+	Listeners []*int64
+
+	index int // in the status's generations
 }

@@ -491,19 +491,17 @@ func (s *Service) awaitExit(g *Generation) {
 	select {
 	case <-g.proc.Done():
 	case <-timer.C:
-		held := api.GenerationStatus{ID: g.ID, PID: g.pid}
-		var counted Held
-		s.count(cfg, &held, nil, &counted)
+		held := s.countOne(cfg, g)
 		s.mu.Lock()
-		g.killedConns = held.Connections
+		g.killedConns = held
 		s.mu.Unlock()
 		n := int64(-1)
-		if held.Connections != nil {
-			n = *held.Connections
+		if held != nil {
+			n = *held
 		}
 		s.observer.DrainKilled(s.name, n)
 		s.log.Warn("drain_timeout passed: killing generation", "generation", g.ID, "pid", g.pid,
-			"drain_timeout", cfg.DrainTimeout.Std(), "connections", deref(held.Connections))
+			"drain_timeout", cfg.DrainTimeout.Std(), "connections", deref(held))
 		g.proc.Signal(syscall.SIGKILL)
 		<-g.proc.Done()
 	}

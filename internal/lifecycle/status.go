@@ -16,6 +16,8 @@ type genSnapshot struct {
 	// number read from a closed fd could be another socket's.
 	queues []*uint32
 	weight *float64
+	// primary: the generation receives new connections.
+	primary bool
 }
 
 // weightLocked is g's share of new connections, for live generations.
@@ -36,17 +38,27 @@ func (s *Service) weightLocked(g *Generation) *float64 {
 	return &w
 }
 
-// Status returns the service's generations, oldest first. Apart from the
-// accept queues (one socket option per listener), the counting (kernel
-// maps, /proc) happens outside the service's lock, so a status never
-// holds up a swap.
+// Status returns the service's generations, oldest first, counted on
+// their own. Supervisor.Status counts every service's in one pass.
 func (s *Service) Status() api.ServiceStatus {
+	st, counted := s.status()
+	s.counter.Count(counted)
+	fillCounts(&st, counted)
+	return st
+}
+
+// status returns the service's status without the connections, and what
+// to count for it: one Counted per live generation. Apart from the accept
+// queues (one socket option per listener), nothing is counted under the
+// service's lock, so a status never holds up a swap.
+func (s *Service) status() (api.ServiceStatus, []*Counted) {
 	swapping := s.swapping.Load()
 	s.mu.Lock()
 	cfg := s.cfg
 	snaps := make([]genSnapshot, len(s.gens))
 	for i, g := range s.gens {
-		snaps[i] = genSnapshot{g: *g, queues: s.acceptQueues(g.files), weight: s.weightLocked(g)}
+		snaps[i] = genSnapshot{g: *g, queues: s.acceptQueues(g.files), weight: s.weightLocked(g),
+			primary: g == s.current}
 	}
 	sticky := s.canary != nil && s.split.Sticky
 	stored := s.storeStatus()
@@ -57,7 +69,7 @@ func (s *Service) Status() api.ServiceStatus {
 	for _, l := range cfg.Listeners {
 		st.Listeners = append(st.Listeners, api.ListenerStatus{Name: l.Name, Address: l.Address, Mode: config.ListenerMode(l, s.mode)})
 	}
-	var held Held
+	var counted []*Counted
 	now := time.Now()
 	for _, sn := range snaps {
 		g := &sn.g
@@ -76,48 +88,55 @@ func (s *Service) Status() api.ServiceStatus {
 		}
 		gs.AgeSeconds = end.Sub(g.started).Seconds()
 		if g.state.Live() && g.pid != 0 {
-			s.count(cfg, &gs, sn.queues, &held)
+			s.steered(cfg, &gs, sn.queues)
+			counted = append(counted, &Counted{Service: cfg, Mode: s.mode, ID: g.ID, PID: g.pid,
+				Primary: sn.primary, index: len(st.Generations)})
 		}
 		st.Generations = append(st.Generations, gs)
 	}
-	return st
+	return st, counted
 }
 
-// count fills in the connections of a live generation: from the kernel
-// probes when every listener is counted there, else through the Counter
-// (which *held caches for one status). Callers
-// do not hold s.mu; cfg is the service's config as they read it.
-func (s *Service) count(cfg *config.ServiceConfig, gs *api.GenerationStatus, queues []*uint32, held *Held) {
-	var total int64
-	kernel := true
+// steered fills in, per listener of a live generation, its accept queue
+// and what the steering program counted. Callers do not hold s.mu; cfg is
+// the service's config as they read it.
+func (s *Service) steered(cfg *config.ServiceConfig, gs *api.GenerationStatus, queues []*uint32) {
 	for i, l := range cfg.Listeners {
 		ls := api.GenerationListenerStatus{Name: l.Name}
 		if st, ok := s.router.Stats(gs.ID, i); ok {
-			ls.Connections, ls.Accepted, ls.Steered = &st.Held, &st.Accepted, &st.Selected
-			total += st.Held
-		} else {
-			kernel = false
+			accepted := st.Selected + st.Migrated
+			ls.Accepted, ls.Steered = &accepted, &st.Selected
 		}
 		if i < len(queues) {
 			ls.AcceptQueue = queues[i]
 		}
 		gs.Listeners = append(gs.Listeners, ls)
 	}
-	if kernel {
-		gs.Connections, gs.ConnectionsSource = &total, api.SourceEBPF
-		return
-	}
-	if *held == nil {
-		h, err := s.counter.Connections(cfg)
-		if err != nil {
-			s.log.Warn("count connections", "err", err)
-			return
+}
+
+// fillCounts copies what Count found into the generations of st.
+func fillCounts(st *api.ServiceStatus, counted []*Counted) {
+	for _, c := range counted {
+		gs := &st.Generations[c.index]
+		if c.Total == nil {
+			continue
 		}
-		*held = h
+		gs.Connections, gs.ConnectionsSource = c.Total, c.Source
+		for i, n := range c.Listeners {
+			if i < len(gs.Listeners) {
+				gs.Listeners[i].Connections = n
+			}
+		}
 	}
-	if n, err := (*held).Held(gs.PID); err == nil {
-		gs.Connections, gs.ConnectionsSource = &n, api.SourceProc
-	}
+}
+
+// countOne counts the connections of one live generation, alone: the
+// connections of a socket it shares with others (fdpass) are those it
+// holds itself.
+func (s *Service) countOne(cfg *config.ServiceConfig, g *Generation) *int64 {
+	c := &Counted{Service: cfg, Mode: s.mode, ID: g.ID, PID: g.pid}
+	s.counter.Count([]*Counted{c})
+	return c.Total
 }
 
 // acceptQueues reads the accept queue of each file. Callers hold s.mu.

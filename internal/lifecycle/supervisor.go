@@ -19,8 +19,8 @@ type Options struct {
 	// NewRouter builds the router of a service's listeners for Mode.
 	NewRouter NewRouter
 	Launcher  Launcher
-	// Counter counts accept queues, and connections where the kernel
-	// probes do not.
+	// Counter counts accept queues and the connections generations
+	// hold.
 	Counter Counter
 	// Observer, if set, is told about swaps as they happen.
 	Observer Observer
@@ -207,13 +207,22 @@ func (s *Supervisor) GenerationOf(pid int) (service string, gen int, ok bool) {
 // Status returns the state of every service, or of the named one.
 func (s *Supervisor) Status(name string) (api.Status, error) {
 	st := api.Status{Services: []api.ServiceStatus{}}
+	var counted [][]*Counted
 	for _, svc := range s.list() {
 		if name == "" || svc.Name() == name {
-			st.Services = append(st.Services, svc.Status())
+			ss, c := svc.status()
+			st.Services = append(st.Services, ss)
+			counted = append(counted, c)
 		}
 	}
 	if name != "" && len(st.Services) == 0 {
 		return st, fmt.Errorf("%w %q", ErrUnknownService, name)
+	}
+	// One counting pass for every service: what the counter asks the
+	// kernel (a sock_diag dump, the ports to look for) it asks once.
+	s.opts.Counter.Count(slices.Concat(counted...))
+	for i := range st.Services {
+		fillCounts(&st.Services[i], counted[i])
 	}
 	return st, nil
 }
