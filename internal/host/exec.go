@@ -50,6 +50,8 @@ type ExecLauncher struct {
 	// may enter (see PrepareStateDir). It is never abstract: anyone may
 	// bind an abstract name first.
 	NotifyDir string
+
+	logs logFollower // follows the stderr files in LogDir
 }
 
 // Start starts one generation and returns once the process runs.
@@ -116,7 +118,7 @@ func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, erro
 	}
 	p := &execProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{}), notifyRead: make(chan struct{}), stderr: errLog, channel: channel}
 	if errLog != nil {
-		go errLog.follow(l.Stderr, false)
+		errLog.follow(&l.logs, l.Stderr, false)
 	}
 	go p.readNotify(notify, spec.Notice)
 	go p.wait(notify)

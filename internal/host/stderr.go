@@ -2,6 +2,7 @@ package host
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -9,23 +10,27 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/fsnotify/fsnotify"
 )
 
 // stderrLog is a generation's stderr: a file in handoffd's log directory
 // that the process writes to directly. A pipe to handoffd would break when
-// handoffd dies or restarts, and the app would die of SIGPIPE; a file
-// never does. While the generation runs, handoffd copies what it writes to
-// handoffd's own stderr and keeps the last lines, which say why a
-// generation failed to start.
+// handoffd dies or restarts, and the app would die of SIGPIPE, or block
+// once the pipe is full; a file never does. While the generation runs,
+// handoffd copies what it writes to handoffd's own stderr and keeps the
+// last lines, which say why a generation failed to start.
 type stderrLog struct {
 	path  string
-	child *os.File // the generation's fd 2
+	child *os.File // the generation's fd 2; nil for a re-adopted one
 
-	stop chan struct{} // closed when the process has exited
-	done chan struct{} // closed when the last bytes were copied
-
-	mu   sync.Mutex
-	last []byte // the end of what was written, for tail
+	// mu orders the copies: the follower's after a write, the last one
+	// at finish.
+	mu       sync.Mutex
+	r        *os.File // the read side; nil once finished
+	dst      io.Writer
+	last     []byte // the end of what was written, for tail
+	follower *logFollower
 }
 
 // maxStderrLog bounds the file while handoffd follows it: past this size
@@ -45,55 +50,57 @@ func openStderrLog(dir, service string, gen int) (*stderrLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open stderr log: %w", err)
 	}
-	return &stderrLog{path: path, child: child, stop: make(chan struct{}), done: make(chan struct{})}, nil
+	return &stderrLog{path: path, child: child}, nil
 }
 
-// follow copies the log to dst until the process has exited, then removes
-// the file. It is the goroutine that owns the read side. fromEnd skips
-// what is there already (a re-adopted generation's earlier output, which
-// the previous handoffd copied).
-func (l *stderrLog) follow(dst io.Writer, fromEnd bool) {
-	defer close(l.done)
-	defer os.Remove(l.path)
+// follow copies the log to dst whenever the process writes to it, until
+// finish. fromEnd skips what is there already (a re-adopted generation's
+// earlier output, which the previous handoffd copied). Without a
+// follower (inotify refused), the log is copied at finish only.
+func (l *stderrLog) follow(f *logFollower, dst io.Writer, fromEnd bool) {
 	r, err := os.Open(l.path)
 	if err != nil {
 		return
 	}
-	defer r.Close()
 	if fromEnd {
 		r.Seek(0, io.SeekEnd)
 	}
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		l.copy(r, dst)
-		select {
-		case <-l.stop:
-			l.copy(r, dst)
-			return
-		case <-tick.C:
-		}
-		if fi, err := r.Stat(); err == nil && fi.Size() > maxStderrLog {
-			l.copy(r, dst)
-			if os.Truncate(l.path, 0) == nil {
-				r.Seek(0, io.SeekStart)
-			}
+	l.mu.Lock()
+	l.r, l.dst = r, dst
+	l.mu.Unlock()
+	if f != nil && f.add(l) == nil {
+		l.follower = f
+	}
+	l.copy() // what was written before the watch
+}
+
+// copy reads the log to its end, copies it to dst and keeps its tail; a
+// log past maxStderrLog is emptied.
+func (l *stderrLog) copy() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.r == nil {
+		return
+	}
+	l.copyLocked()
+	if fi, err := l.r.Stat(); err == nil && fi.Size() > maxStderrLog {
+		l.copyLocked()
+		if os.Truncate(l.path, 0) == nil {
+			l.r.Seek(0, io.SeekStart)
 		}
 	}
 }
 
-func (l *stderrLog) copy(r io.Reader, dst io.Writer) {
+func (l *stderrLog) copyLocked() {
 	buf := make([]byte, 32<<10)
 	for {
-		n, err := r.Read(buf)
+		n, err := l.r.Read(buf)
 		if n > 0 {
-			dst.Write(buf[:n])
-			l.mu.Lock()
+			l.dst.Write(buf[:n])
 			l.last = append(l.last, buf[:n]...)
 			if len(l.last) > tailBytes {
 				l.last = append(l.last[:0], l.last[len(l.last)-tailBytes:]...)
 			}
-			l.mu.Unlock()
 		}
 		if err != nil || n == 0 {
 			return
@@ -101,11 +108,20 @@ func (l *stderrLog) copy(r io.Reader, dst io.Writer) {
 	}
 }
 
-// finish is called once the process has exited: it waits for the last
-// bytes to be copied.
+// finish is called once the process has exited: it copies the last
+// bytes, stops following and removes the file.
 func (l *stderrLog) finish() {
-	close(l.stop)
-	<-l.done
+	if l.follower != nil {
+		l.follower.remove(l)
+	}
+	l.copy()
+	l.mu.Lock()
+	if l.r != nil {
+		l.r.Close()
+		l.r = nil
+	}
+	l.mu.Unlock()
+	os.Remove(l.path)
 }
 
 // tail returns the last lines written, at most n, joined on one line.
@@ -122,6 +138,107 @@ func (l *stderrLog) tail(n int) string {
 	return strings.Join(lines, " | ")
 }
 
+// logDebounce gathers the writes of a burst into one copy.
+const logDebounce = 10 * time.Millisecond
+
+// logFollower follows the stderr logs of every generation with one
+// inotify instance (IN_MODIFY per file): a log is read to its end after a
+// write, and nothing runs while no generation writes. It is the one
+// goroutine of all the logs; it runs while at least one log is followed
+// and ends with the last (remove).
+type logFollower struct {
+	mu    sync.Mutex
+	w     *fsnotify.Watcher // nil while no log is followed
+	logs  map[string]*stderrLog
+	ended chan struct{} // closed when the goroutine of w has returned
+}
+
+// add follows l. It fails when inotify refuses (no instance or watch
+// left): l is then copied at its end only.
+func (f *logFollower) add(l *stderrLog) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.w == nil {
+		w, err := fsnotify.NewWatcher()
+		if err != nil {
+			return fmt.Errorf("follow stderr logs: %w", err)
+		}
+		f.w, f.logs, f.ended = w, map[string]*stderrLog{}, make(chan struct{})
+		go f.run(w, f.ended)
+	}
+	if err := f.w.Add(l.path); err != nil {
+		return fmt.Errorf("follow %s: %w", l.path, err)
+	}
+	f.logs[l.path] = l
+	return nil
+}
+
+// remove stops following l; the last log out closes the watcher and waits
+// for its goroutine.
+func (f *logFollower) remove(l *stderrLog) {
+	f.mu.Lock()
+	if f.logs[l.path] != l {
+		f.mu.Unlock()
+		return
+	}
+	delete(f.logs, l.path)
+	f.w.Remove(l.path)
+	if len(f.logs) > 0 {
+		f.mu.Unlock()
+		return
+	}
+	w, ended := f.w, f.ended
+	f.w = nil
+	f.mu.Unlock()
+	w.Close()
+	<-ended
+}
+
+// run copies the logs that were written to, a burst at a time, until w
+// is closed. After a lost event (the queue overflowed) it copies all.
+func (f *logFollower) run(w *fsnotify.Watcher, ended chan struct{}) {
+	defer close(ended)
+	dirty := map[*stderrLog]bool{}
+	var flush <-chan time.Time
+	for {
+		select {
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			if !ev.Has(fsnotify.Write) {
+				continue
+			}
+			f.mu.Lock()
+			if l := f.logs[ev.Name]; l != nil {
+				dirty[l] = true
+			}
+			f.mu.Unlock()
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			if errors.Is(err, fsnotify.ErrEventOverflow) {
+				f.mu.Lock()
+				for _, l := range f.logs {
+					dirty[l] = true
+				}
+				f.mu.Unlock()
+			}
+		case <-flush:
+			for l := range dirty {
+				l.copy()
+				delete(dirty, l)
+			}
+			flush = nil
+			continue
+		}
+		if flush == nil && len(dirty) > 0 {
+			flush = time.After(logDebounce)
+		}
+	}
+}
+
 // resume follows the stderr file of a generation that an earlier handoffd
 // started and this one re-adopted, until done is closed (the process
 // exited), then removes it.
@@ -133,8 +250,8 @@ func (l *ExecLauncher) resume(service string, gen int, done <-chan struct{}) {
 	if _, err := os.Stat(path); err != nil {
 		return
 	}
-	log := &stderrLog{path: path, stop: make(chan struct{}), done: make(chan struct{})}
-	go log.follow(l.Stderr, true)
+	log := &stderrLog{path: path}
+	log.follow(&l.logs, l.Stderr, true)
 	go func() {
 		<-done
 		log.finish()

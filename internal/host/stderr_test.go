@@ -1,0 +1,87 @@
+package host
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// lockedBuffer is an io.Writer that the follower's goroutine and the test
+// may use at once.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestLogFollower follows three generations' stderr files with one
+// follower: what each writes reaches handoffd's stderr shortly after the
+// write, a re-adopted one's earlier output is skipped, finish copies the
+// last bytes and removes the file, and the follower's goroutine ends with
+// the last log.
+func TestLogFollower(t *testing.T) {
+	dir := t.TempDir()
+	var f logFollower
+	var out lockedBuffer
+	var logs []*stderrLog
+	for gen := range 3 {
+		l, err := openStderrLog(dir, "svc", gen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gen == 2 {
+			// Written before a restart of handoffd: already copied.
+			fmt.Fprintln(l.child, "before the restart")
+		}
+		l.follow(&f, &out, gen == 2)
+		logs = append(logs, l)
+	}
+	if f.w == nil {
+		t.Fatal("no inotify watcher")
+	}
+	for gen, l := range logs {
+		fmt.Fprintf(l.child, "line %d\n", gen)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !(strings.Contains(out.String(), "line 0") && strings.Contains(out.String(), "line 1") && strings.Contains(out.String(), "line 2")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 5s handoffd's stderr holds %q, want every generation's line", out.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if strings.Contains(out.String(), "before the restart") {
+		t.Errorf("a re-adopted generation's earlier output was copied again: %q", out.String())
+	}
+	// The last bytes, written just before the exit, come with finish.
+	fmt.Fprintln(logs[0].child, "last words")
+	for _, l := range logs {
+		l.child.Close()
+		l.finish()
+		if _, err := os.Stat(l.path); !os.IsNotExist(err) {
+			t.Errorf("%s still there after finish: %v", l.path, err)
+		}
+	}
+	if !strings.Contains(out.String(), "last words") || logs[0].tail(1) != "last words" {
+		t.Errorf("last words lost: stderr %q, tail %q", out.String(), logs[0].tail(1))
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.w != nil || len(f.logs) != 0 {
+		t.Errorf("follower still watching %d logs after the last finished", len(f.logs))
+	}
+}
