@@ -125,19 +125,20 @@ check-generated: generate
 	@git diff --exit-code --stat -- bpf/ || { echo "bpf/: committed objects differ from their sources: run make generate and commit"; exit 1; }
 
 # handoffd against its peers, side by side, then how handoffd's costs grow
-# (root; test/bench is its own module). bench: 100 swaps per row, ~30 min;
-# bench-quick: 3 swaps, small sizes, < 5 min.
+# (root; test/bench is its own module). bench: 100 swaps per row, ~45 min;
+# bench-quick: 3 swaps, small sizes, every part of the growth in both modes, < 10 min.
 # The HAProxy row needs Debian's haproxy.
 bench-deps:
 	@command -v haproxy >/dev/null || { echo "installing haproxy from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }
 
 bench: bench-deps
-	cd test/bench && timeout 45m $(GO) run . -swaps 100 -cost-rounds 10 -cost-each 1s -cost-max 3m -out .
+	cd test/bench && timeout 75m $(GO) run . -swaps 100 -cost-rounds 10 -cost-each 1s -cost-max 3m -out .
 
 bench-quick: bench-deps
-	cd test/bench && timeout 5m $(GO) run . -swaps 3 -steady 1s -cost-each 1s -cost-rounds 3 -cost-max 10s \
-		-growth-conns 0,1000 -growth-repeats 1 -growth-modes ebpf -growth-services 1,10 -growth-listeners 1 \
+	cd test/bench && timeout 10m $(GO) run . -swaps 3 -steady 1s -cost-each 1s -cost-rounds 3 -cost-max 10s \
+		-growth-conns 0,1000,max -growth-max 2000 -growth-repeats 1 -growth-modes ebpf,fdpass \
+		-growth-fleet 5x4 -growth-fleet-conns 0,1000 -growth-services 1,10 -growth-listeners 1 \
 		-growth-rest 1s -out out/quick
 
 lint:

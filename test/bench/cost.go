@@ -42,14 +42,24 @@ type cost struct {
 	Error         string    `json:"error,omitempty"`
 	// Counted over one more steered run with BPF_ENABLE_STATS (which
 	// costs something itself, hence apart).
-	StatsConnections int          `json:"stats_connections"`
-	StatsRPS         float64      `json:"stats_rps"`
-	RequestCPUNS     float64      `json:"request_cpu_ns"` // CPUs × 1 s / requests/s
-	Programs         []progStats  `json:"programs,omitempty"`
-	StatsError       string       `json:"stats_error,omitempty"`
-	Parts            []costPart   `json:"parts,omitempty"`
-	Storage          *storageCost `json:"socket_storage,omitempty"`
+	StatsConnections int         `json:"stats_connections"`
+	StatsRPS         float64     `json:"stats_rps"`
+	RequestCPUNS     float64     `json:"request_cpu_ns"` // CPUs × 1 s / requests/s
+	Programs         []progStats `json:"programs,omitempty"`
+	StatsError       string      `json:"stats_error,omitempty"`
+	Parts            []costPart  `json:"parts,omitempty"`
+	// KernelNSPerConn is the run time of every eBPF program handoffd
+	// holds, per connection of the stats run: the kernel work handoffd
+	// adds to a connection.
+	KernelNSPerConn float64 `json:"kernel_ns_per_connection"`
 }
+
+// The goals of the cost part.
+const (
+	goalRatio           = 0.995 // the demo under handoffd serves this share of the demo alone
+	goalSpreadPoints    = 0.5   // the rounds' ratios within ± this many points
+	goalKernelNSPerConn = 500   // kernel work handoffd adds per connection
+)
 
 // costPart is one measured part of the cost: its time per connection and
 // the share of a request's CPU that is (the host is CPU-bound: a request
@@ -66,8 +76,7 @@ type costPart struct {
 // Rounds alternate AB and BA so that a drift of the host's load weighs on
 // both; they go on until the 95 % interval of the mean ratio is within
 // costTarget points (after at least costRounds) or costMax has passed.
-// A last B run counts the eBPF programs' run time (BPF_ENABLE_STATS), and
-// measureStorageCost what the listener's socket storage adds.
+// A last B run counts the eBPF programs' run time (BPF_ENABLE_STATS).
 func measureCost(c config, bins, tmp string) *cost {
 	res := &cost{Each: c.costEach.String(), Mode: "new-conn", TargetPts: c.costTarget}
 	dir, _ := os.MkdirTemp(tmp, "cost-")
@@ -129,11 +138,6 @@ func measureCost(c config, bins, tmp string) *cost {
 	res.CostPercent = (1 - res.Ratio) * 100
 	res.CPUCost = (1 - res.CPURatio) * 100
 	statsRun(res, h, addrB, rps)
-	res.Storage = measureStorageCost(40, 2000)
-	if res.Storage.Error == "" && res.RequestCPUNS > 0 {
-		res.Parts = append(res.Parts, costPart{Name: "socket storage clone and free", NSPerConn: res.Storage.DiffNS,
-			PercentPoints: 100 * res.Storage.DiffNS / res.RequestCPUNS})
-	}
 	return res
 }
 
@@ -236,6 +240,7 @@ func statsRun(res *cost, h *handoffdServer, addr string, rps func(string) (float
 		res.Programs = append(res.Programs, p)
 		if conns > 0 {
 			part(fmt.Sprintf("%s program (id %s)", p.Type, id), float64(p.RunTimeNS)/float64(conns))
+			res.KernelNSPerConn += float64(p.RunTimeNS) / float64(conns)
 		}
 	}
 	if len(res.Programs) == 0 {

@@ -5,40 +5,106 @@ import (
 	"strings"
 )
 
-// growthMarkdown renders the growth part's tables.
+// growthMarkdown renders the growth part's tables, each figure beside its
+// goal.
 func growthMarkdown(g *growth) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nGrowth part, RLIMIT_NOFILE %d; median / max in ms\n\n", g.FDLimit)
-	b.WriteString("| mode | idle connections | held | `status` ms | scrape ms | start → active ms | start → old exited ms | handoffd CPU per swap ms | generation RSS MB | handoffd RSS MB | host TCP sockets (in use / TIME_WAIT) |\n")
-	b.WriteString("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	fmt.Fprintf(&b, "\nGrowth part, RLIMIT_NOFILE %d; median / max in ms; load is /proc/loadavg at the row's start and end\n\n", g.FDLimit)
+	b.WriteString("| mode | idle connections | held | `status` ms | scrape ms | start → active ms | active → first connection ms | start → old exited ms | handoffd CPU per swap ms | generation RSS MB | handoffd RSS MB | host TCP sockets (in use / TIME_WAIT) | load |\n")
+	b.WriteString("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
 	for _, c := range g.Conns {
 		if c.Error != "" && len(c.Held) == 0 {
-			fmt.Fprintf(&b, "| %s | %d | failed: %s |\n", c.Mode, c.Conns, strings.ReplaceAll(c.Error, "|", "\\|"))
+			fmt.Fprintf(&b, "| %s | %d | failed: %s |\n", c.Mode, c.Conns, escape(c.Error))
 			continue
 		}
 		held := fmt.Sprint(c.Held)
 		if c.Error != "" {
-			held += " (" + strings.ReplaceAll(c.Error, "|", "\\|") + ")"
+			held += " (failed: " + escape(c.Error) + ")"
 		}
 		sockets := "–"
 		if len(c.HostTCP) > 0 {
 			sockets = fmt.Sprintf("%.0f / %.0f", median(ints(c.HostTCP)), median(ints(c.HostTimeWait)))
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s | %.1f | %.1f | %s |\n", c.Mode, c.Conns, held,
-			spread(c.StatusMS), spread(c.ScrapeMS), spread(c.ActiveMS), spread(c.OldExitedMS), spread(c.CPUMS),
-			c.GenRSSMB, c.HandoffdRSSMB, sockets)
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %.1f | %.1f | %s | %s |\n", c.Mode, c.Conns, held,
+			spread(c.StatusMS), spread(c.ScrapeMS), spread(c.ActiveMS), spread(c.FirstConnMS), spread(c.OldExitedMS), spread(c.CPUMS),
+			c.GenRSSMB, c.HandoffdRSSMB, sockets, strings.Join(c.LoadAvg, " → "))
 	}
-	b.WriteString("\n| mode | services | listeners each | listeners counted from /proc | start s | RSS MB | CPU % of one core | fds | `status` ms |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("\n" + flatness(g))
+	if len(g.Fleet) > 0 {
+		fmt.Fprintf(&b, "\n| mode | services × listeners | idle connections held | `status` ms (goal ≤ %d) | scrape ms (goal ≤ %d) | load |\n|---|---|--:|--:|--:|---|\n", goalReadMS, goalReadMS)
+		for _, f := range g.Fleet {
+			if f.Error != "" {
+				fmt.Fprintf(&b, "| %s | %d × %d | %d | failed: %s |\n", f.Mode, f.Services, f.Listeners, f.Held, escape(f.Error))
+				continue
+			}
+			fmt.Fprintf(&b, "| %s | %d × %d | %d | %s %s | %s %s | %s |\n", f.Mode, f.Services, f.Listeners, f.Held,
+				spread(f.StatusMS), verdict(median(f.StatusMS) <= goalReadMS), spread(f.ScrapeMS), verdict(median(f.ScrapeMS) <= goalReadMS),
+				strings.Join(f.LoadAvg, " → "))
+		}
+	}
+	fmt.Fprintf(&b, "\n| mode | services | listeners each | start s | RSS MB | CPU %% of one core (goal ≤ %.1f at 50) | fds | `status` ms | load |\n|---|--:|--:|--:|--:|--:|--:|--:|---|\n", goalRestCPUPct)
 	for _, r := range g.Rest {
 		if r.Error != "" {
-			fmt.Fprintf(&b, "| %s | %d | %d | failed: %s |\n", r.Mode, r.Services, r.Listeners, strings.ReplaceAll(r.Error, "|", "\\|"))
+			fmt.Fprintf(&b, "| %s | %d | %d | failed: %s |\n", r.Mode, r.Services, r.Listeners, escape(r.Error))
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %d | %.1f | %.1f | %.2f | %d | %s |\n", r.Mode, r.Services, r.Listeners, r.Uncounted,
-			r.StartS, r.RSSMB, r.CPUPct, r.FDs, spread(r.StatusMS))
+		mark := ""
+		if r.Services >= 50 {
+			mark = " " + verdict(r.CPUPct <= goalRestCPUPct)
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d | %.1f | %.1f | %.3f%s | %d | %s | %s |\n", r.Mode, r.Services, r.Listeners,
+			r.StartS, r.RSSMB, r.CPUPct, mark, r.FDs, spread(r.StatusMS), strings.Join(r.LoadAvg, " → "))
 	}
 	return b.String()
 }
+
+// flatness compares, per mode, the swap's figures at the most connections
+// with those at none: the goal is within goalFlatPct.
+func flatness(g *growth) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "| mode | figure | at 0 held (median ms) | at the most held | change | goal: within ± %d %% |\n|---|---|--:|--:|--:|---|\n", goalFlatPct)
+	byMode := map[string][]growthConns{}
+	var modes []string
+	for _, c := range g.Conns {
+		if len(c.ActiveMS) == 0 {
+			continue
+		}
+		if byMode[c.Mode] == nil {
+			modes = append(modes, c.Mode)
+		}
+		byMode[c.Mode] = append(byMode[c.Mode], c)
+	}
+	for _, m := range modes {
+		cs := byMode[m]
+		lo, hi := cs[0], cs[len(cs)-1]
+		for _, f := range []struct {
+			name string
+			get  func(growthConns) []float64
+		}{
+			{"start → active", func(c growthConns) []float64 { return c.ActiveMS }},
+			{"active → first connection", func(c growthConns) []float64 { return c.FirstConnMS }},
+			{"handoffd CPU per swap", func(c growthConns) []float64 { return c.CPUMS }},
+		} {
+			a, z := median(f.get(lo)), median(f.get(hi))
+			change := 0.0
+			if a > 0 {
+				change = 100 * (z - a) / a
+			}
+			fmt.Fprintf(&b, "| %s | %s | %.3g (%d held) | %.3g (%d held) | %+.0f %% | %s |\n", m, f.name, a, lo.Conns, z, hi.Conns,
+				change, verdict(change <= goalFlatPct && change >= -goalFlatPct))
+		}
+	}
+	return b.String()
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "(met)"
+	}
+	return "(missed)"
+}
+
+func escape(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
 
 func ints(xs []int) []float64 {
 	out := make([]float64, len(xs))

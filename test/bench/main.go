@@ -84,7 +84,10 @@ func main() {
 	flag.StringVar(&c.out, "out", ".", "directory for results.json and results.png")
 	flag.StringVar(&c.only, "only", "", "comma-separated strategies to run (default: all)")
 	flag.StringVar(&c.repo, "repo", "../..", "handoffd's checkout")
-	sizes := flag.String("growth-conns", "0,1000,10000,19000", "growth part: idle connections held on the old generation")
+	sizes := flag.String("growth-conns", "0,1000,10000,max", "growth part: idle connections held on the old generation; max: as many as RLIMIT_NOFILE allows, up to -growth-max")
+	flag.IntVar(&c.growth.maxCap, "growth-max", 50000, "growth part: the most connections that max stands for (each costs the generation and this process memory)")
+	fleet := flag.String("growth-fleet", "50x4", "growth part: services × listeners of the fleet rows (empty: none)")
+	fleetSizes := flag.String("growth-fleet-conns", "0,10000", "growth part: idle connections held on the fleet's first service")
 	flag.IntVar(&c.growth.repeats, "growth-repeats", 3, "growth part: swaps per number of connections")
 	services := flag.String("growth-services", "1,10,50", "growth part: numbers of services at rest")
 	listeners := flag.String("growth-listeners", "1,4", "growth part: listeners per service at rest")
@@ -97,13 +100,19 @@ func main() {
 	for _, l := range []struct {
 		s   string
 		dst *[]int
-	}{{*sizes, &c.growth.sizes}, {*services, &c.growth.services}, {*listeners, &c.growth.listeners}} {
+	}{{*sizes, &c.growth.sizes}, {*services, &c.growth.services}, {*listeners, &c.growth.listeners}, {*fleetSizes, &c.growth.fleetSizes}} {
 		if *l.dst, err = intList(l.s); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(2)
 		}
 	}
 	c.growth.modes = strings.Split(*modes, ",")
+	if *fleet != "" {
+		if _, err := fmt.Sscanf(*fleet, "%dx%d", &c.growth.fleetServices, &c.growth.fleetListeners); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: -growth-fleet %q: want SERVICESxLISTENERS, as 50x4\n", *fleet)
+			os.Exit(2)
+		}
+	}
 
 	if *from != "" {
 		if err := rerender(*from); err != nil {
@@ -444,14 +453,31 @@ func rerender(jsonPath string) error {
 	return nil
 }
 
-// raiseLimits lifts the memlock limit, which the socket storage map is
-// charged to on kernels without memcg accounting. RLIMIT_NOFILE is left
-// as it is (Go raises the soft limit to the hard one): raising the hard
-// limit needs CAP_SYS_RESOURCE, and the growth part reports it as the
-// limit it meets.
+// raiseLimits lifts the memlock limit, which eBPF maps are charged to on
+// kernels without memcg accounting, and raises RLIMIT_NOFILE, soft and
+// hard, to fs.nr_open, the most the kernel allows (raising the hard
+// limit needs CAP_SYS_RESOURCE: without it, the soft limit goes up to the
+// hard one). handoffd and its generations inherit it; the growth part
+// reports the limit it met.
 func raiseLimits() error {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("remove the memlock limit: %w", err)
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("read RLIMIT_NOFILE: %w", err)
+	}
+	if data, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		var nrOpen uint64
+		if _, err := fmt.Sscan(string(data), &nrOpen); err == nil && nrOpen > lim.Max {
+			if unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: nrOpen, Max: nrOpen}) == nil {
+				return nil
+			}
+		}
+	}
+	lim.Cur = lim.Max
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("raise RLIMIT_NOFILE to %d: %w", lim.Max, err)
 	}
 	return nil
 }
@@ -459,9 +485,13 @@ func raiseLimits() error {
 func intList(s string) ([]int, error) {
 	var out []int
 	for f := range strings.SplitSeq(s, ",") {
+		if f == "max" {
+			out = append(out, maxConns)
+			continue
+		}
 		var n int
 		if _, err := fmt.Sscan(f, &n); err != nil || n < 0 {
-			return nil, fmt.Errorf("%q: want a comma-separated list of counts", s)
+			return nil, fmt.Errorf("%q: want a comma-separated list of counts (or max)", s)
 		}
 		out = append(out, n)
 	}

@@ -201,19 +201,18 @@ func costMarkdown(c *cost) string {
 			pc := float64(p.RunTimeNS) / float64(max(c.StatsConnections, 1))
 			fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %.3f %% |\n", name, p.RunCount, per, pc, share(c, pc))
 		}
-		if s := c.Storage; s != nil && s.Error == "" {
-			fmt.Fprintf(&b, "| socket storage clone and free (A/B, %d × %d connections) | | | %.0f ± %.0f | %.3f %% |\n",
-				s.Rounds, s.PerRound, s.DiffNS, s.DiffCI95, share(c, s.DiffNS))
-		}
+		fmt.Fprintf(&b, "\nKernel work handoffd adds per connection: %.0f ns %s (goal ≤ %d ns).\n",
+			c.KernelNSPerConn, verdict(c.KernelNSPerConn <= goalKernelNSPerConn), goalKernelNSPerConn)
 	}
 	if c.StatsError != "" {
 		fmt.Fprintf(&b, "\neBPF run time not measured: %s\n", c.StatsError)
 	}
-	if s := c.Storage; s != nil && s.Error != "" {
-		fmt.Fprintf(&b, "\nsocket storage not measured: %s\n", s.Error)
-	} else if s != nil {
-		fmt.Fprintf(&b, "\nSocket storage: connect + accept + close on one thread, %.0f ns of its CPU against a bare listener, %.0f ns against one carrying a BPF_F_CLONE entry (medians).\n",
-			s.PlainNS, s.TaggedNS)
+	if len(rpsRatios) > 0 {
+		s := slices.Clone(rpsRatios)
+		slices.Sort(s)
+		half := 100 * (s[len(s)-1] - s[0]) / 2
+		fmt.Fprintf(&b, "\nAgainst the goals: requests/s ratio %.4f %s (goal ≥ %.3f); the rounds' spread ± %.2f points %s (goal ± %.1f).\n",
+			c.Ratio, verdict(c.Ratio >= goalRatio), goalRatio, half, verdict(half <= goalSpreadPoints), goalSpreadPoints)
 	}
 	return b.String()
 }

@@ -544,6 +544,16 @@ func (h *handoffdServer) Phases(seen map[int]*genSeen) swapPhases {
 	return ph
 }
 
+// dead reports whether handoffd has exited.
+func (h *handoffdServer) dead() bool {
+	select {
+	case <-h.exited:
+		return true
+	default:
+		return false
+	}
+}
+
 func (h *handoffdServer) DaemonPID() int {
 	if h.cmd == nil || h.cmd.Process == nil {
 		return 0
