@@ -231,6 +231,12 @@ func TestConnCounterMigration(t *testing.T) {
 	}
 	checkCount(t, c, []int{gen2}, p, PortHeld{Queued: n, Listeners: 1})
 	checkCounters(t, s, 2, SlotCounters{Migrated: n})
+	// One batch reads what the slots' lookups read.
+	batch, err := s.Migrated()
+	bySlot, err2 := s.migratedBySlot()
+	if batch != n || bySlot != n || err != nil || err2 != nil {
+		t.Errorf("Migrated() = %d, %v; by slot %d, %v; want %d", batch, err, bySlot, err2, n)
+	}
 	accepted := acceptAll(t, n, ln2)[0]
 	checkCount(t, c, []int{gen2, os.Getpid()}, p, PortHeld{Connections: n, Listeners: 1})
 	for _, fd := range accepted[:5] {

@@ -6,6 +6,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/handoffd/handoffd/bpf"
 )
 
 // Kernel is what one handoffd loads into the kernel in ebpf mode: a
@@ -132,8 +136,28 @@ func (s *Steering) Stats(slot uint32) (SlotStats, error) {
 }
 
 // Migrated returns the requests migrated into any slot since load: the
-// sum of Counters(s).Migrated over the slots.
+// sum of Counters(s).Migrated over the slots, read in one batch where the
+// kernel has them (Linux >= 5.6).
 func (s *Steering) Migrated() (uint64, error) {
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return 0, fmt.Errorf("read migrated requests: %w", err)
+	}
+	keys := make([]uint32, Slots)
+	values := make([]bpf.SteerSlotCounters, Slots*cpus)
+	var cursor ebpf.MapBatchCursor
+	n, err := s.counters.BatchLookup(&cursor, keys, values, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) || n != Slots {
+		return s.migratedBySlot()
+	}
+	var sum uint64
+	for _, v := range values {
+		sum += v.Migrated
+	}
+	return sum, nil
+}
+
+func (s *Steering) migratedBySlot() (uint64, error) {
 	var n uint64
 	for slot := range uint32(Slots) {
 		counts, err := s.Counters(slot)
