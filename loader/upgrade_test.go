@@ -13,6 +13,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // The objects of a handoffd that counted connections with a sock_ops
@@ -49,8 +50,17 @@ func ownCgroupDir(t *testing.T) string {
 			return filepath.Join(fields[4], cg)
 		}
 	}
-	t.Fatalf("no cgroup2 mount for cgroup %q", cg)
-	return ""
+	if cg == "" {
+		t.Fatal("no cgroup v2 line (0::) in /proc/self/cgroup")
+	}
+	// No cgroup2 mount (a guest booted with a shell as init): one of our
+	// own for the test.
+	dir := t.TempDir()
+	if err := unix.Mount("cgroup2", dir, "cgroup2", 0, ""); err != nil {
+		t.Fatalf("mount cgroup2: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return filepath.Join(dir, cg)
 }
 
 // pinOldCounting loads and pins, under dir, what the former handoffd
