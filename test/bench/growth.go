@@ -573,8 +573,8 @@ func scrape(addr string) error {
 
 // restAt runs handoffd with services × listeners and samples its RSS and
 // CPU once every generation is active.
-func restAt(bins, tmp, mode string, services, listeners int, d time.Duration) growthRest {
-	r := growthRest{Mode: mode, Services: services, Listeners: listeners, LoadAvg: []string{loadAvg()}}
+func restAt(bins, tmp, mode string, services, listeners int, d time.Duration) (r growthRest) {
+	r = growthRest{Mode: mode, Services: services, Listeners: listeners, LoadAvg: []string{loadAvg()}}
 	defer func() { r.LoadAvg = append(r.LoadAvg, loadAvg()) }()
 	dir, err := os.MkdirTemp(tmp, fmt.Sprintf("rest-%d-%d-", services, listeners))
 	if err != nil {
