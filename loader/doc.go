@@ -15,10 +15,11 @@
 // listener as a health check of the generation in a given slot, steered
 // there while every client connection goes by the active slot and split.
 //
-// Tracking is the daemon's one handle on connection counts: a sock_ops
-// program attached to handoffd's cgroup v2 that counts, per tracking slot,
-// the connections that listeners tagged with the slot hold, and that
-// Steerings loaded with it move when the kernel migrates a connection.
+// ConnCounter counts connections on demand: a task_file iterator run over
+// the open files of one process at a time, when status or a scrape asks,
+// so nothing runs on a connection's path but the steering program. Kernel
+// bundles the Steerings and the ConnCounter of one handoffd, and removes
+// the sock_ops counter that an older handoffd pinned.
 //
 // The package does not create the listening sockets, decide which
 // generation is active, or export metrics: the supervisor and package

@@ -93,8 +93,8 @@ func TestRestartLeavesTrafficAlone(t *testing.T) {
 
 // TestRestartWithServicesReordered restarts handoffd on a config that lists
 // its two services the other way round: each re-adopted listener must go
-// on counting its own connections, not the other service's (the kernel's
-// tracking ranges are pinned per listener, not given in config order).
+// on counting its own connections, not the other service's (steering is
+// pinned per listener, and counts come from what each generation holds).
 func TestRestartWithServicesReordered(t *testing.T) {
 	d := startDaemon(t, daemonOptions{web: true})
 	held := map[string]int{"demo": 3, "web": 7}

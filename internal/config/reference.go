@@ -108,7 +108,7 @@ const WholeExample = `control: /run/handoff/handoffd.sock   # HTTP/JSON API on a
 metrics: 127.0.0.1:9370               # Prometheus /metrics (none when unset)
 mode: auto                            # auto | ebpf | fdpass
 state_dir: /run/handoff               # state.json (re-adoption), logs/ (generations' stderr), notify/
-bpf_dir: /sys/fs/bpf/handoff          # where steering and tracking are pinned
+bpf_dir: /sys/fs/bpf/handoff          # where steering is pinned
 group: ""                             # may use the whole control API besides root
 read_group: ""                        # may read status
 services:
