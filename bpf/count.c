@@ -16,6 +16,9 @@
 // one of its fd (the iterator holds one while it visits the file): the
 // same socket may be in another fd of the process or in another process,
 // and user space counts each of those once, by inode.
+//
+// parents, an iter/task iterator over every process of the host, lists
+// the processes with their parents, for a generation's descendants.
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -156,6 +159,40 @@ int count(struct bpf_iter__task_file *ctx)
 	}
 	out.ino = BPF_CORE_READ(file, f_inode, i_ino);
 	__sync_fetch_and_add(&c->out, 1);
+	bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
+	return 0;
+}
+
+struct task_struct {
+	int pid;
+	int tgid;
+	struct task_struct *real_parent;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__task {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+} __attribute__((preserve_access_index));
+
+// A process and its parent, as parents writes them.
+struct parent_out {
+	__u32 pid;
+	__u32 ppid;
+};
+
+// parents writes out every process of the host with its parent (in the
+// pid namespace of the iterator's reader: handoffd's), so that user space
+// finds a generation's descendants in one read, without a file of /proc
+// per thread. A thread other than a process's first is skipped.
+SEC("iter/task")
+int parents(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+
+	if (!task || task->pid != task->tgid)
+		return 0;
+	struct task_struct *parent = task->real_parent;
+	struct parent_out out = { .pid = task->tgid, .ppid = parent ? parent->tgid : 0 };
 	bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
 	return 0;
 }

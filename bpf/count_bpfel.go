@@ -23,8 +23,9 @@ type CountPortCount struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	CountMapPorts  = "ports"
-	CountProgCount = "count"
+	CountMapPorts    = "ports"
+	CountProgCount   = "count"
+	CountProgParents = "parents"
 )
 
 // LoadCount returns the embedded CollectionSpec for Count.
@@ -69,7 +70,8 @@ type CountSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type CountProgramSpecs struct {
-	Count *ebpf.ProgramSpec `ebpf:"count"`
+	Count   *ebpf.ProgramSpec `ebpf:"count"`
+	Parents *ebpf.ProgramSpec `ebpf:"parents"`
 }
 
 // CountMapSpecs contains maps before they are loaded into the kernel.
@@ -124,12 +126,14 @@ type CountVariables struct {
 //
 // It can be passed to LoadCountObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CountPrograms struct {
-	Count *ebpf.Program `ebpf:"count"`
+	Count   *ebpf.Program `ebpf:"count"`
+	Parents *ebpf.Program `ebpf:"parents"`
 }
 
 func (p *CountPrograms) Close() error {
 	return _CountClose(
 		p.Count,
+		p.Parents,
 	)
 }
 

@@ -244,3 +244,41 @@ func TestConnCounterMigration(t *testing.T) {
 	}
 	checkCount(t, c, []int{gen2, os.Getpid()}, p, PortHeld{Connections: n - 5, Listeners: 1})
 }
+
+// TestConnCounterParents lists the host's processes with their parents:
+// a shell's two children, and this process.
+func TestConnCounterParents(t *testing.T) {
+	requireEBPF(t)
+	c := requireCounter(t)
+	cmd := exec.Command("sh", "-c", "sleep 30 & sleep 30 & wait")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var children []int
+	defer func() {
+		for _, pid := range children {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && len(children) < 2; time.Sleep(10 * time.Millisecond) {
+		parents, err := c.Parents()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if parents[os.Getpid()] != os.Getppid() || parents[cmd.Process.Pid] != os.Getpid() {
+			t.Fatalf("Parents: this process %d → %d, the shell %d → %d; want %d and %d",
+				os.Getpid(), parents[os.Getpid()], cmd.Process.Pid, parents[cmd.Process.Pid], os.Getppid(), os.Getpid())
+		}
+		children = children[:0]
+		for pid, ppid := range parents {
+			if ppid == cmd.Process.Pid {
+				children = append(children, pid)
+			}
+		}
+	}
+	if len(children) != 2 {
+		t.Errorf("the shell has children %v, want two sleeps", children)
+	}
+}

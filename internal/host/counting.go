@@ -18,6 +18,8 @@ import (
 // *loader.ConnCounter implements it with a task_file iterator.
 type ProcessCounter interface {
 	Count(pids []int, ports []uint16) (map[uint16]loader.PortHeld, error)
+	// Parents returns the parent of every process of the host, by pid.
+	Parents() (map[int]int, error)
 }
 
 // Counter is the lifecycle.Counter of the real kernel: TCP_INFO for accept
@@ -106,20 +108,55 @@ func ports(ls []listener) []uint16 {
 
 // Count implements lifecycle.Counter.
 func (c *Counter) Count(gens []*lifecycle.Counted) {
+	if len(gens) == 0 {
+		return
+	}
+	tree := c.processTree()
 	var shared []*lifecycle.Counted
 	for _, g := range gens {
-		if !c.countSteered(g) {
+		if !c.countSteered(g, tree) {
 			shared = append(shared, g)
 		}
 	}
 	if len(shared) > 0 {
-		c.countShared(shared)
+		c.countShared(shared, tree)
 	}
+}
+
+// processTree finds the descendants of a process: from one listing of
+// the host's processes by Procs, or from /proc.
+type processTree map[int][]int // children by parent; nil: read /proc
+
+func (c *Counter) processTree() processTree {
+	if c.Procs == nil {
+		return nil
+	}
+	parents, err := c.Procs.Parents()
+	if err != nil {
+		return nil
+	}
+	tree := processTree{}
+	for pid, ppid := range parents {
+		tree[ppid] = append(tree[ppid], pid)
+	}
+	return tree
+}
+
+// descendants returns pid and every process that descends from it.
+func (t processTree) descendants(pid int) []int {
+	if t == nil {
+		return kernel.Descendants(pid)
+	}
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		out = append(out, t[out[i]]...)
+	}
+	return out
 }
 
 // countSteered counts a generation whose TCP listeners are all steered,
 // with Procs; false when it cannot.
-func (c *Counter) countSteered(g *lifecycle.Counted) bool {
+func (c *Counter) countSteered(g *lifecycle.Counted, tree processTree) bool {
 	if c.Procs == nil {
 		return false
 	}
@@ -129,7 +166,7 @@ func (c *Counter) countSteered(g *lifecycle.Counted) bool {
 			return false
 		}
 	}
-	held, err := c.Procs.Count(kernel.Descendants(g.PID), ports(ls))
+	held, err := c.Procs.Count(tree.descendants(g.PID), ports(ls))
 	if err != nil {
 		c.log().Warn("count connections", "service", g.Service.Name, "generation", g.ID, "err", err)
 		return false
@@ -157,7 +194,7 @@ func (c *Counter) countSteered(g *lifecycle.Counted) bool {
 
 // countShared counts generations from one sock_diag dump of all their
 // services' ports.
-func (c *Counter) countShared(gens []*lifecycle.Counted) {
+func (c *Counter) countShared(gens []*lifecycle.Counted, tree processTree) {
 	var all []uint16
 	seen := map[uint16]bool{}
 	services := map[string][]*lifecycle.Counted{}
@@ -180,13 +217,13 @@ func (c *Counter) countShared(gens []*lifecycle.Counted) {
 		return
 	}
 	for _, name := range order {
-		c.countService(services[name], conns)
+		c.countService(services[name], conns, tree)
 	}
 }
 
 // countService attributes the connections of one service's listeners to
 // its live generations gens.
-func (c *Counter) countService(gens []*lifecycle.Counted, conns []kernel.Conn) {
+func (c *Counter) countService(gens []*lifecycle.Counted, conns []kernel.Conn, tree processTree) {
 	ls := listenersOf(gens[0].Service, gens[0].Mode)
 	// Per listener, the connections on it, by inode.
 	byInode := map[uint64]int{}
@@ -209,7 +246,7 @@ func (c *Counter) countService(gens []*lifecycle.Counted, conns []kernel.Conn) {
 			primary = g
 			continue
 		}
-		held, ok := c.heldByProcesses(g, ls, byInode)
+		held, ok := c.heldByProcesses(g, ls, byInode, tree)
 		if !ok {
 			continue
 		}
@@ -229,8 +266,8 @@ func (c *Counter) countService(gens []*lifecycle.Counted, conns []kernel.Conn) {
 
 // heldByProcesses counts, per listener, the connections that the
 // processes of g hold among those listed.
-func (c *Counter) heldByProcesses(g *lifecycle.Counted, ls []listener, byInode map[uint64]int) ([]int64, bool) {
-	pids := kernel.Descendants(g.PID)
+func (c *Counter) heldByProcesses(g *lifecycle.Counted, ls []listener, byInode map[uint64]int, tree processTree) ([]int64, bool) {
+	pids := tree.descendants(g.PID)
 	held := make([]int64, len(ls))
 	if c.Procs != nil {
 		// Every connection on the service's ports that the processes
