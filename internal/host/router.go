@@ -72,6 +72,13 @@ type steeredLane struct {
 	slots int
 	base  slotBaselines
 	bound boundAddrs
+
+	// used are the slots this handoffd gave a socket: requests migrate
+	// only into those, so migrated reads their counters alone. A lane
+	// re-adopted from pins (all) reads every slot's.
+	mu   sync.Mutex
+	used map[uint32]bool
+	all  bool
 }
 
 func (s *steeredLane) slot(gen int) uint32 { return uint32(gen % s.slots) }
@@ -96,6 +103,12 @@ func (s *steeredLane) socket(gen int) (*os.File, error) {
 		s.base.set(gen, lifecycle.SlotStats(now))
 	}
 	s.bound.set(gen, f)
+	s.mu.Lock()
+	if s.used == nil {
+		s.used = map[uint32]bool{}
+	}
+	s.used[s.slot(gen)] = true
+	s.mu.Unlock()
 	return f, nil
 }
 
@@ -174,7 +187,23 @@ func (s *steeredLane) stats(gen int) (lifecycle.SlotStats, bool) {
 }
 
 func (s *steeredLane) migrated() uint64 {
-	n, _ := s.st.Migrated()
+	s.mu.Lock()
+	all := s.all
+	var slots []uint32
+	for slot := range s.used {
+		slots = append(slots, slot)
+	}
+	s.mu.Unlock()
+	if all {
+		n, _ := s.st.Migrated()
+		return n
+	}
+	var n uint64
+	for _, slot := range slots {
+		if st, err := s.st.Stats(slot); err == nil {
+			n += st.Migrated
+		}
+	}
 	return n
 }
 
@@ -286,7 +315,7 @@ func newLane(service string, l config.ListenerConfig, mode api.Mode, slots int, 
 		if err != nil {
 			return nil, fmt.Errorf("load steering: %w", err)
 		}
-		return &steeredLane{l: l, st: st, slots: slots}, nil
+		return &steeredLane{l: l, st: st, slots: slots, all: adopting}, nil
 	}
 	if adopting {
 		return &sharedLane{}, nil

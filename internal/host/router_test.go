@@ -75,7 +75,9 @@ type probeRecorder struct {
 
 func (p *probeRecorder) Attach(int) error         { return nil }
 func (p *probeRecorder) Insert(uint32, int) error { return nil }
-func (p *probeRecorder) Counted() bool            { return false }
+func (p *probeRecorder) Stats(uint32) (loader.SlotStats, error) {
+	return loader.SlotStats{}, nil
+}
 
 func (p *probeRecorder) DialProbe(_ context.Context, target netip.AddrPort, slot uint32) (net.Conn, error) {
 	p.target, p.slot = target, slot
@@ -145,4 +147,27 @@ func boundPort(f *os.File) (uint16, error) {
 		return 0, err
 	}
 	return uint16(a.(*net.TCPAddr).Port), nil
+}
+
+// countingSteering is a Steering whose slot s migrated s+1 requests.
+type countingSteering struct{ Steering }
+
+func (countingSteering) Stats(slot uint32) (loader.SlotStats, error) {
+	return loader.SlotStats{Migrated: uint64(slot) + 1}, nil
+}
+
+func (countingSteering) Migrated() (uint64, error) { return 64 * 65 / 2, nil }
+
+// TestSteeredLaneMigrated reads the counters of the slots the lane gave
+// sockets, and every slot's of a lane re-adopted from pins, whose earlier
+// slots it does not know.
+func TestSteeredLaneMigrated(t *testing.T) {
+	lane := &steeredLane{st: countingSteering{}, slots: 64, used: map[uint32]bool{1: true, 2: true}}
+	if n := lane.migrated(); n != 2+3 {
+		t.Errorf("migrated = %d, want 5 (slots 1 and 2)", n)
+	}
+	adopted := &steeredLane{st: countingSteering{}, slots: 64, all: true}
+	if n := adopted.migrated(); n != 64*65/2 {
+		t.Errorf("migrated of a re-adopted lane = %d, want every slot's, %d", n, 64*65/2)
+	}
 }
