@@ -32,9 +32,19 @@ struct bpf_iter_meta {
 
 struct file;
 
+struct files_struct;
+
+struct task_struct {
+	int pid;
+	int tgid;
+	struct task_struct *real_parent;
+	struct task_struct *group_leader;
+	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
 struct bpf_iter__task_file {
 	struct bpf_iter_meta *meta;
-	void *task;
+	struct task_struct *task;
 	__u32 fd;
 	struct file *file;
 } __attribute__((preserve_access_index));
@@ -124,12 +134,25 @@ static __always_inline long refs(struct file *f)
 	return BPF_CORE_READ((struct file___count *)f, f_count.counter);
 }
 
+// same_files reports whether task is a thread other than its process's
+// first that shares the first one's fd table: its files were counted
+// with the first thread's. Linux 6.18 skips such threads itself; 6.1,
+// iterating one process (task.pid), visits every thread's fds again.
+static __always_inline int same_files(struct task_struct *task)
+{
+	if (task->pid == task->tgid)
+		return 0;
+	struct task_struct *leader = task->group_leader;
+	return leader && task->files == leader->files;
+}
+
 SEC("iter/task_file")
 int count(struct bpf_iter__task_file *ctx)
 {
 	struct file *file = ctx->file;
+	struct task_struct *task = ctx->task;
 
-	if (!file)
+	if (!file || !task || same_files(task))
 		return 0;
 	struct socket *sock = bpf_sock_from_file(file);
 	if (!sock)
@@ -162,12 +185,6 @@ int count(struct bpf_iter__task_file *ctx)
 	bpf_seq_write(ctx->meta->seq, &out, sizeof(out));
 	return 0;
 }
-
-struct task_struct {
-	int pid;
-	int tgid;
-	struct task_struct *real_parent;
-} __attribute__((preserve_access_index));
 
 struct bpf_iter__task {
 	struct bpf_iter_meta *meta;

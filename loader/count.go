@@ -29,8 +29,12 @@ import (
 // one program call per open file of the processes counted. The iterator
 // is restricted to one process by bpf_iter_link_info.task.pid (Linux >=
 // 6.1), which cilium/ebpf's link.IterOptions does not carry: the link is
-// created with a raw BPF_LINK_CREATE. A ConnCounter pins nothing and keeps
-// nothing between counts. Its methods may be called from several
+// created with a raw BPF_LINK_CREATE. The program counts a thread's fds
+// only when the thread does not share the fd table of its process's first
+// thread (Linux 6.1 visits every thread of the process): a process whose
+// first thread has exited while others share one table (no common server
+// does that) would have its fds counted once per thread. A ConnCounter
+// pins nothing and keeps nothing between counts. Its methods may be called from several
 // goroutines; counts run one at a time.
 type ConnCounter struct {
 	mu    sync.Mutex
