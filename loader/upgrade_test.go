@@ -2,6 +2,8 @@ package loader
 
 import (
 	"bufio"
+	"bytes"
+	_ "embed"
 	"errors"
 	"io"
 	"log/slog"
@@ -18,10 +20,13 @@ import (
 
 // The objects of a handoffd that counted connections with a sock_ops
 // program (track) and moved counts on migration (steer, with track_base),
-// as that handoffd pinned them: LoadKernel must clean up after it.
-const (
-	oldTrackObject = "testdata/track_v1_bpfel.o"
-	oldSteerObject = "testdata/steer_v1_bpfel.o"
+// as that handoffd pinned them: LoadKernel must clean up after it. They
+// are embedded: make test-vm runs the test binary away from testdata/.
+var (
+	//go:embed testdata/track_v1_bpfel.o
+	oldTrackObject []byte
+	//go:embed testdata/steer_v1_bpfel.o
+	oldSteerObject []byte
 )
 
 // ownCgroupDir returns the directory of the test's cgroup v2.
@@ -69,7 +74,7 @@ func ownCgroupDir(t *testing.T) string {
 // its tracking base. It returns the counter link's id.
 func pinOldCounting(t *testing.T, dir string) link.ID {
 	t.Helper()
-	trackSpec, err := ebpf.LoadCollectionSpec(oldTrackObject)
+	trackSpec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(oldTrackObject))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +105,7 @@ func pinOldCounting(t *testing.T, dir string) link.ID {
 		t.Fatal(err)
 	}
 
-	steerSpec, err := ebpf.LoadCollectionSpec(oldSteerObject)
+	steerSpec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(oldSteerObject))
 	if err != nil {
 		t.Fatal(err)
 	}
