@@ -1,7 +1,7 @@
 // Package observe exports handoffd's state as Prometheus metrics.
 //
 // Collector reads the supervisor's status at scrape time (generations,
-// connections counted by the kernel probes, accept queues, steering and
+// connections counted at scrape time, accept queues, steering and
 // migration counters) instead of keeping copies that could drift; Swaps
 // records what only exists as events: swap results and the length of each
 // swap phase. Metric names and labels are handoffd's contract (DESIGN.md

@@ -36,7 +36,7 @@ func testStatus() fakeSource {
 func TestCollector(t *testing.T) {
 	c := NewCollector(testStatus(), api.ModeEBPF, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	want := `
-# HELP handoff_connections_active TCP connections a generation holds (ESTABLISHED or CLOSE_WAIT, accepted or queued); source=ebpf when counted by the kernel probes, proc when matched from the generation's fds.
+# HELP handoff_connections_active TCP connections a generation holds (ESTABLISHED or CLOSE_WAIT, accepted or queued), counted at scrape time; source=ebpf when the kernel counted its processes' sockets (a task_file iterator), proc when sock_diag and the processes' fds did.
 # TYPE handoff_connections_active gauge
 handoff_connections_active{generation="2",service="demo",source="ebpf"} 40
 handoff_connections_active{generation="3",service="demo",source="ebpf"} 0

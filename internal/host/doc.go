@@ -5,7 +5,8 @@
 // through pidfds, creates and routes the listening sockets of each
 // listener (a SO_REUSEPORT socket per generation under a loader.Steering
 // in ebpf mode, one shared socket in fdpass mode), and counts accept
-// queues and connections where the kernel probes do not.
+// queues and the connections each generation holds (Counter), once per
+// status for every service.
 //
 // Raw system calls stay in package kernel and eBPF in package loader;
 // this package puts them together behind the interfaces of package
