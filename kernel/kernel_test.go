@@ -190,6 +190,64 @@ func TestStartTicks(t *testing.T) {
 	}
 }
 
+// TestZombieIsGone: a process that exited and that its parent has not
+// reaped yet keeps its /proc entry, but it is gone for StartTicks and
+// Exited says so through its pidfd, opened before or after its exit.
+func TestZombieIsGone(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	reaped := false
+	defer func() {
+		if !reaped {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
+	if StartTicks(pid) == 0 {
+		t.Fatal("no start time for a running process")
+	}
+	before, err := OpenPidfd(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer before.Close()
+	if exited, err := before.Exited(); err != nil || exited {
+		t.Fatalf("Exited of a running process: %v, %v", exited, err)
+	}
+	// SIGKILL without wait(2): a zombie until Wait below.
+	if err := before.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := before.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil || !strings.Contains(string(stat), ") Z ") {
+		t.Fatalf("/proc/%d/stat = %q, %v; want a zombie", pid, stat, err)
+	}
+	if got := StartTicks(pid); got != 0 {
+		t.Errorf("start time %d for a zombie, want 0", got)
+	}
+	after, err := OpenPidfd(pid)
+	if err != nil {
+		t.Fatalf("pidfd_open of a zombie: %v", err)
+	}
+	defer after.Close()
+	for _, p := range []*Pidfd{before, after} {
+		if exited, err := p.Exited(); err != nil || !exited {
+			t.Errorf("Exited of a zombie: %v, %v; want true", exited, err)
+		}
+	}
+	cmd.Wait()
+	reaped = true
+	if exited, err := after.Exited(); err != nil || !exited {
+		t.Errorf("Exited of a reaped process: %v, %v; want true", exited, err)
+	}
+}
+
 func TestAllowGroup(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sock")
 	if err := os.WriteFile(path, nil, 0o660); err != nil {

@@ -76,6 +76,23 @@ func (p *Pidfd) Wait() error {
 	}
 }
 
+// Exited reports whether the process has exited, without waiting: its
+// pidfd turns readable then, also while the process is a zombie that
+// its parent has not reaped (its fds are closed by then).
+func (p *Pidfd) Exited() (bool, error) {
+	fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("poll pidfd of pid %d: %w", p.pid, err)
+		}
+		return n > 0 && fds[0].Revents&(unix.POLLIN|unix.POLLHUP) != 0, nil
+	}
+}
+
 // GetFD copies the process's fd target into this process (pidfd_getfd,
 // Linux 5.6; needs PTRACE_MODE_ATTACH_REALCREDS over the process). The
 // copy is close-on-exec.

@@ -14,7 +14,9 @@ import (
 
 // StartTicks returns the start time of process pid, in clock ticks since
 // boot (field 22 of /proc/PID/stat); 0 if it is gone. With the pid it
-// names one process for good: a reused pid starts later.
+// names one process for good: a reused pid starts later. A process that
+// has exited and waits to be reaped (a zombie, state Z, or X while it is
+// reaped) is gone: its /proc entry stays, its fds and memory do not.
 func StartTicks(pid int) uint64 {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -22,7 +24,7 @@ func StartTicks(pid int) uint64 {
 	}
 	// The command name may hold spaces and parentheses: fields start after the last ')'.
 	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	if len(fields) < 20 {
+	if len(fields) < 20 || fields[0] == "Z" || fields[0] == "X" {
 		return 0
 	}
 	ticks, _ := strconv.ParseUint(fields[19], 10, 64)
