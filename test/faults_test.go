@@ -1,7 +1,9 @@
 package test
 
 import (
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -190,5 +192,48 @@ func TestDrainTimeoutKillCounted(t *testing.T) {
 	}
 	if !strings.Contains(d.logText(), "drain_timeout passed: killing generation") {
 		t.Errorf("handoffd did not log the kill")
+	}
+}
+
+// portNum is the port of the demo service's listener.
+func (d *daemon) portNum() int {
+	n, err := strconv.Atoi(d.port())
+	if err != nil {
+		d.t.Fatalf("port of %s: %v", d.addr, err)
+	}
+	return n
+}
+
+// TestExitedStandbyLeavesNoListener: with probation, the replaced
+// generation waits in standby with its own listening socket. Killed, it
+// takes that socket out of the reuseport group at once: handoffd drops
+// its copy, so that no fallback of steering can hash a new connection
+// onto a socket that nobody accepts from.
+func TestExitedStandbyLeavesNoListener(t *testing.T) {
+	d := startDaemon(t, daemonOptions{probation: "30s"})
+	if out, err := d.ctl("swap", "demo"); err != nil || !strings.Contains(out, "generation 2 active") {
+		t.Fatalf("swap: %v: %s", err, out)
+	}
+	st := d.status()
+	if st.Generations[0].State != api.StateStandby {
+		t.Fatalf("generation 1 is %s after the swap, want standby", st.Generations[0].State)
+	}
+	if n := len(listeningInodes(t, d.portNum())); n != 2 {
+		t.Fatalf("%d sockets listen on port %s, want the active one's and the standby's", n, d.port())
+	}
+	l := startLoad(d.addr, "/slow?ms=2", loadClients, false)
+	time.Sleep(300 * time.Millisecond)
+	syscall.Kill(st.Generations[0].PID, syscall.SIGKILL)
+	d.waitFor("the standby's exit seen", 10*time.Second, func(st api.ServiceStatus) bool {
+		return st.Generations[0].State == api.StateExited
+	})
+	if !eventuallyTrue(2*time.Second, func() bool { return len(listeningInodes(t, d.portNum())) == 1 }) {
+		t.Errorf("%d sockets listen on port %s after the standby died, want the active one's alone", len(listeningInodes(t, d.portNum())), d.port())
+	}
+	time.Sleep(300 * time.Millisecond)
+	res := l.stop()
+	t.Logf("requests: %d ok, %d failed across the death of the standby", res.OK, res.Failed)
+	if res.Failed > 0 || res.ByGen[1] > 0 {
+		t.Errorf("%d requests failed, %d answered by the standby: %q", res.Failed, res.ByGen[1], res.Failures)
 	}
 }

@@ -311,6 +311,36 @@ type fakeRouter struct {
 	sticky bool
 	// probe dials the health checks of a generation (default: refused).
 	probe func(ctx context.Context, gen int) (net.Conn, error)
+	// peers, when not nil, keeps the other end of each socket Prepare
+	// hands out, by generation, so that open tells whether handoffd
+	// still holds a generation's sockets.
+	peers map[int][]*os.File
+}
+
+// open reports whether handoffd still holds a socket of generation gen:
+// a socket pair's end reads EOF once the other end is closed.
+func (r *fakeRouter) open(gen int) bool {
+	r.mu.Lock()
+	peers := slices.Clone(r.peers[gen])
+	r.mu.Unlock()
+	buf := make([]byte, 1)
+	for _, p := range peers {
+		n, _, err := syscall.Recvfrom(int(p.Fd()), buf, syscall.MSG_DONTWAIT)
+		if n != 0 || err != nil { // EAGAIN: the other end is open
+			return true
+		}
+	}
+	return false
+}
+
+// closePeers closes the ends kept in peers.
+func (r *fakeRouter) closePeers() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ps := range r.peers {
+		closeFiles(ps)
+	}
+	r.peers = nil
 }
 
 func (r *fakeRouter) SetSplit(gen int, share float64, sticky bool) error {
@@ -355,7 +385,11 @@ func (r *fakeRouter) Prepare(gen int) ([]*os.File, error) {
 			closeFiles(files)
 			return nil, err
 		}
-		syscall.Close(fds[1])
+		if r.peers != nil {
+			r.peers[gen] = append(r.peers[gen], os.NewFile(uintptr(fds[1]), fmt.Sprintf("peer of gen %d", gen)))
+		} else {
+			syscall.Close(fds[1])
+		}
 		files = append(files, os.NewFile(uintptr(fds[0]), fmt.Sprintf("gen %d", gen)))
 	}
 	return files, nil

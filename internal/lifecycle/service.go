@@ -517,6 +517,14 @@ func (s *Service) exited(g *Generation) {
 		s.invariant(s.move(g, api.StateExited))
 		g.exit = status
 	}
+	if g != s.current {
+		// Nothing accepts from its sockets any more: out of the
+		// reuseport group with them, so that no fallback of steering
+		// hashes a new connection there. The current generation's
+		// stay while its replacement starts: they queue for it.
+		closeFiles(g.files)
+		g.files = nil
+	}
 	if g == s.standby {
 		s.standby = nil
 		s.log.Error("generation in standby exited: no rollback is left", "generation", g.ID, "pid", g.pid, "status", status)
