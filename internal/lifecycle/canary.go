@@ -52,8 +52,20 @@ func (s *Service) checkCanary() error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.current == nil {
-		return fmt.Errorf("%w: no active generation to share new connections with", ErrCanaryRefused)
+	return s.canaryBesideLocked()
+}
+
+// canaryBesideLocked refuses a canary unless a current generation serves
+// beside it: with none, the rest of the new connections would queue on
+// a socket nobody accepts from, and the canary would hold off the
+// replacement until promoted or rolled back. A swap without --canary
+// replaces it instead. Callers hold s.mu.
+func (s *Service) canaryBesideLocked() error {
+	switch {
+	case s.current == nil:
+		return fmt.Errorf("%w: no active generation to share new connections with: swap without --canary to start one", ErrCanaryRefused)
+	case !s.serving():
+		return fmt.Errorf("%w: the active generation %d has exited and is being replaced: swap without --canary instead", ErrCanaryRefused, s.current.ID)
 	}
 	return nil
 }
@@ -62,6 +74,11 @@ func (s *Service) checkCanary() error {
 func (s *Service) startCanary(g *Generation, sp Split) (api.SwapResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// The active generation may have died while g started: then its
+	// replacement, waiting for this swap to end, wins.
+	if err := s.canaryBesideLocked(); err != nil {
+		return api.SwapResult{}, err
+	}
 	if err := s.router.SetSplit(g.ID, sp.Share, sp.Sticky); err != nil {
 		// Some listeners may split already: take their share back.
 		if rerr := s.router.SetSplit(g.ID, 0, false); rerr != nil {

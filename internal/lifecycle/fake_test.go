@@ -123,11 +123,21 @@ type fakeLauncher struct {
 	// onState, if set, is how processes answer what handoffd sends on
 	// their state channels; see answerState.
 	onState func(p *fakeProcess, m stateproto.Message, data string)
+	// failStarts makes that many next starts fail, as a command that
+	// cannot be run does.
+	failStarts int
 }
+
+// errNoCommand is what a start fails with under failStarts.
+var errNoCommand = errors.New("exec demo: no such file or directory")
 
 func (l *fakeLauncher) Start(spec LaunchSpec) (Process, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.failStarts > 0 {
+		l.failStarts--
+		return nil, errNoCommand
+	}
 	p := &fakeProcess{pid: 1000 + spec.Generation, ready: make(chan struct{}), done: make(chan struct{}),
 		exitOn: map[syscall.Signal]bool{syscall.SIGTERM: !l.ignoreStop, syscall.SIGHUP: l.noReload}, noReload: l.noReload}
 	if l.ready {

@@ -1,6 +1,8 @@
 package lifecycle
 
 import (
+	"context"
+	"errors"
 	"os"
 	"slices"
 	"testing"
@@ -33,5 +35,68 @@ func TestExitedStandbyClosesItsSockets(t *testing.T) {
 	}
 	if !r.open(2) || r.activeGen() != 2 {
 		t.Errorf("the active generation lost its sockets or steering (steering at %d)", r.activeGen())
+	}
+}
+
+// TestCanaryRefusedBesideCrashedActive: while the active generation is
+// dead and its replacement fails, a canary would get a share of new
+// connections beside a socket nobody accepts from, and hold the
+// replacement off until someone promotes or rolls it back. It is refused;
+// the replacement goes on.
+func TestCanaryRefusedBesideCrashedActive(t *testing.T) {
+	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
+	s := testService(t, l, r)
+	mustSwap(t, s)
+	l.mu.Lock()
+	l.failStarts = 1 // the first replacement cannot start
+	l.mu.Unlock()
+	l.proc(0).exit("signal: segmentation fault")
+	eventually(t, "the first replacement failed", func() bool { return slices.Contains(states(s), "2:failed") })
+	var err error
+	for range 100 {
+		if _, err = s.SwapCanary(context.Background(), Split{Share: 0.05}); !errors.Is(err, ErrSwapInProgress) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !errors.Is(err, ErrCanaryRefused) {
+		t.Errorf("canary beside a crashed active generation: %v, want it refused", err)
+	}
+	eventually(t, "a replacement active", func() bool { return servingNow(s) })
+	s.mu.Lock()
+	canary := s.canary
+	s.mu.Unlock()
+	if canary != nil {
+		t.Errorf("generation %d runs as a canary; the replacement must be the active generation alone", canary.ID)
+	}
+	if gen, share := r.splitNow(); share != 0 {
+		t.Errorf("steering still splits %v to generation %d", share, gen)
+	}
+}
+
+// TestCanaryStartLosesToActiveCrash: the active generation dies while a
+// canary starts. The canary does not take a share beside the dead one:
+// its start fails, and the replacement of the active generation wins.
+func TestCanaryStartLosesToActiveCrash(t *testing.T) {
+	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
+	s := testService(t, l, r)
+	mustSwap(t, s)
+	l.setReady(false)
+	errc := make(chan error, 1)
+	go func() { _, err := s.SwapCanary(context.Background(), Split{Share: 0.05}); errc <- err }()
+	eventually(t, "the canary started", func() bool { return l.count() == 2 })
+	l.proc(0).exit("signal: segmentation fault")
+	eventually(t, "the crash seen", func() bool { return slices.Contains(states(s), "1:exited") })
+	l.setReady(true)
+	l.proc(1).setReady()
+	if err := <-errc; !errors.Is(err, ErrCanaryRefused) {
+		t.Errorf("canary whose active generation died during its start: %v, want it refused", err)
+	}
+	eventually(t, "a replacement active", func() bool { return servingNow(s) })
+	if gen, share := r.splitNow(); share != 0 {
+		t.Errorf("steering still splits %v to generation %d", share, gen)
+	}
+	if errs := s.Invariants(); len(errs) > 0 {
+		t.Errorf("invariants broken: %v", errs)
 	}
 }
