@@ -353,10 +353,17 @@ func (d *daemon) status() api.ServiceStatus {
 
 func (d *daemon) waitFor(what string, limit time.Duration, cond func(api.ServiceStatus) bool) api.ServiceStatus {
 	d.t.Helper()
+	return d.waitForService("demo", what, limit, cond)
+}
+
+// waitForService polls the status of the named service until cond holds,
+// failing the test after limit or when handoffd exits.
+func (d *daemon) waitForService(name, what string, limit time.Duration, cond func(api.ServiceStatus) bool) api.ServiceStatus {
+	d.t.Helper()
 	deadline := time.Now().Add(limit)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		st, err := d.client.Status(ctx, "demo")
+		st, err := d.client.Status(ctx, name)
 		cancel()
 		if err == nil && cond(st.Services[0]) {
 			return st.Services[0]

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -264,5 +265,59 @@ func TestWatchSwapsOnce(t *testing.T) {
 		if res.ByGen[gen] == 0 {
 			t.Errorf("generation %d answered no request", gen)
 		}
+	}
+}
+
+// TestReloadAddedServiceSurvivesKill adds a service by reload-config
+// whose generation 1 never says it is ready, and kills handoffd (SIGKILL)
+// while it starts: the restarted handoffd finds that generation in its
+// state, ends it (it never was active) and starts the service afresh,
+// instead of leaving it running unsupervised beside a new generation 1
+// (in fdpass mode, holding the port that the new one could not bind).
+func TestReloadAddedServiceSurvivesKill(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			d := startDaemon(t, daemonOptions{mode: mode})
+			demoPID := d.status().Generations[0].PID
+			base, err := os.ReadFile(d.config)
+			if err != nil {
+				t.Fatal(err)
+			}
+			webAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			web := strings.Replace(webService(webAddr), `"--version", "web"]`, `"--version", "web", "--fault", "hang@1"]`, 1)
+			writeFile(t, d.config, string(base)+web)
+			reloaded := make(chan string, 1)
+			go func() { out, _ := d.ctl("reload-config"); reloaded <- out }()
+			// Its process runs and has its listener once it says why it
+			// never gets ready.
+			var orphan int
+			if !eventuallyTrue(15*time.Second, func() bool {
+				for _, pid := range generationsOf(d.control) {
+					if pid != demoPID {
+						orphan = pid
+					}
+				}
+				return orphan != 0 && strings.Contains(d.logText(), "never saying ready")
+			}) {
+				t.Fatalf("web's generation 1 did not start:\n%s", d.logText())
+			}
+			d.end(syscall.SIGKILL)
+			<-reloaded
+			d.startAgain()
+			st := d.waitForService("web", "web started afresh", 15*time.Second, func(st api.ServiceStatus) bool {
+				last := st.Generations[len(st.Generations)-1]
+				return last.State == api.StateActive
+			})
+			if last := st.Generations[len(st.Generations)-1]; last.ID != 2 || last.PID == orphan {
+				t.Errorf("web after the restart: %+v; want generation 2 active, a process other than %d", st.Generations, orphan)
+			}
+			if !eventuallyTrue(5*time.Second, func() bool { return !slices.Contains(generationsOf(d.control), orphan) }) {
+				t.Errorf("web's generation 1 (pid %d), started before the SIGKILL, still runs unsupervised", orphan)
+				syscall.Kill(orphan, syscall.SIGKILL)
+			}
+			if r, err := getRoot(webAddr); err != nil || r.Generation != 2 {
+				t.Errorf("GET / on web: %+v, %v; want generation 2", r, err)
+			}
+		})
 	}
 }

@@ -21,14 +21,27 @@ import (
 // config, which must re-adopt them.
 func (d *daemon) restart(sig syscall.Signal) {
 	d.t.Helper()
-	old := d.cmd
-	old.Process.Signal(sig)
+	d.end(sig)
+	time.Sleep(time.Second)
+	d.startAgain()
+}
+
+// end ends handoffd with sig and waits until it has exited; its
+// generations go on.
+func (d *daemon) end(sig syscall.Signal) {
+	d.t.Helper()
+	d.cmd.Process.Signal(sig)
 	select {
 	case <-d.exited:
 	case <-time.After(10 * time.Second):
 		d.t.Fatalf("handoffd did not exit on %s", sig)
 	}
-	time.Sleep(time.Second)
+}
+
+// startAgain starts handoffd again, as it was started last, after end.
+func (d *daemon) startAgain() {
+	d.t.Helper()
+	old := d.cmd
 	d.cmd = exec.Command(old.Path, old.Args[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = old.Stdout, old.Stderr
 	d.cmd.WaitDelay = time.Second

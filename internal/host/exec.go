@@ -35,7 +35,10 @@ const ExecArg = "__handoffd_exec_generation"
 //
 // It runs the command through handoffd itself (ExecArg): the child sets
 // LISTEN_PID to its own pid, which os/exec cannot know before the fork,
-// then execs the command in the same process.
+// then execs the command in the same process. Before the exec the child
+// waits on a pipe (its gate) until handoffd has recorded it
+// (LaunchSpec.Started): a handoffd that dies before leaves no command
+// running that the next one would not know of.
 type ExecLauncher struct {
 	// Self is the handoffd binary; /proc/self/exe works even after the
 	// file was replaced by an upgrade.
@@ -85,7 +88,14 @@ func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, erro
 			channel.close()
 		}
 	}
-	cmd := exec.Command(l.Self, append([]string{ExecArg}, spec.Config.Command...)...)
+	gate, gateW, err := os.Pipe()
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("gate of the generation: %w", err)
+	}
+	defer gate.Close() // the child has its own copy
+	defer gateW.Close()
+	cmd := exec.Command(l.Self, append([]string{ExecArg, ""}, spec.Config.Command...)...)
 	cmd.Args[0] = spec.Config.Command[0]
 	cmd.Dir = spec.Config.Dir
 	cmd.Env = childEnv(spec, notify.LocalAddr().String())
@@ -96,6 +106,9 @@ func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, erro
 	if channelEnd != nil {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, channelEnd)
 	}
+	// The gate comes last, after what the command keeps.
+	cmd.ExtraFiles = append(cmd.ExtraFiles, gate)
+	cmd.Args[2] = strconv.Itoa(listenFDsStart + len(cmd.ExtraFiles) - 1)
 	cmd.Stdout, cmd.Stderr = l.Stdout, l.Stderr
 	var errLog *stderrLog
 	if l.LogDir != "" {
@@ -116,6 +129,22 @@ func (l *ExecLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, erro
 		}
 		return nil, fmt.Errorf("start %s: %w", spec.Config.Command[0], err)
 	}
+	if spec.Started != nil {
+		if err := spec.Started(cmd.Process.Pid); err != nil {
+			// The gate closes unopened: the child exits without
+			// running the command.
+			gateW.Close()
+			cmd.Process.Kill()
+			cmd.Wait()
+			release()
+			if errLog != nil {
+				os.Remove(errLog.path)
+			}
+			return nil, err
+		}
+	}
+	// A child that died already is reaped by wait, which says how.
+	gateW.Write([]byte{1})
 	p := &execProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{}), notifyRead: make(chan struct{}), stderr: errLog, channel: channel}
 	if errLog != nil {
 		errLog.follow(&l.logs, l.Stderr, false)
@@ -521,14 +550,20 @@ func parseNotify(msg []byte) (ready, reloads bool) {
 	return ready, reloads
 }
 
-// ExecGeneration is run by handoffd re-executed with ExecArg: it sets
-// no_new_privs, lets no fd through but stdio, the LISTEN_FDS and the
+// ExecGeneration is run by handoffd re-executed with ExecArg, its gate's
+// fd and the command: it waits until handoffd opens the gate (one byte;
+// end of file means handoffd could not record this process, or died),
+// sets no_new_privs, lets no fd through but stdio, the LISTEN_FDS and the
 // state channel, sets LISTEN_PID to this process's pid and replaces
-// itself with argv. It only returns an error.
-func ExecGeneration(argv []string) error {
-	if len(argv) == 0 {
+// itself with the command. It only returns an error.
+func ExecGeneration(args []string) error {
+	if len(args) < 2 {
 		return errors.New("no command to run")
 	}
+	if err := awaitGate(args[0]); err != nil {
+		return err
+	}
+	argv := args[1:]
 	path := argv[0]
 	if !strings.Contains(path, "/") {
 		var err error
@@ -548,6 +583,21 @@ func ExecGeneration(argv []string) error {
 	}
 	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
 	return kernel.Exec(path, argv, os.Environ())
+}
+
+// awaitGate reads the gate, fd number fd, until handoffd opens it, and
+// closes it.
+func awaitGate(fd string) error {
+	n, err := strconv.Atoi(fd)
+	if err != nil || n < listenFDsStart {
+		return fmt.Errorf("gate fd %q", fd)
+	}
+	gate := os.NewFile(uintptr(n), "gate")
+	defer gate.Close()
+	if _, err := io.ReadFull(gate, make([]byte, 1)); err != nil {
+		return fmt.Errorf("handoffd did not let the command run (it could not record the process, or it died): %w", err)
+	}
+	return nil
 }
 
 // keepOnlyListeners marks close-on-exec every fd above stdio, the

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -184,3 +186,61 @@ func TestChildEnvStoredFDsAndStateChannel(t *testing.T) {
 		}
 	}
 }
+
+// TestStartRunsNothingUntilRecorded: the command of a generation runs
+// only once LaunchSpec.Started has recorded its pid, and not at all when
+// Started fails.
+func TestStartRunsNothingUntilRecorded(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	l := &ExecLauncher{Self: self, Stdout: io.Discard, Stderr: io.Discard, NotifyDir: t.TempDir()}
+	for _, refuse := range []bool{false, true} {
+		marker := filepath.Join(dir, fmt.Sprintf("ran-%v", refuse))
+		cfg := &config.ServiceConfig{Name: "web", Command: []string{"/bin/sh", "-c", "echo > " + marker}, Dir: "."}
+		var pid int
+		ranEarly := false
+		p, err := l.Start(lifecycle.LaunchSpec{Service: "web", Generation: 1, Config: cfg, Started: func(n int) error {
+			pid = n
+			// Give a command that did not wait time to run.
+			time.Sleep(200 * time.Millisecond)
+			_, err := os.Stat(marker)
+			ranEarly = err == nil
+			if refuse {
+				return errors.New("state_dir is read-only")
+			}
+			return nil
+		}})
+		if ranEarly {
+			t.Errorf("refuse=%v: the command ran before Started returned", refuse)
+		}
+		if refuse {
+			if err == nil || !strings.Contains(err.Error(), "read-only") {
+				t.Errorf("Start with Started failing: %v, want its error", err)
+			}
+			if p != nil || kernelAlive(pid) {
+				t.Errorf("the process (pid %d) of a refused start is left", pid)
+			}
+			time.Sleep(100 * time.Millisecond)
+			if _, err := os.Stat(marker); err == nil {
+				t.Error("the command of a refused start ran")
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Pid() != pid {
+			t.Errorf("Started got pid %d, the process is %d", pid, p.Pid())
+		}
+		<-p.Done()
+		if _, err := os.Stat(marker); err != nil {
+			t.Errorf("the command did not run once recorded: %v (%s)", err, p.ExitStatus())
+		}
+	}
+}
+
+// kernelAlive reports whether pid names a process that has not exited.
+func kernelAlive(pid int) bool { return pid != 0 && kernel.StartTicks(pid) != 0 }

@@ -211,12 +211,18 @@ func (s *steeredLane) migrated() uint64 {
 // gets a copy of. Activation is the old generation's stop signal: it stops
 // accepting, and what waits in the shared queue is left to the new one.
 type sharedLane struct {
+	l config.ListenerConfig
 	f *os.File
 }
 
 func (s *sharedLane) socket(int) (*os.File, error) {
 	if s.f == nil {
-		return nil, errors.New("no shared socket: the re-adopted generation did not hand it over")
+		// Adopting, and no re-adopted generation handed it over.
+		f, err := listenShared(s.l)
+		if err != nil {
+			return nil, err
+		}
+		s.f = f
 	}
 	return kernel.Dup(s.f)
 }
@@ -318,13 +324,13 @@ func newLane(service string, l config.ListenerConfig, mode api.Mode, slots int, 
 		return &steeredLane{l: l, st: st, slots: slots, all: adopting}, nil
 	}
 	if adopting {
-		return &sharedLane{}, nil
+		return &sharedLane{l: l}, nil
 	}
 	f, err := listenShared(l)
 	if err != nil {
 		return nil, err
 	}
-	return &sharedLane{f: f}, nil
+	return &sharedLane{l: l, f: f}, nil
 }
 
 func (r *laneRouter) Prepare(gen int) ([]*os.File, error) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/config"
@@ -49,6 +50,12 @@ func (s *Service) adopt(ss savedService) error {
 		case g.state == api.StateStarting || g.state == api.StateReady:
 			p.Signal(syscall.SIGKILL)
 			g.state, g.exit = api.StateFailed, "handoffd restarted before it was active"
+			// Bounded: its sockets go once it is gone, and a shared one
+			// could not be bound again while it holds it.
+			select {
+			case <-p.Done():
+			case <-time.After(2 * time.Second):
+			}
 		case g.state == api.StateDraining:
 			close(g.drain) // drain_timeout counts again from now
 		case current:

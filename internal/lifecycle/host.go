@@ -52,6 +52,16 @@ type LaunchSpec struct {
 	// NOTIFY_SOCKET for the fd store and the state handoff. It owns the
 	// files of each Notice; it must not block for long.
 	Notice func(Notice)
+	// Started, if set, is called by a launcher that can hold a new
+	// process back: once the process exists (its pid known) and before
+	// it runs the command, from Start's own goroutine, before Start
+	// returns. The command runs only if Started returns nil;
+	// otherwise the launcher ends the process and Start fails with that
+	// error. The lifecycle records the process in StateFile there, so
+	// that whenever handoffd can die, every process it started is in the
+	// file for the next handoffd to find. A process that runs already
+	// (one that joined) is recorded once Start returns.
+	Started func(pid int) error
 }
 
 // StoredFile is one fd of a service's fd store.

@@ -84,7 +84,7 @@ func (s *Service) saved() savedService {
 		if g.state.Live() && g.pid != 0 {
 			ss.Generations = append(ss.Generations, savedGeneration{ID: g.ID, PID: g.pid, State: g.state,
 				StartTicks: g.startTicks, Started: g.started, Ready: g.ready, Active: g.active, Draining: g.draining,
-				Reloads: g.reloads || g.proc.Reloads()})
+				Reloads: g.reloads || g.proc != nil && g.proc.Reloads()})
 		}
 	}
 	return ss
@@ -98,6 +98,18 @@ func (s *Service) changed() {
 	}
 }
 
+// saveNow writes the state file at once, for a process that must not run
+// before it is recorded there. Callers do not hold s.mu.
+func (s *Service) saveNow() error {
+	if s.save == nil {
+		return nil
+	}
+	if err := s.save(); err != nil {
+		return fmt.Errorf("record it in %s: %w", StateFile, err)
+	}
+	return nil
+}
+
 // stateSaver writes StateFile after changes, coalescing bursts, from one
 // goroutine that Supervisor owns.
 type stateSaver struct {
@@ -108,6 +120,8 @@ type stateSaver struct {
 	stop    chan struct{}
 	done    chan struct{}
 	once    sync.Once
+	// writing is held for each write: by run, and by saveNow.
+	writing sync.Mutex
 }
 
 func newStateSaver(dir string, collect func() savedState, log *slog.Logger) *stateSaver {
@@ -130,9 +144,9 @@ func (w *stateSaver) run() {
 	for {
 		select {
 		case <-w.kick:
-			w.write()
+			w.logged(w.write())
 		case <-w.stop:
-			w.write()
+			w.logged(w.write())
 			return
 		}
 	}
@@ -148,11 +162,26 @@ func (w *stateSaver) close() {
 	<-w.done
 }
 
-func (w *stateSaver) write() {
-	data, err := json.MarshalIndent(w.collect(), "", "  ")
-	if err == nil {
-		err = writeFileAtomic(w.path, append(data, '\n'))
+// saveNow writes the state at once, and says whether it could. Its
+// callers hold no service's lock: collect takes each one.
+func (w *stateSaver) saveNow() error {
+	if w == nil {
+		return nil
 	}
+	return w.write()
+}
+
+func (w *stateSaver) write() error {
+	w.writing.Lock()
+	defer w.writing.Unlock()
+	data, err := json.MarshalIndent(w.collect(), "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(w.path, append(data, '\n'))
+}
+
+func (w *stateSaver) logged(err error) {
 	if err != nil {
 		w.log.Error("save state", "path", w.path, "err", err)
 	}

@@ -175,22 +175,28 @@ func serviceConfig(cfg *config.Config, name string) *config.ServiceConfig {
 	return nil
 }
 
-// add starts a service that the running config does not have.
+// add starts a service that the running config does not have. The
+// service is one of the supervisor's before its generation 1 starts, so
+// that the state file records that generation with the others.
 func (s *Supervisor) add(ctx context.Context, sc *config.ServiceConfig, control string) error {
 	svc, err := s.newService(sc, control, savedState{})
 	if err != nil {
 		return err
 	}
+	svc.beginOnce.Do(func() { close(svc.begin) })
+	s.mu.Lock()
+	s.services = append(s.services, svc)
+	s.mu.Unlock()
 	if _, err := svc.Swap(ctx); err != nil {
+		s.mu.Lock()
+		s.services = slices.DeleteFunc(s.services, func(o *Service) bool { return o == svc })
+		s.mu.Unlock()
 		// Nothing of it runs: Stop only releases the router.
 		if serr := svc.Stop(context.WithoutCancel(ctx)); serr != nil {
 			s.log.Error("release service that did not start", "service", sc.Name, "err", serr)
 		}
 		return err
 	}
-	s.mu.Lock()
-	s.services = append(s.services, svc)
-	s.mu.Unlock()
 	s.watchFiles(svc, sc)
 	return nil
 }

@@ -105,6 +105,12 @@ func testSupervisor(t *testing.T, cfg *config.Config) (*Supervisor, *specLaunche
 	return sup, l
 }
 
+// configHead is the start of a config whose state_dir is the test's own,
+// up to its services.
+func configHead(t *testing.T) string {
+	return "control: /run/handoff/handoffd.sock\nstate_dir: " + t.TempDir() + "\nservices:"
+}
+
 func freeAddress(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -150,7 +156,7 @@ func liveGens(sup *Supervisor, name string) []string {
 
 func TestSupervisorReload(t *testing.T) {
 	demoAddr, webAddr := freeAddress(t), freeAddress(t)
-	head := "control: /run/handoff/handoffd.sock\nservices:"
+	head := configHead(t)
 	sup, l := testSupervisor(t, parse(t, head+serviceDoc("demo", "V=1", demoAddr)))
 
 	// Changed: applies from the next generation on, no swap forced.
@@ -208,7 +214,7 @@ func TestSupervisorReload(t *testing.T) {
 }
 
 func TestSupervisorReloadAddFails(t *testing.T) {
-	head := "control: /run/handoff/handoffd.sock\nservices:"
+	head := configHead(t)
 	demo := serviceDoc("demo", "V=1", freeAddress(t))
 	sup, l := testSupervisor(t, parse(t, head+demo))
 	l.mu.Lock()

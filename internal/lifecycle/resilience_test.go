@@ -100,3 +100,38 @@ func TestCanaryStartLosesToActiveCrash(t *testing.T) {
 		t.Errorf("invariants broken: %v", errs)
 	}
 }
+
+// TestAddedServiceSavedBeforeItRuns: a service added by a reload is in
+// StateFile as soon as its generation 1 runs, before it is even ready,
+// so that a handoffd killed at any point after the start re-adopts it
+// instead of orphaning it.
+func TestAddedServiceSavedBeforeItRuns(t *testing.T) {
+	dir := t.TempDir()
+	head := "control: /run/handoff/handoffd.sock\nstate_dir: " + dir + "\nservices:"
+	demo := serviceDoc("demo", "V=1", freeAddress(t))
+	sup, l := testSupervisor(t, parse(t, head+demo))
+	l.setReady(false)
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := sup.Reload(context.Background(), parse(t, head+demo+serviceDoc("web", "W=1", freeAddress(t))))
+		reloaded <- err
+	}()
+	eventually(t, "web's generation 1 started", func() bool { return len(l.started("web")) == 1 })
+	const pid = 1001 // the fake pid of generation 1
+	saved := false
+	for deadline := time.Now().Add(time.Second); !saved && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		st, err := loadState(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ss, _ := st.service("web")
+		saved = slices.ContainsFunc(ss.Generations, func(g savedGeneration) bool { return g.PID == pid })
+	}
+	l.readyAll()
+	if err := <-reloaded; err != nil {
+		t.Fatal(err)
+	}
+	if !saved {
+		t.Errorf("web's generation 1 (pid %d) ran for a second without being in %s", pid, StateFile)
+	}
+}

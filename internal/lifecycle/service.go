@@ -106,6 +106,13 @@ type Service struct {
 	// onChange, if set, is called (never blocking) when a generation
 	// changes state, so that the state file follows.
 	onChange func()
+	// save, if set, writes the state file at once (see LaunchSpec.Started).
+	save func() error
+	// begin, if set, holds replace back until the supervisor starts its
+	// services: no generation starts before handoffd has built every
+	// service, so that each start is saved together with all of them.
+	begin     chan struct{}
+	beginOnce sync.Once
 }
 
 func newService(cfg *config.ServiceConfig, mode api.Mode, control string, r Router, l Launcher, c Counter, o Observer, log *slog.Logger) *Service {
@@ -293,16 +300,29 @@ func (s *Service) startGeneration(start StartFunc) (*Generation, error) {
 		g.files = files
 		stored := s.lendStore()
 		s.mu.Unlock()
+		recorded := false
+		record := func(pid int) error {
+			s.mu.Lock()
+			g.pid, g.startTicks = pid, s.launcher.StartTicks(pid)
+			s.mu.Unlock()
+			recorded = true
+			return s.saveNow()
+		}
 		var p Process
 		p, err = start(LaunchSpec{Service: s.name, Generation: id, Config: s.cfg, Files: files, Control: s.control,
-			Stored: stored, StateChannel: s.cfg.StateHandoff, Notice: func(n Notice) { s.notice(g, n) }})
+			Stored: stored, StateChannel: s.cfg.StateHandoff, Notice: func(n Notice) { s.notice(g, n) }, Started: record})
 		s.mu.Lock()
 		s.giveBackStore()
 		s.mu.Unlock()
+		if err == nil && !recorded {
+			// It ran before it could be recorded (it joined): at once, then.
+			if serr := record(p.Pid()); serr != nil {
+				s.log.Error("save state", "generation", id, "err", serr)
+			}
+		}
 		if err == nil {
 			s.mu.Lock()
-			g.proc, g.pid = p, p.Pid()
-			g.startTicks = s.launcher.StartTicks(g.pid)
+			g.proc = p
 			s.mu.Unlock()
 			s.goroutines.Add(1)
 			go s.awaitExit(g)
@@ -599,6 +619,12 @@ func (s *Service) startReplacing() {
 // replacement.
 func (s *Service) replace() {
 	defer s.goroutines.Done()
+	if s.begin != nil {
+		select {
+		case <-s.begin:
+		case <-s.stopCh:
+		}
+	}
 	backoff := 100 * time.Millisecond
 	for {
 		// The flag is cleared under the lock that saw a generation

@@ -61,6 +61,7 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (remove it to start afresh)", err)
 	}
+	s.saver = newStateSaver(cfg.StateDir, s.savedState, s.log)
 	for i := range cfg.Services {
 		sc := &cfg.Services[i]
 		svc, err := s.newService(sc, cfg.Control, saved)
@@ -69,10 +70,6 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 		}
 		s.services = append(s.services, svc)
-	}
-	s.saver = newStateSaver(cfg.StateDir, s.savedState, s.log)
-	for _, svc := range s.services {
-		svc.onChange = s.saver.changed
 	}
 	go s.saver.run()
 	s.saver.changed()
@@ -97,9 +94,8 @@ func (s *Supervisor) newService(sc *config.ServiceConfig, control string, saved 
 		return nil, err
 	}
 	svc := newService(sc, s.opts.Mode, control, r, s.opts.Launcher, s.opts.Counter, s.opts.Observer, s.log)
-	if s.saver != nil {
-		svc.onChange = s.saver.changed
-	}
+	svc.onChange, svc.save = s.saver.changed, s.saver.saveNow
+	svc.begin = make(chan struct{})
 	if adopting {
 		if err := svc.adopt(ss); err != nil {
 			r.Close()
@@ -149,6 +145,9 @@ func (s *Supervisor) closeRouters() {
 // files of those that have watch paths. It stops at the first service that
 // cannot be started and returns why.
 func (s *Supervisor) Start(ctx context.Context) error {
+	for _, svc := range s.list() {
+		svc.beginOnce.Do(func() { close(svc.begin) })
+	}
 	for _, svc := range s.list() {
 		if svc.hasCurrent() {
 			continue // re-adopted
