@@ -53,8 +53,8 @@ func (l *fakeLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, erro
 	return &fakeProcess{pid: pid, ready: ready, done: make(chan struct{})}, nil
 }
 
-func (l *fakeLauncher) Adopt(string, int, int, uint64, []config.ListenerConfig) (lifecycle.Process, []*os.File, error) {
-	return nil, nil, lifecycle.ErrGone
+func (l *fakeLauncher) Adopt(string, int, int, uint64) (lifecycle.Process, error) {
+	return nil, lifecycle.ErrGone
 }
 
 func (l *fakeLauncher) StartTicks(int) uint64 { return 1 }

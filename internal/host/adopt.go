@@ -16,34 +16,34 @@ import (
 )
 
 // Adopt implements lifecycle.Launcher: a pidfd watches and signals the
-// process, and pidfd_getfd copies its listening sockets. The process's
-// stderr file, if it has one, is followed again; its NOTIFY_SOCKET is
-// bound again by Renotify (see adoptedProcess).
-func (l *ExecLauncher) Adopt(service string, gen, pid int, startTicks uint64, listeners []config.ListenerConfig) (lifecycle.Process, []*os.File, error) {
+// process, and pidfd_getfd copies its files (PidfdProcess.FindListeners,
+// FindFiles). The process's stderr file, if it has one, is followed
+// again; its NOTIFY_SOCKET is bound again by Renotify (see
+// adoptedProcess).
+func (l *ExecLauncher) Adopt(service string, gen, pid int, startTicks uint64) (lifecycle.Process, error) {
 	pidfd, err := kernel.OpenPidfd(pid)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", lifecycle.ErrGone, err)
+		return nil, fmt.Errorf("%w: %w", lifecycle.ErrGone, err)
 	}
 	// Checked after pidfd_open: the pidfd now pins this very process.
 	if t := kernel.StartTicks(pid); t == 0 || t != startTicks {
 		pidfd.Close()
-		return nil, nil, fmt.Errorf("%w: pid %d belongs to another process now", lifecycle.ErrGone, pid)
+		return nil, fmt.Errorf("%w: pid %d belongs to another process now", lifecycle.ErrGone, pid)
 	}
 	pp := NewPidfdProcess(pidfd)
 	pp.SetReady()
 	p := newAdoptedProcess(pp, notifyAddrs(l.NotifyDir, service, gen))
-	var files []*os.File
-	if len(listeners) > 0 {
-		if files, err = listenerFiles(pp, listeners); err != nil {
-			return nil, nil, err
-		}
-	}
 	l.resume(service, gen, p.Done())
-	return p, files, nil
+	return p, nil
 }
 
 // StartTicks implements lifecycle.Launcher.
 func (l *ExecLauncher) StartTicks(pid int) uint64 { return kernel.StartTicks(pid) }
+
+// FindListeners implements lifecycle.FileFinder.
+func (p *PidfdProcess) FindListeners(listeners []config.ListenerConfig) ([]*os.File, error) {
+	return listenerFiles(p, listeners)
+}
 
 // listenerFiles copies, with pidfd_getfd, the listening sockets of p that
 // match listeners, in their order.

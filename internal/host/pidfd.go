@@ -86,32 +86,52 @@ func (p *PidfdProcess) getfd(target int) (*os.File, error) {
 	return p.pidfd.GetFD(target)
 }
 
-// FindFile implements lifecycle.FileFinder: it copies, with pidfd_getfd,
-// the open file of the process whose st_dev and st_ino are dev and ino.
-func (p *PidfdProcess) FindFile(dev, ino uint64) (*os.File, error) {
+// statFD stats the open file behind one entry of /proc/PID/fd (a
+// variable, so that a test counts the calls).
+var statFD = os.Stat
+
+// FindFiles implements lifecycle.FileFinder: it reads the process's fds
+// once, stats each (which follows the fd's link in /proc to the open
+// file itself) and copies, with pidfd_getfd, the first fd of each file
+// asked for.
+func (p *PidfdProcess) FindFiles(want map[lifecycle.FileID]bool) (map[lifecycle.FileID]*os.File, error) {
+	found := make(map[lifecycle.FileID]*os.File, len(want))
 	dir := fmt.Sprintf("/proc/%d/fd", p.pid)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", lifecycle.ErrGone, err)
+		return found, fmt.Errorf("%w: %w", lifecycle.ErrGone, err)
 	}
 	for _, e := range ents {
+		if len(found) == len(want) {
+			break
+		}
 		target, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		// stat follows the fd's link in /proc to the open file itself.
-		fi, err := os.Stat(filepath.Join(dir, e.Name()))
+		fi, err := statFD(filepath.Join(dir, e.Name()))
 		if err != nil {
 			continue
 		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Dev != dev || st.Ino != ino {
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			continue
+		}
+		id := lifecycle.FileID{Dev: st.Dev, Ino: st.Ino}
+		if !want[id] || found[id] != nil {
 			continue
 		}
 		f, err := p.getfd(target)
 		if kernel.IsBadFD(err) {
 			continue // closed meanwhile
 		}
-		return f, err
+		if err != nil {
+			for _, f := range found {
+				f.Close()
+			}
+			return map[lifecycle.FileID]*os.File{}, err
+		}
+		found[id] = f
 	}
-	return nil, fmt.Errorf("%w: pid %d holds no file %d:%d", lifecycle.ErrGone, p.pid, dev, ino)
+	return found, nil
 }

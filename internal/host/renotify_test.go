@@ -74,7 +74,7 @@ func TestRenotify(t *testing.T) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	l := &ExecLauncher{NotifyDir: dir}
-	proc, _, err := l.Adopt("web", 4, cmd.Process.Pid, l.StartTicks(cmd.Process.Pid), nil)
+	proc, err := l.Adopt("web", 4, cmd.Process.Pid, l.StartTicks(cmd.Process.Pid))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +181,7 @@ func TestRenotifyRefusesAForeignAddress(t *testing.T) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	l := &ExecLauncher{NotifyDir: t.TempDir()}
-	proc, _, err := l.Adopt("web", 4, cmd.Process.Pid, l.StartTicks(cmd.Process.Pid), nil)
+	proc, err := l.Adopt("web", 4, cmd.Process.Pid, l.StartTicks(cmd.Process.Pid))
 	if err != nil {
 		t.Fatal(err)
 	}

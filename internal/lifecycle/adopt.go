@@ -24,18 +24,18 @@ import (
 
 // adopt takes over the generations of ss that still run. The router must
 // have been built for adopting. A generation that was still starting when
-// the previous handoffd died is stopped: it never was active.
+// the previous handoffd died is stopped: it never was active. What reads
+// the processes' fds (the active generation's listeners, the fd store)
+// runs before the service's lock is taken.
 func (s *Service) adopt(ss savedService) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.lastID = ss.LastID
+	type adoptee struct {
+		sg savedGeneration
+		p  Process
+	}
+	var live []adoptee
+	current := -1
 	for _, sg := range ss.Generations {
-		current := sg.ID == ss.Current && sg.State == api.StateActive
-		var listeners []config.ListenerConfig
-		if current {
-			listeners = s.cfg.Listeners
-		}
-		p, files, err := s.launcher.Adopt(s.name, sg.ID, sg.PID, sg.StartTicks, listeners)
+		p, err := s.launcher.Adopt(s.name, sg.ID, sg.PID, sg.StartTicks)
 		if errors.Is(err, ErrGone) {
 			s.log.Warn("saved generation is gone", "generation", sg.ID, "pid", sg.PID, "err", err)
 			continue
@@ -43,6 +43,34 @@ func (s *Service) adopt(ss savedService) error {
 		if err != nil {
 			return fmt.Errorf("re-adopt generation %d: %w", sg.ID, err)
 		}
+		if sg.ID == ss.Current && sg.State == api.StateActive {
+			current = len(live)
+		}
+		live = append(live, adoptee{sg, p})
+	}
+	var files []*os.File
+	procs := make([]Process, 0, len(live))
+	if current >= 0 {
+		f, err := findListeners(live[current].p, s.cfg.Listeners)
+		if err != nil {
+			return fmt.Errorf("re-adopt generation %d: %w", live[current].sg.ID, err)
+		}
+		files = f
+		procs = append(procs, live[current].p)
+	}
+	for i, a := range live {
+		if i != current {
+			procs = append(procs, a.p)
+		}
+	}
+	stored := s.findStored(ss.FDStore, procs)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastID = ss.LastID
+	s.stored = stored
+	for i, a := range live {
+		sg, p := a.sg, a.p
 		g := &Generation{ID: sg.ID, state: sg.State, pid: sg.PID, proc: p, startTicks: sg.StartTicks,
 			started: sg.Started, ready: sg.Ready, active: sg.Active, draining: sg.Draining, drain: make(chan struct{}),
 			reloads: sg.Reloads}
@@ -58,7 +86,7 @@ func (s *Service) adopt(ss savedService) error {
 			}
 		case g.state == api.StateDraining:
 			close(g.drain) // drain_timeout counts again from now
-		case current:
+		case i == current:
 			if err := s.router.Adopt(g.ID, files); err != nil {
 				closeFiles(files)
 				return fmt.Errorf("re-adopt generation %d: %w", g.ID, err)
@@ -83,7 +111,6 @@ func (s *Service) adopt(ss savedService) error {
 			}
 		}
 	}
-	s.readoptStore(ss.FDStore)
 	if s.canary != nil {
 		if _, err := s.rollbackCanaryLocked("handoffd restarted"); err != nil {
 			return err
@@ -107,45 +134,63 @@ func (s *Service) adopt(ss savedService) error {
 	return nil
 }
 
-// readoptStore finds the files of the fd store again: every generation
+// findListeners returns copies of p's listening sockets for listeners.
+func findListeners(p Process, listeners []config.ListenerConfig) ([]*os.File, error) {
+	finder, ok := p.(FileFinder)
+	if !ok {
+		return nil, fmt.Errorf("the listening sockets of pid %d cannot be copied", p.Pid())
+	}
+	return finder.FindListeners(listeners)
+}
+
+// findStored finds the files of the saved fd store again in the fds of
+// procs, searched in order, in one pass over each: every generation
 // since they were stored got them, so a live one most likely still holds
-// them (the active generation is searched first). One that none holds
-// any more is lost. Callers hold s.mu.
-func (s *Service) readoptStore(saved []savedFD) {
-	var gens []*Generation
-	if s.current != nil {
-		gens = append(gens, s.current)
+// them (the active one is searched first). One that none holds any more
+// is lost.
+func (s *Service) findStored(saved []savedFD, procs []Process) []storedFD {
+	if len(saved) == 0 {
+		return nil
 	}
-	for _, g := range s.gens {
-		if g != s.current {
-			gens = append(gens, g)
-		}
-	}
+	want := make(map[FileID]bool, len(saved))
 	for _, sfd := range saved {
-		var found *os.File
-		for _, g := range gens {
-			finder, ok := g.proc.(FileFinder)
-			if !ok || !g.state.Live() {
+		want[FileID{sfd.Dev, sfd.Ino}] = true
+	}
+	found := make(map[FileID]*os.File, len(saved))
+	for _, p := range procs {
+		finder, ok := p.(FileFinder)
+		if len(want) == 0 {
+			break
+		}
+		if !ok {
+			continue
+		}
+		files, err := finder.FindFiles(want)
+		if err != nil && !errors.Is(err, ErrGone) {
+			s.log.Warn("fd store: search a generation's fds", "pid", p.Pid(), "err", err)
+		}
+		for id, f := range files {
+			if !want[id] {
+				f.Close()
 				continue
 			}
-			f, err := finder.FindFile(sfd.Dev, sfd.Ino)
-			if err == nil {
-				found = f
-				break
-			}
-			if !errors.Is(err, ErrGone) {
-				s.log.Warn("fd store: search a generation's fds", "generation", g.ID, "err", err)
-			}
+			found[id] = f
+			delete(want, id)
 		}
-		if found == nil {
+	}
+	var stored []storedFD
+	for _, sfd := range saved {
+		id := FileID{sfd.Dev, sfd.Ino}
+		f, ok := found[id]
+		if !ok {
 			s.log.Warn("fd store: stored fd lost: no live generation holds it any more", "name", sfd.Name, "dev", sfd.Dev, "ino", sfd.Ino)
 			continue
 		}
-		s.stored = append(s.stored, storedFD{name: sfd.Name, file: found, dev: sfd.Dev, ino: sfd.Ino})
+		delete(found, id) // the store holds a file once
+		stored = append(stored, storedFD{name: sfd.Name, file: f, dev: sfd.Dev, ino: sfd.Ino})
 	}
-	if len(saved) > 0 {
-		s.log.Info("fd store: re-adopted", "fds", len(s.stored), "lost", len(saved)-len(s.stored))
-	}
+	s.log.Info("fd store: re-adopted", "fds", len(stored), "lost", len(saved)-len(stored))
+	return stored
 }
 
 // hasCurrent reports whether a generation receives the new connections.

@@ -232,8 +232,56 @@ func sealedMemfd(data string) *os.File {
 }
 
 // Adopt finds nothing: no earlier handoffd ran in a unit test.
-func (l *fakeLauncher) Adopt(string, int, int, uint64, []config.ListenerConfig) (Process, []*os.File, error) {
-	return nil, nil, ErrGone
+func (l *fakeLauncher) Adopt(string, int, int, uint64) (Process, error) {
+	return nil, ErrGone
+}
+
+// fdTable is the fd table of a re-adopted fake process, for FileFinder:
+// the files it holds, and whether its listening sockets are missing.
+type fdTable struct {
+	files []*os.File
+	// noListeners: FindListeners finds none; else each is a fresh
+	// socket, as handoffd's copy of a listener is.
+	noListeners bool
+	// searches, if set, counts the calls of FindFiles.
+	searches *int
+}
+
+func (t fdTable) FindListeners(ls []config.ListenerConfig) ([]*os.File, error) {
+	if t.noListeners {
+		return nil, fmt.Errorf("listener %s (%s) not found among the fds", ls[0].Name, ls[0].Address)
+	}
+	var out []*os.File
+	for range ls {
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			closeFiles(out)
+			return nil, err
+		}
+		syscall.Close(fds[1])
+		out = append(out, os.NewFile(uintptr(fds[0]), "adopted listener"))
+	}
+	return out, nil
+}
+
+func (t fdTable) FindFiles(want map[FileID]bool) (map[FileID]*os.File, error) {
+	if t.searches != nil {
+		*t.searches++
+	}
+	found := map[FileID]*os.File{}
+	for _, f := range t.files {
+		dev, ino, err := fileID(f)
+		id := FileID{dev, ino}
+		if err != nil || !want[id] || found[id] != nil {
+			continue
+		}
+		d, err := kernel.Dup(f)
+		if err != nil {
+			return found, err
+		}
+		found[id] = d
+	}
+	return found, nil
 }
 
 // StartTicks gives every fake process the same start time.

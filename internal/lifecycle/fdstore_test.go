@@ -236,16 +236,7 @@ func servingNow(s *Service) bool {
 // findingProcess is a re-adopted fake process whose fd table holds files.
 type findingProcess struct {
 	*fakeProcess
-	files []*os.File
-}
-
-func (p *findingProcess) FindFile(dev, ino uint64) (*os.File, error) {
-	for _, f := range p.files {
-		if d, i, err := fileID(f); err == nil && d == dev && i == ino {
-			return kernel.Dup(f)
-		}
-	}
-	return nil, ErrGone
+	fdTable
 }
 
 // adoptLauncher re-adopts every saved generation as a findingProcess.
@@ -254,13 +245,13 @@ type adoptLauncher struct {
 	holds []*os.File
 }
 
-func (l *adoptLauncher) Adopt(_ string, gen, pid int, _ uint64, _ []config.ListenerConfig) (Process, []*os.File, error) {
+func (l *adoptLauncher) Adopt(_ string, gen, pid int, _ uint64) (Process, error) {
 	p := &fakeProcess{pid: pid, ready: make(chan struct{}), done: make(chan struct{}), exitOn: map[syscall.Signal]bool{syscall.SIGTERM: true}}
 	close(p.ready)
 	l.mu.Lock()
 	l.procs = append(l.procs, p)
 	l.mu.Unlock()
-	return &findingProcess{fakeProcess: p, files: l.holds}, nil, nil
+	return &findingProcess{fakeProcess: p, fdTable: fdTable{files: l.holds}}, nil
 }
 
 // After a restart of handoffd, the fd store is found again in the fds of

@@ -130,16 +130,25 @@ type ChannelAttacher interface {
 	AttachChannel(f *os.File) error
 }
 
+// FileID names an open file by its st_dev and st_ino.
+type FileID struct{ Dev, Ino uint64 }
+
 // FileFinder is a Process whose open files handoffd can copy: a
 // re-adopted one (pidfd_getfd).
 type FileFinder interface {
-	// FindFile returns a copy of the process's open file whose st_dev and
-	// st_ino are dev and ino; ErrGone when it holds none.
-	FindFile(dev, ino uint64) (*os.File, error)
+	// FindListeners returns copies of the process's listening sockets
+	// bound where listeners bind, in their order; it fails when one is
+	// missing.
+	FindListeners(listeners []config.ListenerConfig) ([]*os.File, error)
+	// FindFiles returns copies of the process's open files whose FileID
+	// is in want, found in one pass over its fds: a file it does not
+	// hold is absent from the map. ErrGone when the process is gone.
+	FindFiles(want map[FileID]bool) (map[FileID]*os.File, error)
 }
 
-// ErrGone is returned by Launcher.Adopt for a process that is gone, or
-// that is another process now under the same pid.
+// ErrGone is returned by Launcher.Adopt for a process that is gone (it
+// exited, even if nobody has reaped it yet), or that is another process
+// now under the same pid.
 var ErrGone = errors.New("the process is gone")
 
 // Launcher starts the processes of generations, and finds again those
@@ -148,12 +157,12 @@ type Launcher interface {
 	Start(spec LaunchSpec) (Process, error)
 	// Adopt returns a handle on the process of generation gen of service
 	// that an earlier handoffd started, if pid still is the process that
-	// started at startTicks. With listeners, it also returns copies of
-	// the process's listening sockets bound to their addresses, in their
-	// order.
-	Adopt(service string, gen, pid int, startTicks uint64, listeners []config.ListenerConfig) (Process, []*os.File, error)
+	// started at startTicks and has not exited; else ErrGone. Its files
+	// are found through FileFinder.
+	Adopt(service string, gen, pid int, startTicks uint64) (Process, error)
 	// StartTicks returns when process pid started, in clock ticks since
-	// boot, or 0 when it is gone: with the pid, it names one process.
+	// boot, or 0 when it is gone (exited, even if not reaped yet): with
+	// the pid, it names one process.
 	StartTicks(pid int) uint64
 }
 

@@ -20,6 +20,7 @@ import (
 // (AttachChannel), with answerState as its side.
 type reattachProcess struct {
 	*fakeProcess
+	fdTable
 	mu       sync.Mutex
 	channel  *fakeChannel
 	attached []*os.File // what AttachChannel took, closed
@@ -60,14 +61,14 @@ type reattachLauncher struct {
 	adopted []*reattachProcess
 }
 
-func (l *reattachLauncher) Adopt(_ string, gen, pid int, _ uint64, _ []config.ListenerConfig) (Process, []*os.File, error) {
+func (l *reattachLauncher) Adopt(_ string, gen, pid int, _ uint64) (Process, error) {
 	p := &fakeProcess{pid: pid, ready: make(chan struct{}), done: make(chan struct{}), exitOn: map[syscall.Signal]bool{syscall.SIGTERM: true}}
 	close(p.ready)
 	rp := &reattachProcess{fakeProcess: p}
 	l.mu.Lock()
 	l.adopted = append(l.adopted, rp)
 	l.mu.Unlock()
-	return rp, nil, nil
+	return rp, nil
 }
 
 // adopted returns a new Service, as a restarted handoffd makes it, that

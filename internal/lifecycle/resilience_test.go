@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -133,5 +134,50 @@ func TestAddedServiceSavedBeforeItRuns(t *testing.T) {
 	}
 	if !saved {
 		t.Errorf("web's generation 1 (pid %d) ran for a second without being in %s", pid, StateFile)
+	}
+}
+
+// countingLauncher re-adopts generation 2 holding nothing and generation
+// 1 holding every file of holds.
+type countingLauncher struct {
+	fakeLauncher
+	holds    []*os.File
+	searches int
+}
+
+func (l *countingLauncher) Adopt(_ string, gen, pid int, _ uint64) (Process, error) {
+	p := &fakeProcess{pid: pid, ready: make(chan struct{}), done: make(chan struct{}), exitOn: map[syscall.Signal]bool{syscall.SIGTERM: true}}
+	close(p.ready)
+	fp := &findingProcess{fakeProcess: p, fdTable: fdTable{searches: &l.searches}}
+	if gen == 1 {
+		fp.files = l.holds
+	}
+	return fp, nil
+}
+
+// TestFDStoreReadoptedInOnePass: re-adopting the fd store reads each
+// generation's fds once, whatever the number of stored fds.
+func TestFDStoreReadoptedInOnePass(t *testing.T) {
+	l := &fakeLauncher{ready: true}
+	s := testService(t, l, &fakeRouter{})
+	s.cfg.Probation = config.Duration(time.Minute)
+	mustSwap(t, s)
+	mustSwap(t, s)
+	const stored = 16
+	var holds []*os.File
+	for i := range stored {
+		f := sealedMemfd(string(rune('a' + i)))
+		holds = append(holds, f)
+		l.proc(1).send(store(string(rune('a'+i))), dup(t, f))
+	}
+	t.Cleanup(func() { closeFiles(holds) })
+	saved := s.saved()
+	al := &countingLauncher{fakeLauncher: fakeLauncher{ready: true}, holds: holds}
+	s2 := adopted(t, s.cfg, s.mode, al, saved)
+	if n := len(s2.Status().FDStore); n != stored {
+		t.Fatalf("%d stored fds re-adopted, want %d", n, stored)
+	}
+	if al.searches > 2 {
+		t.Errorf("the fds of 2 generations were searched %d times for %d stored fds, want once each", al.searches, stored)
 	}
 }
