@@ -28,10 +28,53 @@ type Status struct {
 	Services []ServiceStatus `json:"services"`
 }
 
+// ServiceState is where a service is, as a whole:
+//
+//	starting ──a generation active──► running ──its active generation exits──► starting
+//	    └──a start fails──► failed ──a start (retry, swap, reload) succeeds──► running
+//
+// and stopped once `handoffctl stop SERVICE` stopped it. In JSON it is
+// its name ("running").
+type ServiceState string
+
+// The states of a service.
+const (
+	// ServiceStarting: no generation serves yet, and none failed to
+	// start since: the first start, or the replacement of an active
+	// generation that exited, is under way.
+	ServiceStarting ServiceState = "starting"
+	// ServiceRunning: the active generation runs and receives the new
+	// connections.
+	ServiceRunning ServiceState = "running"
+	// ServiceFailed: no generation serves, and starting one failed (or
+	// the service could not be re-adopted); handoffd retries with
+	// backoff, and ServiceStatus.Failure says why and when.
+	ServiceFailed ServiceState = "failed"
+	// ServiceStopped: the service was stopped.
+	ServiceStopped ServiceState = "stopped"
+)
+
+// ServiceFailure says why a service is failed.
+type ServiceFailure struct {
+	// Reason is the error of the last start that failed.
+	Reason string `json:"reason"`
+	// Since is when the service became failed.
+	Since time.Time `json:"since"`
+	// Attempts counts the starts that failed since it last served.
+	Attempts int `json:"attempts"`
+	// NextRetry is when handoffd starts a generation again (a swap by
+	// hand, or a reload that changes the service, tries at once).
+	NextRetry *time.Time `json:"next_retry,omitempty"`
+}
+
 // ServiceStatus is the state of one service.
 type ServiceStatus struct {
-	Name      string           `json:"name"`
-	Mode      Mode             `json:"mode"`
+	Name string `json:"name"`
+	Mode Mode   `json:"mode"`
+	// State is the service's own state; Failure is set while it is
+	// ServiceFailed.
+	State     ServiceState     `json:"state"`
+	Failure   *ServiceFailure  `json:"failure,omitempty"`
 	Swapping  bool             `json:"swapping"`
 	Listeners []ListenerStatus `json:"listeners"`
 	// MigratedRequests counts requests the kernel moved from a closing

@@ -142,8 +142,10 @@ func run(c *cli.Context) error {
 func serve(sup *lifecycle.Supervisor, sigs <-chan os.Signal, stopped <-chan struct{}, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	started := make(chan error, 1)
-	go func() { started <- sup.Start(ctx) }()
+	// A service that does not start is failed and retried: handoffd
+	// runs whatever becomes of its services.
+	started := make(chan struct{})
+	go func() { sup.Start(ctx); close(started) }()
 	starting, reloadPending := true, false
 	reloads := make(chan struct{}, 1)
 	defer close(reloads)
@@ -162,12 +164,8 @@ func serve(sup *lifecycle.Supervisor, sigs <-chan os.Signal, stopped <-chan stru
 	}
 	for {
 		select {
-		case err := <-started:
-			starting = false
-			if err != nil {
-				stopAll(sup)
-				return err
-			}
+		case <-started:
+			starting, started = false, nil
 			log.Info("handoffd running")
 			// Under systemd (Type=notify), the unit is started once its services are.
 			if err := handoff.Notify("READY=1"); err != nil {

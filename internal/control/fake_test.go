@@ -76,6 +76,7 @@ func (fakeRouter) Migrated() uint64                           { return 0 }
 func (fakeRouter) Forget(int)                                 {}
 func (fakeRouter) Adopt(int, []*os.File) error                { return nil }
 func (fakeRouter) Close() error                               { return nil }
+func (fakeRouter) Release() error                             { return nil }
 func (fakeRouter) Slots() int                                 { return 0 }
 func (fakeRouter) SetSplit(int, float64, bool) error          { return errors.New("fdpass: no split") }
 func (fakeRouter) Promote(int) error                          { return errors.New("fdpass: no split") }
@@ -110,9 +111,7 @@ func testSupervisor(t *testing.T, cfg *config.Config, l *fakeLauncher) *lifecycl
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sup.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	sup.Start(context.Background())
 	t.Cleanup(func() { sup.Stop(context.Background()) })
 	return sup
 }

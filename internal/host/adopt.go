@@ -19,13 +19,19 @@ import (
 // process, and pidfd_getfd copies its files (PidfdProcess.FindListeners,
 // FindFiles). The process's stderr file, if it has one, is followed
 // again; its NOTIFY_SOCKET is bound again by Renotify (see
-// adoptedProcess).
+// adoptedProcess). A process that has exited is gone, also while it is
+// a zombie that nobody reaped (its parent, handoffd, died; an init that
+// does not reap leaves it so): its fds are closed.
 func (l *ExecLauncher) Adopt(service string, gen, pid int, startTicks uint64) (lifecycle.Process, error) {
 	pidfd, err := kernel.OpenPidfd(pid)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", lifecycle.ErrGone, err)
 	}
 	// Checked after pidfd_open: the pidfd now pins this very process.
+	if exited, err := pidfd.Exited(); err != nil || exited {
+		pidfd.Close()
+		return nil, fmt.Errorf("%w: pid %d has exited (not reaped yet)%s", lifecycle.ErrGone, pid, errSuffix(err))
+	}
 	if t := kernel.StartTicks(pid); t == 0 || t != startTicks {
 		pidfd.Close()
 		return nil, fmt.Errorf("%w: pid %d belongs to another process now", lifecycle.ErrGone, pid)
@@ -35,6 +41,13 @@ func (l *ExecLauncher) Adopt(service string, gen, pid int, startTicks uint64) (l
 	p := newAdoptedProcess(pp, notifyAddrs(l.NotifyDir, service, gen))
 	l.resume(service, gen, p.Done())
 	return p, nil
+}
+
+func errSuffix(err error) string {
+	if err == nil {
+		return ""
+	}
+	return ": " + err.Error()
 }
 
 // StartTicks implements lifecycle.Launcher.

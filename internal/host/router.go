@@ -58,6 +58,7 @@ type lane interface {
 	stats(gen int) (lifecycle.SlotStats, bool)
 	migrated() uint64
 	forget(gen int)
+	release() error
 	close() error
 	split(gen int, share float64, sticky bool) error
 	promote(gen int) error
@@ -178,6 +179,9 @@ func (s *steeredLane) adopt(gen int, f *os.File) error {
 	return nil
 }
 
+// release has nothing to close: every socket is a generation's.
+func (s *steeredLane) release() error { return nil }
+
 func (s *steeredLane) stats(gen int) (lifecycle.SlotStats, bool) {
 	now, err := s.st.Stats(s.slot(gen))
 	if err != nil {
@@ -210,6 +214,8 @@ func (s *steeredLane) migrated() uint64 {
 // sharedLane (fdpass mode) has one listening socket that every generation
 // gets a copy of. Activation is the old generation's stop signal: it stops
 // accepting, and what waits in the shared queue is left to the new one.
+// The socket is made by the first socket call, unless a re-adopted
+// generation handed it over (adopt), and again after release.
 type sharedLane struct {
 	l config.ListenerConfig
 	f *os.File
@@ -217,7 +223,6 @@ type sharedLane struct {
 
 func (s *sharedLane) socket(int) (*os.File, error) {
 	if s.f == nil {
-		// Adopting, and no re-adopted generation handed it over.
 		f, err := listenShared(s.l)
 		if err != nil {
 			return nil, err
@@ -225,6 +230,18 @@ func (s *sharedLane) socket(int) (*os.File, error) {
 		s.f = f
 	}
 	return kernel.Dup(s.f)
+}
+
+// release closes the shared socket: its queue is reset, and new
+// connections are refused until the next socket call binds it again
+// (the generations' copies, if any still run, keep it open till then).
+func (s *sharedLane) release() error {
+	if s.f == nil {
+		return nil
+	}
+	err := s.close()
+	s.f = nil
+	return err
 }
 
 func (s *sharedLane) activate(int) error             { return nil }
@@ -235,7 +252,7 @@ func (s *sharedLane) promote(int) error              { return errShared }
 // answers, so it checks only once one generation is left accepting.
 func (s *sharedLane) dialProbe(ctx context.Context, _ int) (net.Conn, error) {
 	if s.f == nil {
-		return nil, errors.New("no shared socket: the re-adopted generation did not hand it over")
+		return nil, errors.New("no shared socket: no generation was started on it")
 	}
 	addr, err := kernel.ListeningAddr(s.f)
 	if err != nil {
@@ -258,13 +275,19 @@ func (s *sharedLane) forget(int)                            {}
 // adopt makes a re-adopted generation's socket the shared one again.
 func (s *sharedLane) adopt(_ int, f *os.File) error {
 	dup, err := kernel.Dup(f)
+	if err != nil {
+		return err
+	}
+	if s.f != nil {
+		s.f.Close()
+	}
 	s.f = dup
-	return err
+	return nil
 }
 
 func (s *sharedLane) close() error {
 	if s.f == nil {
-		return nil // an adopting lane that never got its socket
+		return nil // never made, or released
 	}
 	var err error
 	if addr, _ := kernel.ListeningAddr(s.f); addr != nil {
@@ -293,10 +316,12 @@ func NewRouter(mode api.Mode, slots int, newSteering NewSteering) lifecycle.NewR
 
 // newRouter builds the lanes of svc: steered in api.ModeEBPF, except for unix
 // listeners (SO_REUSEPORT does not apply to them), shared in api.ModeFDPass.
+// Shared sockets are bound by the first Prepare: a port that something
+// else holds fails that generation's start, not the router.
 //
 // With adopting, the router is for generations that an earlier handoffd
-// started: steering is reopened from its pins and shared sockets are taken
-// from the active generation (adopt) instead of being created.
+// started: steering is reopened from its pins, and shared sockets are
+// taken from a re-adopted generation (adopt) when one still holds them.
 func newRouter(svc *config.ServiceConfig, mode api.Mode, slots int, newSteering NewSteering, adopting bool) (*laneRouter, error) {
 	r := &laneRouter{}
 	for _, l := range svc.Listeners {
@@ -323,14 +348,7 @@ func newLane(service string, l config.ListenerConfig, mode api.Mode, slots int, 
 		}
 		return &steeredLane{l: l, st: st, slots: slots, all: adopting}, nil
 	}
-	if adopting {
-		return &sharedLane{l: l}, nil
-	}
-	f, err := listenShared(l)
-	if err != nil {
-		return nil, err
-	}
-	return &sharedLane{l: l, f: f}, nil
+	return &sharedLane{l: l}, nil
 }
 
 func (r *laneRouter) Prepare(gen int) ([]*os.File, error) {
@@ -400,6 +418,17 @@ func (r *laneRouter) Adopt(gen int, files []*os.File) error {
 		}
 	}
 	return nil
+}
+
+// Release implements lifecycle.Router.
+func (r *laneRouter) Release() error {
+	var errs []error
+	for i, ln := range r.lanes {
+		if err := ln.release(); err != nil {
+			errs = append(errs, fmt.Errorf("listener %s: %w", r.names[i], err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (r *laneRouter) Forget(gen int) {

@@ -23,39 +23,75 @@ import (
 // (stateproto.NotifyChannel; see attachChannel).
 
 // adopt takes over the generations of ss that still run. The router must
-// have been built for adopting. A generation that was still starting when
-// the previous handoffd died is stopped: it never was active. What reads
-// the processes' fds (the active generation's listeners, the fd store)
-// runs before the service's lock is taken.
-func (s *Service) adopt(ss savedService) error {
+// have been built for adopting. It never fails as a whole: a generation
+// that is gone (a zombie too) is dropped, and the active one shows as
+// exited; a generation that was still starting when the previous
+// handoffd died is stopped (it never was active); an active generation
+// whose listeners cannot be found is kept but leaves the service to be
+// replaced (adoptErr, which start turns into a failure). Start then
+// starts what nothing serves.
+//
+// What reads the processes' fds (their listeners, the fd store) runs
+// before the service's lock is taken.
+func (s *Service) adopt(ss savedService) {
 	type adoptee struct {
 		sg savedGeneration
 		p  Process
 	}
 	var live []adoptee
 	current := -1
+	var gone *savedGeneration
 	for _, sg := range ss.Generations {
+		isCurrent := sg.ID == ss.Current && sg.State == api.StateActive
 		p, err := s.launcher.Adopt(s.name, sg.ID, sg.PID, sg.StartTicks)
-		if errors.Is(err, ErrGone) {
-			s.log.Warn("saved generation is gone", "generation", sg.ID, "pid", sg.PID, "err", err)
+		if err != nil {
+			s.log.Warn("saved generation is gone", "generation", sg.ID, "pid", sg.PID, "state", sg.State, "err", err)
+			if isCurrent {
+				gone = &sg
+			}
 			continue
 		}
-		if err != nil {
-			return fmt.Errorf("re-adopt generation %d: %w", sg.ID, err)
-		}
-		if sg.ID == ss.Current && sg.State == api.StateActive {
+		if isCurrent {
 			current = len(live)
 		}
 		live = append(live, adoptee{sg, p})
 	}
+
+	// handoffd's copies of the active generation's listeners, as it
+	// held them before it died.
 	var files []*os.File
+	var broken error
+	if current >= 0 {
+		a := live[current]
+		var err error
+		files, err = findListeners(a.p, s.cfg.Listeners)
+		switch {
+		case err == nil:
+		case chanClosed(a.p.Done()):
+			s.log.Warn("saved generation is gone", "generation", a.sg.ID, "pid", a.sg.PID, "state", a.sg.State, "err", err)
+		default:
+			broken = fmt.Errorf("re-adopt generation %d: %w", a.sg.ID, err)
+		}
+	}
+	// A socket shared by every generation (fdpass) that another live one
+	// still holds is taken over, with what waits in its queue, for the
+	// next generation.
+	var shared []*os.File
+	sharedBy := 0
+	if files == nil && serviceMode(s.cfg, s.mode) != api.ModeEBPF {
+		for i, a := range live {
+			if i == current {
+				continue
+			}
+			if f, err := findListeners(a.p, s.cfg.Listeners); err == nil {
+				shared, sharedBy = f, a.sg.ID
+				s.log.Info("re-adopted the shared listening sockets from a generation that is not the active one", "generation", a.sg.ID)
+				break
+			}
+		}
+	}
 	procs := make([]Process, 0, len(live))
 	if current >= 0 {
-		f, err := findListeners(live[current].p, s.cfg.Listeners)
-		if err != nil {
-			return fmt.Errorf("re-adopt generation %d: %w", live[current].sg.ID, err)
-		}
-		files = f
 		procs = append(procs, live[current].p)
 	}
 	for i, a := range live {
@@ -64,11 +100,31 @@ func (s *Service) adopt(ss savedService) error {
 		}
 	}
 	stored := s.findStored(ss.FDStore, procs)
+	for _, a := range live {
+		if a.sg.State == api.StateStarting || a.sg.State == api.StateReady {
+			a.p.Signal(syscall.SIGKILL)
+			// Bounded: its sockets go once it is gone, and a shared one
+			// could not be bound again while it holds it.
+			select {
+			case <-a.p.Done():
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lastID = ss.LastID
 	s.stored = stored
+	if gone != nil {
+		s.noteGoneLocked(*gone)
+	}
+	if shared != nil {
+		if err := s.router.Adopt(sharedBy, shared); err != nil {
+			s.log.Error("re-adopt the shared listening sockets", "err", err)
+		}
+		closeFiles(shared)
+	}
 	for i, a := range live {
 		sg, p := a.sg, a.p
 		g := &Generation{ID: sg.ID, state: sg.State, pid: sg.PID, proc: p, startTicks: sg.StartTicks,
@@ -76,20 +132,16 @@ func (s *Service) adopt(ss savedService) error {
 			reloads: sg.Reloads}
 		switch {
 		case g.state == api.StateStarting || g.state == api.StateReady:
-			p.Signal(syscall.SIGKILL)
 			g.state, g.exit = api.StateFailed, "handoffd restarted before it was active"
-			// Bounded: its sockets go once it is gone, and a shared one
-			// could not be bound again while it holds it.
-			select {
-			case <-p.Done():
-			case <-time.After(2 * time.Second):
-			}
 		case g.state == api.StateDraining:
 			close(g.drain) // drain_timeout counts again from now
 		case i == current:
-			if err := s.router.Adopt(g.ID, files); err != nil {
-				closeFiles(files)
-				return fmt.Errorf("re-adopt generation %d: %w", g.ID, err)
+			if files != nil {
+				if err := s.router.Adopt(g.ID, files); err != nil {
+					closeFiles(files)
+					files = nil
+					broken = fmt.Errorf("re-adopt generation %d: %w", g.ID, err)
+				}
 			}
 			g.files = files
 			s.current = g
@@ -113,13 +165,12 @@ func (s *Service) adopt(ss savedService) error {
 	}
 	if s.canary != nil {
 		if _, err := s.rollbackCanaryLocked("handoffd restarted"); err != nil {
-			return err
+			s.log.Error("roll back the canary of the previous handoffd", "generation", s.canary.ID, "err", err)
+			s.canary, s.split = nil, Split{}
 		}
 	}
 	if s.standby != nil {
-		if err := s.retire(s.standby); err != nil {
-			return err
-		}
+		s.invariant(s.retire(s.standby))
 		s.standby = nil
 	}
 	for _, g := range s.gens {
@@ -128,10 +179,34 @@ func (s *Service) adopt(ss savedService) error {
 			go s.awaitExit(g)
 		}
 	}
-	if s.current != nil {
+	if broken != nil {
+		s.adoptErr = broken
+		s.log.Error("re-adoption failed: the service is replaced once handoffd runs", "err", broken)
+	}
+	if s.current != nil && s.adoptErr == nil {
 		s.watchHealth(s.cfg, s.current)
 	}
-	return nil
+}
+
+// noteGone shows in status the active generation of ss, if it is saved,
+// as exited while no handoffd ran: for a service none of whose saved
+// generations runs any more, which is not re-adopted.
+func (s *Service) noteGone(ss savedService) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sg := range ss.Generations {
+		if sg.ID == ss.Current && sg.State == api.StateActive {
+			s.noteGoneLocked(sg)
+		}
+	}
+}
+
+// noteGoneLocked adds sg, a saved generation that is gone, to the
+// generations status shows, as exited. Callers hold s.mu.
+func (s *Service) noteGoneLocked(sg savedGeneration) {
+	s.gens = append(s.gens, &Generation{ID: sg.ID, state: api.StateExited, pid: sg.PID, startTicks: sg.StartTicks,
+		started: sg.Started, ready: sg.Ready, active: sg.Active, exited: time.Now(), drain: make(chan struct{}),
+		exit: "exited while handoffd was not running"})
 }
 
 // findListeners returns copies of p's listening sockets for listeners.
@@ -191,11 +266,4 @@ func (s *Service) findStored(saved []savedFD, procs []Process) []storedFD {
 	}
 	s.log.Info("fd store: re-adopted", "fds", len(stored), "lost", len(saved)-len(stored))
 	return stored
-}
-
-// hasCurrent reports whether a generation receives the new connections.
-func (s *Service) hasCurrent() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.current != nil
 }

@@ -78,6 +78,8 @@ func newChaos(t *testing.T, probation bool) *chaos {
 	c.s.cfg.DrainTimeout = config.Duration(60 * time.Millisecond)
 	c.s.cfg.StateHandoff = true
 	c.s.cfg.StateTimeout = config.Duration(40 * time.Millisecond)
+	// Failed starts are retried soon: settle waits for them.
+	c.s.retry = retryBackoff{first: 10 * time.Millisecond, max: 40 * time.Millisecond}
 	if probation {
 		c.s.cfg.Probation = config.Duration(60 * time.Millisecond)
 	}
@@ -191,6 +193,8 @@ func (c *chaos) healthy() error {
 		return fmt.Errorf("steering points at generation %d, not the active %d", c.r.activeGen(), active[0].ID)
 	case s.standby != nil && chanClosed(s.standby.proc.Done()):
 		return fmt.Errorf("standby generation %d has exited", s.standby.ID)
+	case s.failure != nil:
+		return fmt.Errorf("the service is failed: %v", s.failure.reason)
 	}
 	return nil
 }

@@ -473,6 +473,7 @@ func (r *fakeRouter) activeGen() int {
 }
 
 func (r *fakeRouter) Close() error                     { return nil }
+func (r *fakeRouter) Release() error                   { return nil }
 func (r *fakeRouter) Stats(int, int) (SlotStats, bool) { return SlotStats{Selected: 9}, true }
 func (r *fakeRouter) Migrated() uint64                 { return 3 }
 func (r *fakeRouter) Forget(int)                       {}

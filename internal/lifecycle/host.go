@@ -191,9 +191,15 @@ type Router interface {
 	Migrated() uint64
 	// Forget drops what the router remembers of an exited generation.
 	Forget(gen int)
-	// Adopt takes the sockets of a re-adopted active generation
-	// (handoffd's new copies, in listener order).
+	// Adopt takes the sockets of a re-adopted generation (handoffd's new
+	// copies, in listener order), where the router shares one socket
+	// between generations; the caller keeps its copies.
 	Adopt(gen int, files []*os.File) error
+	// Release closes the listening sockets the router holds itself (the
+	// shared ones), so that nothing takes new connections into a queue
+	// while no generation serves; the next Prepare makes them again.
+	// Steering stays.
+	Release() error
 	// Close releases what the router holds for the service.
 	Close() error
 	// SetSplit sends share (0 to 1) of new connections to generation gen

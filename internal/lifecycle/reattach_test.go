@@ -81,8 +81,9 @@ func adopted(t *testing.T, cfg *config.ServiceConfig, mode api.Mode, l Launcher,
 		defer cancel()
 		s.Stop(ctx)
 	})
-	if err := s.adopt(saved); err != nil {
-		t.Fatal(err)
+	s.adopt(saved)
+	if s.adoptErr != nil {
+		t.Fatal(s.adoptErr)
 	}
 	return s
 }

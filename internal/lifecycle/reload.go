@@ -59,7 +59,8 @@ func (s *Service) Config() *config.ServiceConfig {
 // setConfig makes cfg the service's config from its next generation on.
 // It waits until a swap under way has ended, so that one swap never sees
 // two configs. cfg must keep the service's name and listeners: the
-// router's sockets were made from them.
+// router's sockets were made from them. A failed service is retried at
+// once with it.
 func (s *Service) setConfig(cfg *config.ServiceConfig) {
 	s.swapMu.Lock()
 	defer s.swapMu.Unlock()
@@ -67,6 +68,7 @@ func (s *Service) setConfig(cfg *config.ServiceConfig) {
 	defer s.mu.Unlock()
 	s.cfg = cfg
 	s.warnConfig(cfg)
+	s.retryAtOnce()
 }
 
 // ErrConfigRefused wraps the reason why a reload left the running config
@@ -98,18 +100,19 @@ func (s *Supervisor) LoadConfig() (*config.Config, error) {
 
 // Reload applies cfg to the running services without forcing a swap:
 // a changed service runs its next generation (the next swap, a watched
-// file's change, a crash's replacement) with its new config; an added
-// service is started and Reload waits until its generation 1 is active
-// or failed (ready_timeout, or ctx ending); a removed service is stopped
-// in the background, its generations draining as on Stop.
+// file's change, a crash's replacement, the retry of a failed service,
+// which comes at once) with its new config; an added service is started
+// and Reload waits until its generation 1 is active or failed
+// (ready_timeout, or ctx ending); a removed service is stopped in the
+// background, its generations draining as on Stop.
 //
 // A config that cannot be applied whole is refused, with every reason on
 // one line (ErrConfigRefused), and nothing changes: invalid configs, and
 // changes that need a restart of handoffd (control, metrics, mode,
 // state_dir, bpf_dir, group, read_group) or of the service (listeners).
-// An added service that does not start is stopped and left out of the
-// running config, so that a later reload of the same file tries again;
-// Reload then returns what it did apply together with the error.
+// An added service that does not start stays, failed and retried with
+// backoff, as one whose first start failed when handoffd started; Reload
+// then returns what it applied together with the error.
 func (s *Supervisor) Reload(ctx context.Context, cfg *config.Config) (api.ConfigChanges, error) {
 	if err := cfg.Validate(); err != nil {
 		return api.ConfigChanges{}, fmt.Errorf("%w: %w", ErrConfigRefused, err)
@@ -143,25 +146,18 @@ func (s *Supervisor) Reload(ctx context.Context, cfg *config.Config) (api.Config
 		svc.setConfig(sc)
 		s.watchFiles(svc, sc)
 	}
-	applied := *cfg
-	applied.Services = slices.Clone(cfg.Services)
 	var errs []error
-	var added []string
 	for _, name := range ch.Added {
 		if err := s.add(ctx, serviceConfig(cfg, name), cur.Control); err != nil {
-			errs = append(errs, fmt.Errorf("service %s not started: %w", name, err))
-			applied.Services = slices.DeleteFunc(applied.Services, func(sc config.ServiceConfig) bool { return sc.Name == name })
-			continue
+			errs = append(errs, fmt.Errorf("service %s did not start: %w", name, err))
 		}
-		added = append(added, name)
 	}
-	ch.Added = added
 	s.mu.Lock()
-	s.cfg = &applied
+	s.cfg = cfg
 	s.mu.Unlock()
 	s.log.Info("config reloaded", "changed", ch.Changed, "added", ch.Added, "removed", ch.Removed)
 	if len(errs) > 0 {
-		return ch, fmt.Errorf("config applied, but %w; reload again to retry", errors.Join(errs...))
+		return ch, fmt.Errorf("config applied, but %w; handoffd retries it with backoff", errors.Join(errs...))
 	}
 	return ch, nil
 }
@@ -177,28 +173,15 @@ func serviceConfig(cfg *config.Config, name string) *config.ServiceConfig {
 
 // add starts a service that the running config does not have. The
 // service is one of the supervisor's before its generation 1 starts, so
-// that the state file records that generation with the others.
+// that the state file records that generation with the others; if it
+// does not start, the service is failed and retried.
 func (s *Supervisor) add(ctx context.Context, sc *config.ServiceConfig, control string) error {
-	svc, err := s.newService(sc, control, savedState{})
-	if err != nil {
-		return err
-	}
-	svc.beginOnce.Do(func() { close(svc.begin) })
+	svc := s.newService(sc, control, savedState{})
 	s.mu.Lock()
 	s.services = append(s.services, svc)
 	s.mu.Unlock()
-	if _, err := svc.Swap(ctx); err != nil {
-		s.mu.Lock()
-		s.services = slices.DeleteFunc(s.services, func(o *Service) bool { return o == svc })
-		s.mu.Unlock()
-		// Nothing of it runs: Stop only releases the router.
-		if serr := svc.Stop(context.WithoutCancel(ctx)); serr != nil {
-			s.log.Error("release service that did not start", "service", sc.Name, "err", serr)
-		}
-		return err
-	}
 	s.watchFiles(svc, sc)
-	return nil
+	return svc.start(ctx)
 }
 
 // remove takes the named service out of the supervisor and stops it in

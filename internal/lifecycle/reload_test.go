@@ -92,9 +92,7 @@ func testSupervisor(t *testing.T, cfg *config.Config) (*Supervisor, *specLaunche
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sup.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	sup.Start(context.Background())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -213,21 +211,32 @@ func TestSupervisorReload(t *testing.T) {
 	})
 }
 
+// TestSupervisorReloadAddFails: an added service that does not start
+// stays, failed, and is retried with backoff until it does; the reload
+// says so.
 func TestSupervisorReloadAddFails(t *testing.T) {
 	head := configHead(t)
 	demo := serviceDoc("demo", "V=1", freeAddress(t))
 	sup, l := testSupervisor(t, parse(t, head+demo))
 	l.mu.Lock()
-	l.ready = false // web's generation 1 never becomes ready
+	l.failStarts = 1 // web's generation 1 cannot start
 	l.mu.Unlock()
-	_, err := sup.Reload(context.Background(), parse(t, head+demo+serviceDoc("web", "W=1", freeAddress(t))))
-	if err == nil || !strings.Contains(err.Error(), "service web not started") {
+	ch, err := sup.Reload(context.Background(), parse(t, head+demo+serviceDoc("web", "W=1", freeAddress(t))))
+	if err == nil || !strings.Contains(err.Error(), "service web did not start") || !strings.Contains(err.Error(), "retries it with backoff") {
 		t.Fatalf("reload with a service that does not start: %v", err)
 	}
-	if _, err := sup.Service("web"); err == nil {
-		t.Fatal("a service that did not start is kept")
+	if !slices.Equal(ch.Added, []string{"web"}) || len(sup.Config().Services) != 2 {
+		t.Fatalf("added %v, running config has %d services; want web added and kept", ch.Added, len(sup.Config().Services))
 	}
-	if n := len(sup.Config().Services); n != 1 {
-		t.Fatalf("running config has %d services, want 1: a later reload must try web again", n)
+	web, err := sup.Service("web")
+	if err != nil {
+		t.Fatal(err)
 	}
+	web.mu.Lock()
+	web.retry = retryBackoff{first: 10 * time.Millisecond, max: 10 * time.Millisecond}
+	web.mu.Unlock()
+	if st := web.Status(); st.State != api.ServiceFailed || st.Failure == nil || !strings.Contains(st.Failure.Reason, "no such file") {
+		t.Fatalf("web right after the reload: state %s, failure %+v; want failed with the start's error", st.State, st.Failure)
+	}
+	eventually(t, "web retried and serving", func() bool { return web.Status().State == api.ServiceRunning })
 }

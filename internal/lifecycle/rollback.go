@@ -83,6 +83,7 @@ func (s *Service) rollbackLocked() error {
 		return err
 	}
 	s.current, s.standby = back, nil
+	s.recoveredLocked(back)
 	s.observer.SwapDone(s.cfg.Name, "rolled_back")
 	s.log.Info("rolled back", "generation", back.ID, "replaced", replaced.ID)
 	return s.retire(replaced)

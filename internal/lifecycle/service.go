@@ -92,6 +92,20 @@ type Service struct {
 	goroutines sync.WaitGroup
 	// replacing is true while replace runs: one at a time.
 	replacing bool
+	// failure is set while the service is failed (see failure.go):
+	// nothing serves it and starts failed; replace retries after retry's
+	// backoff, or at once when retryNow receives.
+	failure  *failure
+	retry    retryBackoff
+	retryNow chan struct{}
+	// adoptErr is why the service, as adopt found it, cannot be
+	// supervised as it runs (start makes it a failure).
+	adoptErr error
+	// begin, if set, holds replace back until start closes it: no
+	// generation starts before handoffd has built every service, so
+	// that each start is saved together with all of them.
+	begin     chan struct{}
+	beginOnce sync.Once
 	// testHookReplaced, set by tests before a replace starts, runs as
 	// replace returns.
 	testHookReplaced func()
@@ -108,11 +122,6 @@ type Service struct {
 	onChange func()
 	// save, if set, writes the state file at once (see LaunchSpec.Started).
 	save func() error
-	// begin, if set, holds replace back until the supervisor starts its
-	// services: no generation starts before handoffd has built every
-	// service, so that each start is saved together with all of them.
-	begin     chan struct{}
-	beginOnce sync.Once
 }
 
 func newService(cfg *config.ServiceConfig, mode api.Mode, control string, r Router, l Launcher, c Counter, o Observer, log *slog.Logger) *Service {
@@ -120,7 +129,7 @@ func newService(cfg *config.ServiceConfig, mode api.Mode, control string, r Rout
 		o = nopObserver{}
 	}
 	s := &Service{name: cfg.Name, cfg: cfg, mode: mode, control: control, router: r, launcher: l, counter: c, observer: o,
-		log: log.With("service", cfg.Name), stopCh: make(chan struct{})}
+		log: log.With("service", cfg.Name), stopCh: make(chan struct{}), retry: defaultBackoff, retryNow: make(chan struct{}, 1)}
 	s.warnConfig(cfg)
 	return s
 }
@@ -204,6 +213,12 @@ func (s *Service) SwapTo(ctx context.Context, start StartFunc) (api.SwapResult, 
 func (s *Service) swapWith(ctx context.Context, start StartFunc, canary *Split) (api.SwapResult, error) {
 	if !s.swapMu.TryLock() {
 		s.observer.SwapDone(s.name, "refused")
+		s.mu.Lock()
+		failed := s.failure != nil
+		s.mu.Unlock()
+		if failed {
+			return api.SwapResult{}, fmt.Errorf("%w (service %s is failed, and handoffd retries it: see status)", ErrSwapInProgress, s.name)
+		}
 		return api.SwapResult{}, ErrSwapInProgress
 	}
 	defer s.swapMu.Unlock()
@@ -223,6 +238,13 @@ func (s *Service) swapWith(ctx context.Context, start StartFunc, canary *Split) 
 	s.swapping.Store(true)
 	defer s.swapping.Store(false)
 	res, err := s.swap(ctx, start, canary)
+	if err != nil && canary == nil && !errors.Is(err, ErrStopped) {
+		s.mu.Lock()
+		if !s.stopped && (!s.serving() || s.failure != nil) {
+			s.failedLocked(err)
+		}
+		s.mu.Unlock()
+	}
 	result := "ok"
 	switch {
 	case err != nil:
@@ -403,6 +425,7 @@ func (s *Service) promoteLocked(g *Generation) (api.SwapResult, error) {
 	}
 	old := s.current
 	s.current = g
+	s.recoveredLocked(g)
 	res := api.SwapResult{Service: s.name, Generation: g.ID, PID: g.pid,
 		StartToReady:  g.ready.Sub(g.started).Seconds(),
 		ReadyToActive: g.active.Sub(g.ready).Seconds()}
@@ -545,6 +568,7 @@ func (s *Service) exited(g *Generation) {
 		closeFiles(g.files)
 		g.files = nil
 	}
+	defer s.checkLocked()
 	if g == s.standby {
 		s.standby = nil
 		s.log.Error("generation in standby exited: no rollback is left", "generation", g.ID, "pid", g.pid, "status", status)
@@ -600,75 +624,6 @@ func chanClosed(c <-chan struct{}) bool {
 // Callers hold s.mu.
 func (s *Service) serving() bool {
 	return s.current != nil && !chanClosed(s.current.proc.Done())
-}
-
-// startReplacing starts replace unless it runs already. Callers hold s.mu.
-func (s *Service) startReplacing() {
-	if s.replacing {
-		return
-	}
-	s.replacing = true
-	s.goroutines.Add(1)
-	go s.replace()
-}
-
-// replace starts new generations, with backoff, until one is active and
-// runs; it waits out a swap that is under way (which may fail, or bring
-// a generation that dies too). handoffd still holds the dead generation's
-// sockets, so new connections wait in their queues and move to the
-// replacement.
-func (s *Service) replace() {
-	defer s.goroutines.Done()
-	if s.begin != nil {
-		select {
-		case <-s.begin:
-		case <-s.stopCh:
-		}
-	}
-	backoff := 100 * time.Millisecond
-	for {
-		// The flag is cleared under the lock that saw a generation
-		// serving: a crash after that point finds it clear and starts
-		// another replace.
-		s.mu.Lock()
-		done := s.serving() || s.stopped
-		if done {
-			s.replacing = false
-		}
-		s.mu.Unlock()
-		if done {
-			if s.testHookReplaced != nil {
-				s.testHookReplaced()
-			}
-			return
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		go func() {
-			select {
-			case <-s.stopCh:
-			case <-ctx.Done():
-			}
-			cancel()
-		}()
-		_, err := s.Swap(ctx)
-		cancel()
-		wait := backoff
-		switch {
-		case err == nil:
-			continue // serving, unless the new one died already
-		case errors.Is(err, ErrStopped):
-			continue // the check above ends it
-		case errors.Is(err, ErrSwapInProgress):
-			wait = 20 * time.Millisecond // see how that swap ends
-		default:
-			s.log.Error("replace crashed generation", "err", err, "retry_in", backoff)
-			backoff = min(backoff*2, 30*time.Second)
-		}
-		select {
-		case <-s.stopCh:
-		case <-time.After(wait):
-		}
-	}
 }
 
 // stderrTail returns ", stderr: <last lines>" for a process that keeps

@@ -62,9 +62,10 @@ func (s *Service) status() (api.ServiceStatus, []*Counted) {
 	}
 	sticky := s.canary != nil && s.split.Sticky
 	stored := s.storeStatus()
+	state, failure := s.state(), s.failureStatus()
 	s.mu.Unlock()
 
-	st := api.ServiceStatus{Name: cfg.Name, Mode: serviceMode(cfg, s.mode), Swapping: swapping,
+	st := api.ServiceStatus{Name: cfg.Name, Mode: serviceMode(cfg, s.mode), State: state, Failure: failure, Swapping: swapping,
 		MigratedRequests: s.router.Migrated(), Generations: []api.GenerationStatus{}, FDStore: stored}
 	for _, l := range cfg.Listeners {
 		st.Listeners = append(st.Listeners, api.ListenerStatus{Name: l.Name, Address: l.Address, Mode: config.ListenerMode(l, s.mode)})

@@ -51,7 +51,11 @@ type Supervisor struct {
 	removals sync.WaitGroup
 }
 
-// New prepares the services of cfg without starting any process.
+// New prepares the services of cfg without starting any process, and
+// re-adopts the generations that an earlier handoffd left running. Only
+// an unreadable state file makes it fail: a service that cannot be
+// re-adopted or set up is built all the same, to be shown failed and
+// retried once Start runs.
 func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -63,12 +67,7 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 	}
 	s.saver = newStateSaver(cfg.StateDir, s.savedState, s.log)
 	for i := range cfg.Services {
-		sc := &cfg.Services[i]
-		svc, err := s.newService(sc, cfg.Control, saved)
-		if err != nil {
-			s.closeRouters()
-			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
-		}
+		svc := s.newService(&cfg.Services[i], cfg.Control, saved)
 		s.services = append(s.services, svc)
 	}
 	go s.saver.run()
@@ -78,31 +77,42 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 
 // newService builds a service and its router. When saved holds
 // generations of it that still run, in the same mode, it re-adopts them.
-func (s *Supervisor) newService(sc *config.ServiceConfig, control string, saved savedState) (*Service, error) {
+// What goes wrong is kept for start (adoptErr): the service is failed and
+// retried then, and every other one is left alone.
+func (s *Supervisor) newService(sc *config.ServiceConfig, control string, saved savedState) *Service {
 	ss, _ := saved.service(sc.Name)
 	adopting := false
 	for _, g := range ss.Generations {
-		if s.opts.Launcher.StartTicks(g.PID) == g.StartTicks {
+		if t := s.opts.Launcher.StartTicks(g.PID); t != 0 && t == g.StartTicks {
 			adopting = true
 		}
 	}
+	var broken error
 	if adopting && saved.Mode != s.opts.Mode {
-		return nil, fmt.Errorf("generations started in mode %s still run, and handoffd now runs in mode %s: stop them, or run in mode %s", saved.Mode, s.opts.Mode, saved.Mode)
+		broken = fmt.Errorf("generations started in mode %s still run, and handoffd now runs in mode %s: stop them, or run in mode %s", saved.Mode, s.opts.Mode, saved.Mode)
+		adopting = false
 	}
 	r, err := s.opts.NewRouter(sc, adopting)
 	if err != nil {
-		return nil, err
+		broken = errors.Join(broken, fmt.Errorf("listeners: %w", err))
+		r = &lazyRouter{build: func() (Router, error) { return s.opts.NewRouter(sc, false) }}
+		adopting = false
 	}
 	svc := newService(sc, s.opts.Mode, control, r, s.opts.Launcher, s.opts.Counter, s.opts.Observer, s.log)
 	svc.onChange, svc.save = s.saver.changed, s.saver.saveNow
 	svc.begin = make(chan struct{})
-	if adopting {
-		if err := svc.adopt(ss); err != nil {
-			r.Close()
-			return nil, fmt.Errorf("%w; its generations still serve: stop them or fix the config, then start handoffd again", err)
-		}
+	svc.lastID = ss.LastID // numbering goes on, whatever became of them
+	switch {
+	case adopting:
+		svc.adopt(ss)
+	case broken == nil:
+		svc.noteGone(ss)
 	}
-	return svc, nil
+	if broken != nil {
+		svc.adoptErr = broken
+		svc.log.Error("service cannot be set up; it is retried once handoffd runs", "err", broken)
+	}
+	return svc
 }
 
 // savedState collects what every service records of itself.
@@ -114,12 +124,14 @@ func (s *Supervisor) savedState() savedState {
 	return st
 }
 
-// Detach stops handoffd's own work, the state saver (after a last save)
-// and the file watches, and leaves every generation running and steered:
-// for a handoffd that exits to be restarted, which re-adopts them.
+// Detach stops handoffd's own work, the state saver (after a last save),
+// the file watches and the retries of failed services, and leaves every
+// generation running and steered: for a handoffd that exits to be
+// restarted, which re-adopts them. A swap under way gives up.
 func (s *Supervisor) Detach() {
 	for _, svc := range s.list() {
 		s.unwatchFiles(svc.Name())
+		svc.abort()
 	}
 	s.saver.close()
 }
@@ -135,31 +147,22 @@ func serviceMode(sc *config.ServiceConfig, mode api.Mode) api.Mode {
 	return mode
 }
 
-func (s *Supervisor) closeRouters() {
-	for _, svc := range s.services {
-		svc.router.Close()
-	}
-}
-
-// Start starts the first generation of every service, then watches the
-// files of those that have watch paths. It stops at the first service that
-// cannot be started and returns why.
-func (s *Supervisor) Start(ctx context.Context) error {
+// Start makes every service serve, all at once: it starts the first
+// generation of each service that nothing serves (or retries one that
+// could not be re-adopted) and waits until each of those first starts
+// has succeeded or failed; then it watches the files of the services
+// that have watch paths. A service whose start fails is failed (status,
+// metrics, log) and retried with backoff in the background; it never
+// stops handoffd or another service.
+func (s *Supervisor) Start(ctx context.Context) {
+	var wg sync.WaitGroup
 	for _, svc := range s.list() {
-		svc.beginOnce.Do(func() { close(svc.begin) })
+		wg.Go(func() { svc.start(ctx) }) // a failure is logged where it is recorded
 	}
-	for _, svc := range s.list() {
-		if svc.hasCurrent() {
-			continue // re-adopted
-		}
-		if _, err := svc.Swap(ctx); err != nil {
-			return fmt.Errorf("start service %s: %w", svc.Name(), err)
-		}
-	}
+	wg.Wait()
 	for _, svc := range s.list() {
 		s.watchFiles(svc, svc.Config())
 	}
-	return nil
 }
 
 // list returns the services that run now.
