@@ -29,7 +29,7 @@ func TestDashboardUsesKnownMetrics(t *testing.T) {
 	for _, n := range []string{"generation_info", "connections_active", "connections_accepted_total",
 		"accept_queue_length", "steered_connections_total", "migrated_requests_total", "swaps_total",
 		"swap_phase_seconds_bucket", "mode", "fd_store_fds", "fd_store_refused_total",
-		"state_handoffs_total", "state_finals_total"} {
+		"state_handoffs_total", "state_finals_total", "service_failed"} {
 		known["handoff_"+n] = true
 	}
 	metric := regexp.MustCompile(`handoff_[a-z_]+`)

@@ -43,6 +43,9 @@ var (
 	generationWeight = prometheus.NewDesc(namespace+"_generation_weight",
 		"Share of new connections, from 0 to 1, that steering sends to a live generation: 1 for the active one, P and 1-P for a canary and the active one, 0 for the others.",
 		[]string{"service", "generation"}, nil)
+	serviceFailed = prometheus.NewDesc(namespace+"_service_failed",
+		"1 while a service is failed: no generation of it serves, starting one failed (or it could not be re-adopted), and handoffd retries with backoff; the reason is in status and in handoffd's log. 0 otherwise.",
+		[]string{"service"}, nil)
 	fdStoreFDs = prometheus.NewDesc(namespace+"_fd_store_fds",
 		"Fds a service keeps in handoffd's fd store (FDSTORE=1), passed to each new generation after its listeners.",
 		[]string{"service"}, nil)
@@ -66,7 +69,7 @@ func NewCollector(src StatusSource, mode api.Mode, log *slog.Logger) *Collector 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{generationInfo, connectionsActive, connectionsAccepted,
-		acceptQueue, steered, migrated, generationWeight, modeDesc, fdStoreFDs} {
+		acceptQueue, steered, migrated, generationWeight, modeDesc, fdStoreFDs, serviceFailed} {
 		ch <- d
 	}
 }
@@ -80,6 +83,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	for _, svc := range st.Services {
+		failed := 0.0
+		if svc.State == api.ServiceFailed {
+			failed = 1
+		}
+		ch <- prometheus.MustNewConstMetric(serviceFailed, prometheus.GaugeValue, failed, svc.Name)
 		n := 0
 		for _, fds := range svc.FDStore {
 			n += fds

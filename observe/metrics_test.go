@@ -21,7 +21,11 @@ func ptr[T any](v T) *T { return &v }
 
 func testStatus() fakeSource {
 	return fakeSource{Services: []api.ServiceStatus{{
-		Name: "demo", Mode: api.ModeEBPF, MigratedRequests: 5, FDStore: map[string]int{"cache": 2, "stored": 1},
+		Name: "web", Mode: api.ModeEBPF, State: api.ServiceFailed,
+		Failure:     &api.ServiceFailure{Reason: "generation 2: exited before it was ready: exit status 3", Attempts: 2},
+		Generations: []api.GenerationStatus{{ID: 2, PID: 201, State: api.StateFailed}},
+	}, {
+		Name: "demo", Mode: api.ModeEBPF, State: api.ServiceRunning, MigratedRequests: 5, FDStore: map[string]int{"cache": 2, "stored": 1},
 		Generations: []api.GenerationStatus{
 			{ID: 1, PID: 100, State: api.StateExited},
 			{ID: 2, PID: 200, State: api.StateDraining, Connections: ptr(int64(40)), ConnectionsSource: "ebpf", Weight: ptr(0.0),
@@ -60,8 +64,15 @@ handoff_steered_connections_total{generation="3",service="demo"} 2
 # HELP handoff_migrated_requests_total Requests the kernel moved from a closing listener's SYN or accept queue to the active generation.
 # TYPE handoff_migrated_requests_total counter
 handoff_migrated_requests_total{service="demo"} 5
+handoff_migrated_requests_total{service="web"} 0
 `
-	names := []string{"handoff_connections_active", "handoff_generation_info", "handoff_generation_weight", "handoff_accept_queue_length",
+	want += `
+# HELP handoff_service_failed 1 while a service is failed: no generation of it serves, starting one failed (or it could not be re-adopted), and handoffd retries with backoff; the reason is in status and in handoffd's log. 0 otherwise.
+# TYPE handoff_service_failed gauge
+handoff_service_failed{service="demo"} 0
+handoff_service_failed{service="web"} 1
+`
+	names := []string{"handoff_service_failed", "handoff_connections_active", "handoff_generation_info", "handoff_generation_weight", "handoff_accept_queue_length",
 		"handoff_steered_connections_total", "handoff_migrated_requests_total"}
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
