@@ -128,12 +128,51 @@ func status(c *cli.Context) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
+	now := time.Now()
 	for _, s := range st.Services {
+		if line := serviceLine(s, now); line != "" {
+			fmt.Println(line)
+		}
 		if line := fdStoreLine(s); line != "" {
 			fmt.Println(line)
 		}
 	}
 	return nil
+}
+
+// serviceLine says, on one line, what is wrong with a service that does
+// not run: "demo: failed since 15:04:05 (3 failed starts): REASON; next
+// retry in 8s"; "" for a running one.
+func serviceLine(s api.ServiceStatus, now time.Time) string {
+	switch s.State {
+	case api.ServiceFailed:
+		line := s.Name + ": failed"
+		f := s.Failure
+		if f == nil {
+			return line
+		}
+		line += fmt.Sprintf(" since %s (%d failed %s): %s", f.Since.Local().Format(time.TimeOnly), f.Attempts, plural(f.Attempts, "start"), f.Reason)
+		switch {
+		case f.NextRetry == nil:
+		case f.NextRetry.After(now):
+			line += fmt.Sprintf("; next retry in %s", f.NextRetry.Sub(now).Round(time.Second))
+		default:
+			line += "; retrying now"
+		}
+		return line
+	case api.ServiceStarting:
+		return s.Name + ": starting: no generation serves it yet"
+	case api.ServiceStopped:
+		return s.Name + ": stopped"
+	}
+	return ""
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
 }
 
 // fdStoreLine shows a service's fd store on one line, names sorted:
