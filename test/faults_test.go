@@ -1,6 +1,8 @@
 package test
 
 import (
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -192,6 +194,90 @@ func TestDrainTimeoutKillCounted(t *testing.T) {
 	}
 	if !strings.Contains(d.logText(), "drain_timeout passed: killing generation") {
 		t.Errorf("handoffd did not log the kill")
+	}
+}
+
+// TestBrokenServiceFailsAlone: handoffd starts with two services, one of
+// whose command fails. handoffd runs, and the other service serves and
+// swaps under load with 0 failed requests, while the broken one is shown
+// failed and retried with backoff. A swap is the retry by hand; a canary
+// is refused; a reload that fixes the config serves at once. Then its
+// active generation crashes while its command is broken again: the
+// replacement fails, and new connections are refused instead of queued
+// for nobody, until the next fix.
+func TestBrokenServiceFailsAlone(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			d := startDaemon(t, daemonOptions{mode: mode, web: true, metrics: true, demoCommand: brokenCommand})
+			d.waitForService("web", "web active", 15*time.Second, func(st api.ServiceStatus) bool {
+				return len(st.Generations) == 1 && st.Generations[0].State == api.StateActive
+			})
+			l := startLoad(d.webAddr, "/slow?ms=2", loadClients, false)
+			st := d.checkFailed("broken on purpose", 2)
+			if gap := st.Failure.NextRetry.Sub(st.Failure.Since); gap < time.Second {
+				t.Errorf("next retry %s after the failure, want the backoff (1s, then doubling)", gap)
+			}
+			if out, err := d.ctl("swap", "web"); err != nil || !strings.Contains(out, "generation 2 active") {
+				t.Fatalf("swap web beside the broken demo: %v: %s", err, out)
+			}
+			before := d.status().Failure.Attempts
+			out, err := d.ctlFailed("swap", "demo")
+			if err == nil || !strings.Contains(out, "broken on purpose") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+				t.Errorf("swap of the broken demo: %v, %q; want a one-line failure with its stderr", err, out)
+			}
+			if f := d.status().Failure; f == nil || f.Attempts <= before {
+				t.Errorf("the swap by hand was not counted as a failed start: %+v (before: %d)", f, before)
+			}
+			want := "swap without --canary"
+			if mode == "fdpass" {
+				want = "canary needs ebpf mode"
+			}
+			if out, err := d.ctlFailed("swap", "--canary", "5%", "demo"); err == nil || !strings.Contains(out, want) {
+				t.Errorf("canary of the failed demo: %v, %q; want it refused", err, out)
+			}
+
+			// Fixed: served at once, not after the backoff.
+			broken := d.setDemoCommand(append([]string{filepath.Join(bin, "demo")}, "--version", "e2e"))
+			fixedAt := time.Now()
+			if out, err := d.ctl("reload-config"); err != nil {
+				t.Fatalf("reload-config with demo fixed: %v: %s", err, out)
+			}
+			st = d.waitFor("demo serving", 15*time.Second, func(st api.ServiceStatus) bool { return st.State == api.ServiceRunning })
+			t.Logf("demo served %s after its fix", time.Since(fixedAt).Round(time.Millisecond))
+			active := st.Generations[len(st.Generations)-1]
+			if r, err := getRoot(d.addr); err != nil || r.Generation != active.ID {
+				t.Errorf("GET / on demo after the fix: %+v, %v; want generation %d", r, err, active.ID)
+			}
+
+			// Its active generation crashes while its command is broken.
+			if err := os.WriteFile(d.config, broken, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := d.ctl("reload-config"); err != nil {
+				t.Fatalf("reload-config breaking demo: %v: %s", err, out)
+			}
+			syscall.Kill(active.PID, syscall.SIGKILL)
+			d.checkFailed("broken on purpose", 1)
+			// Between retries (each fails at once) nothing listens.
+			if !eventuallyTrue(5*time.Second, func() bool { return len(listeningInodes(t, d.portNum())) == 0 }) {
+				t.Errorf("sockets still listen on the failed demo's port %s", d.port())
+			}
+			d.setDemoCommand(append([]string{filepath.Join(bin, "demo")}, "--version", "e2e"))
+			if out, err := d.ctl("reload-config"); err != nil {
+				t.Fatalf("reload-config with demo fixed again: %v: %s", err, out)
+			}
+			d.waitFor("demo serving again", 15*time.Second, func(st api.ServiceStatus) bool { return st.State == api.ServiceRunning })
+			if _, err := getRoot(d.addr); err != nil {
+				t.Errorf("GET / on demo after the second fix: %v", err)
+			}
+
+			time.Sleep(300 * time.Millisecond)
+			res := l.stop()
+			t.Logf("web: %d ok, %d failed beside a broken service", res.OK, res.Failed)
+			if res.Failed > 0 || res.OK == 0 {
+				t.Errorf("web: %d requests failed, %d ok: %q", res.Failed, res.OK, res.Failures)
+			}
+		})
 	}
 }
 

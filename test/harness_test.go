@@ -175,6 +175,10 @@ type daemonOptions struct {
 	// starting makes startDaemon return as soon as generation 1 starts,
 	// instead of once it is active.
 	starting bool
+	// demoCommand, if set, is the demo service's command line alone
+	// (web keeps the demo); startDaemon then returns as soon as
+	// handoffd answers, whatever the state of the demo service.
+	demoCommand []string
 	// serviceYAML is added to the demo service's keys, indented by four
 	// spaces per line (health:, ready:).
 	serviceYAML string
@@ -233,7 +237,7 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 	if opts.unixSocket != "" {
 		listen, d.addr = "unix://"+opts.unixSocket, opts.unixSocket
 	}
-	service := func(name, address string) string {
+	service := func(name string, argv []byte, address string) string {
 		return fmt.Sprintf(`  - name: %s
     command: %s
     env: %s
@@ -246,16 +250,20 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
     probation: %s
 `, name, argv, demoEnv(), address, opts.readyTimeout, opts.drainTimeout, opts.probation) + opts.serviceYAML
 	}
+	demoArgv := argv
+	if opts.demoCommand != nil {
+		demoArgv, _ = json.Marshal(opts.demoCommand)
+	}
 	cfg := fmt.Sprintf(`control: %s
 metrics: %q
 mode: %s
 state_dir: %s
 bpf_dir: %s
 services:
-`, d.control, d.metrics, opts.mode, dir, bpfDir) + service("demo", listen)
+`, d.control, d.metrics, opts.mode, dir, bpfDir) + service("demo", demoArgv, listen)
 	if opts.web {
 		d.webAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		cfg += service("web", "tcp://"+d.webAddr)
+		cfg += service("web", argv, "tcp://"+d.webAddr)
 	}
 	cfgPath := filepath.Join(dir, "handoff.yaml")
 	d.config = cfgPath
@@ -274,6 +282,10 @@ services:
 	go func() { d.cmd.Wait(); close(d.exited) }()
 	d.client = api.NewClient(d.control)
 	t.Cleanup(func() { d.shutdown(); os.RemoveAll(bpfDir) })
+	if opts.demoCommand != nil {
+		d.waitFor("handoffd answering", 15*time.Second*slow, func(api.ServiceStatus) bool { return true })
+		return d
+	}
 	if opts.starting {
 		d.waitFor("generation 1 started", 15*time.Second*slow, func(st api.ServiceStatus) bool {
 			return len(st.Generations) == 1 && st.Generations[0].PID != 0
