@@ -373,6 +373,8 @@ type fakeRouter struct {
 	// hands out, by generation, so that open tells whether handoffd
 	// still holds a generation's sockets.
 	peers map[int][]*os.File
+	// released counts the calls of Release.
+	released int
 }
 
 // open reports whether handoffd still holds a socket of generation gen:
@@ -472,8 +474,19 @@ func (r *fakeRouter) activeGen() int {
 	return r.active
 }
 
-func (r *fakeRouter) Close() error                     { return nil }
-func (r *fakeRouter) Release() error                   { return nil }
+func (r *fakeRouter) Close() error { return nil }
+func (r *fakeRouter) Release() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.released++
+	return nil
+}
+
+func (r *fakeRouter) releases() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.released
+}
 func (r *fakeRouter) Stats(int, int) (SlotStats, bool) { return SlotStats{Selected: 9}, true }
 func (r *fakeRouter) Migrated() uint64                 { return 3 }
 func (r *fakeRouter) Forget(int)                       {}

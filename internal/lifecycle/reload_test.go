@@ -61,9 +61,17 @@ func TestReloadRefusedWithoutDeclaration(t *testing.T) {
 type specLauncher struct {
 	fakeLauncher
 	specs []LaunchSpec
+	// broken names a service whose starts fail.
+	broken string
 }
 
 func (l *specLauncher) Start(spec LaunchSpec) (Process, error) {
+	l.mu.Lock()
+	broken := spec.Service == l.broken
+	l.mu.Unlock()
+	if broken {
+		return nil, errNoCommand
+	}
 	p, err := l.fakeLauncher.Start(spec)
 	l.mu.Lock()
 	l.specs = append(l.specs, spec)

@@ -2,13 +2,18 @@ package lifecycle
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/config"
 )
 
@@ -179,5 +184,223 @@ func TestFDStoreReadoptedInOnePass(t *testing.T) {
 	}
 	if al.searches > 2 {
 		t.Errorf("the fds of 2 generations were searched %d times for %d stored fds, want once each", al.searches, stored)
+	}
+}
+
+// fastRetries makes s retry failed starts after 20 ms, then 40 ms.
+func fastRetries(s *Service) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retry = retryBackoff{first: 20 * time.Millisecond, max: 40 * time.Millisecond}
+}
+
+// TestFailedServiceRetriedWithBackoff: the active generation crashes and
+// its replacements cannot start. While the first replacement runs, the
+// dead generation's sockets still queue for it; once it failed the
+// service is failed, with its reason, and holds no socket that nobody
+// accepts from; it is retried after the backoff, each wait longer, until
+// a start succeeds.
+func TestFailedServiceRetriedWithBackoff(t *testing.T) {
+	l, r := &fakeLauncher{ready: true}, &fakeRouter{peers: map[int][]*os.File{}}
+	t.Cleanup(r.closePeers)
+	s := testService(t, l, r)
+	fastRetries(s)
+	mustSwap(t, s)
+	if st := s.Status(); st.State != api.ServiceRunning || st.Failure != nil {
+		t.Fatalf("after the first swap: %s, %+v; want running", st.State, st.Failure)
+	}
+	// The first replacement waits for READY=1 until ready_timeout.
+	l.setReady(false)
+	began := time.Now()
+	l.proc(0).exit("signal: segmentation fault")
+	eventually(t, "the first replacement started", func() bool { return l.count() == 2 })
+	if st := s.Status(); st.State != api.ServiceStarting || !r.open(1) {
+		t.Errorf("during the first replacement: %s, sockets of generation 1 open %v; want starting, and its queue held", st.State, r.open(1))
+	}
+	l.mu.Lock()
+	l.failStarts = 2 // and the next two cannot start at all
+	l.mu.Unlock()
+	eventually(t, "the service failed", func() bool { return s.Status().State == api.ServiceFailed })
+	st := s.Status()
+	if f := st.Failure; f == nil || f.Attempts < 1 || !strings.Contains(f.Reason, "not ready within ready_timeout") || f.NextRetry == nil {
+		t.Errorf("failure %+v; want the first replacement's reason and the next retry", f)
+	}
+	if r.open(1) || r.releases() == 0 {
+		t.Errorf("a failed service holds the dead generation's sockets (open %v) or kept its own (released %d times)", r.open(1), r.releases())
+	}
+	l.setReady(true)
+	eventually(t, "a replacement serving", func() bool { return s.Status().State == api.ServiceRunning })
+	// 200 ms of ready_timeout, then 20, 40 and 40 ms of backoff.
+	if took := time.Since(began); took < 300*time.Millisecond {
+		t.Errorf("served again %s after the crash, sooner than ready_timeout and three backoffs", took)
+	}
+	st = s.Status()
+	last := st.Generations[len(st.Generations)-1]
+	if st.Failure != nil || last.State != api.StateActive || r.activeGen() != last.ID || last.ID != 5 {
+		t.Errorf("after the recovery: failure %+v, generations %v, steering at %d; want generation 5 (after 3 failed starts) active and steered", st.Failure, states(s), r.activeGen())
+	}
+	if errs := s.Invariants(); len(errs) > 0 {
+		t.Errorf("invariants broken: %v", errs)
+	}
+}
+
+// TestFailedServiceRetriedAtOnce: a failed service waits for its backoff,
+// unless a config reload changes it or a swap by hand retries it.
+func TestFailedServiceRetriedAtOnce(t *testing.T) {
+	for _, how := range []string{"reload", "swap"} {
+		t.Run(how, func(t *testing.T) {
+			l, r := &fakeLauncher{ready: true}, &fakeRouter{}
+			s := testService(t, l, r)
+			s.retry = retryBackoff{first: time.Hour, max: time.Hour}
+			mustSwap(t, s)
+			l.mu.Lock()
+			l.failStarts = 1
+			l.mu.Unlock()
+			l.proc(0).exit("signal: killed")
+			eventually(t, "the service failed", func() bool { return s.Status().State == api.ServiceFailed })
+			if next := s.Status().Failure.NextRetry; next == nil || time.Until(*next) < 59*time.Minute {
+				t.Fatalf("next retry at %v, want in an hour", next)
+			}
+			switch how {
+			case "reload":
+				cfg := *s.Config()
+				s.setConfig(&cfg)
+			case "swap":
+				if _, err := s.Swap(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			eventually(t, "serving again", func() bool { return s.Status().State == api.ServiceRunning })
+			if errs := s.Invariants(); len(errs) > 0 {
+				t.Errorf("invariants broken: %v", errs)
+			}
+		})
+	}
+}
+
+// TestSupervisorStartsBesideBrokenService: a service that cannot start
+// leaves handoffd's start, and the other service, alone: it is failed
+// and retried.
+func TestSupervisorStartsBesideBrokenService(t *testing.T) {
+	head := configHead(t)
+	l := &specLauncher{fakeLauncher: fakeLauncher{ready: true}, broken: "web"}
+	cfg := parse(t, head+serviceDoc("demo", "V=1", freeAddress(t))+serviceDoc("web", "W=1", freeAddress(t)))
+	sup, err := New(cfg, Options{Mode: api.ModeFDPass, NewRouter: fakeRouters, Launcher: l, Counter: fakeCounter{}, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		sup.Stop(ctx)
+	})
+	sup.Start(context.Background())
+	st, err := sup.Status("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, svc := range st.Services {
+		want := map[string]api.ServiceState{"demo": api.ServiceRunning, "web": api.ServiceFailed}[svc.Name]
+		if svc.State != want {
+			t.Errorf("%s is %s, want %s (%+v)", svc.Name, svc.State, want, svc.Failure)
+		}
+	}
+	l.mu.Lock()
+	l.broken = ""
+	l.mu.Unlock()
+	web, _ := sup.Service("web")
+	cfgWeb := *web.Config()
+	web.setConfig(&cfgWeb)
+	eventually(t, "web serving once fixed", func() bool { return web.Status().State == api.ServiceRunning })
+}
+
+// readoptLauncher re-adopts saved generations as findingProcesses: the
+// services in gone have exited (zombies), those in noListeners run but
+// hold no listener handoffd can find.
+type readoptLauncher struct {
+	specLauncher
+	gone, noListeners map[string]bool
+	adopted           map[string]*fakeProcess
+}
+
+func (l *readoptLauncher) Adopt(service string, gen, pid int, _ uint64) (Process, error) {
+	if l.gone[service] {
+		return nil, fmt.Errorf("%w: pid %d has exited (not reaped yet)", ErrGone, pid)
+	}
+	p := &fakeProcess{pid: pid, ready: make(chan struct{}), done: make(chan struct{}), exitOn: map[syscall.Signal]bool{syscall.SIGTERM: true}}
+	close(p.ready)
+	l.mu.Lock()
+	l.adopted[service] = p
+	l.mu.Unlock()
+	return &findingProcess{fakeProcess: p, fdTable: fdTable{noListeners: l.noListeners[service]}}, nil
+}
+
+// TestReadoptionNeverStopsHandoffd: after a restart, one service's active
+// generation is gone (a zombie), another's runs without a listener
+// handoffd can find, a third is whole. handoffd builds all three: the
+// first starts afresh, the second is failed and replaced, the third is
+// re-adopted untouched.
+func TestReadoptionNeverStopsHandoffd(t *testing.T) {
+	dir := t.TempDir()
+	head := "control: /run/handoff/handoffd.sock\nstate_dir: " + dir + "\nservices:"
+	cfg := parse(t, head+serviceDoc("demo", "V=1", freeAddress(t))+serviceDoc("web", "W=1", freeAddress(t))+serviceDoc("api", "A=1", freeAddress(t)))
+	saved := savedState{Mode: api.ModeFDPass}
+	for i, name := range []string{"demo", "web", "api"} {
+		saved.Services = append(saved.Services, savedService{Name: name, LastID: 1, Current: 1,
+			Generations: []savedGeneration{{ID: 1, PID: 5000 + i, State: api.StateActive, StartTicks: 1}}})
+	}
+	data, _ := json.Marshal(saved)
+	if err := writeFileAtomic(filepath.Join(dir, StateFile), data); err != nil {
+		t.Fatal(err)
+	}
+	l := &readoptLauncher{specLauncher: specLauncher{fakeLauncher: fakeLauncher{ready: true}},
+		gone: map[string]bool{"demo": true}, noListeners: map[string]bool{"web": true}, adopted: map[string]*fakeProcess{}}
+	sup, err := New(cfg, Options{Mode: api.ModeFDPass, NewRouter: fakeRouters, Launcher: l, Counter: fakeCounter{}, Logger: quietLogger()})
+	if err != nil {
+		t.Fatalf("New with a service that cannot be re-adopted: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		sup.Stop(ctx)
+	})
+	sup.Start(context.Background())
+	eventually(t, "every service serving", func() bool {
+		st, _ := sup.Status("")
+		for _, svc := range st.Services {
+			if svc.State != api.ServiceRunning {
+				return false
+			}
+		}
+		return true
+	})
+	gens := func(name string) []string {
+		var out []string
+		st, _ := sup.Status(name)
+		for _, g := range st.Services[0].Generations {
+			out = append(out, fmt.Sprintf("%d:%s", g.ID, g.State))
+		}
+		return out
+	}
+	if got := gens("demo"); !slices.Equal(got, []string{"1:exited", "2:active"}) {
+		t.Errorf("demo: %v; want its gone generation 1 shown exited, and generation 2 active", got)
+	}
+	if st, _ := sup.Status("demo"); st.Services[0].Generations[0].Exit != "exited while handoffd was not running" {
+		t.Errorf("demo's generation 1: %+v", st.Services[0].Generations[0])
+	}
+	eventually(t, "web's unadoptable generation 1 drained", func() bool {
+		return slices.Equal(gens("web"), []string{"1:exited", "2:active"})
+	})
+	if got := l.adopted["web"].got(); !slices.Equal(got, []syscall.Signal{syscall.SIGTERM}) {
+		t.Errorf("web's generation 1 got %v, want the stop signal once its replacement was active", got)
+	}
+	if got := gens("api"); !slices.Equal(got, []string{"1:active"}) || len(l.adopted["api"].got()) > 0 {
+		t.Errorf("api: %v, signals %v; want generation 1 re-adopted and left alone", got, l.adopted["api"].got())
+	}
+	for _, name := range []string{"demo", "web", "api"} {
+		svc, _ := sup.Service(name)
+		if errs := svc.Invariants(); len(errs) > 0 {
+			t.Errorf("%s: invariants broken: %v", name, errs)
+		}
 	}
 }
