@@ -47,10 +47,14 @@ func startLoad(addr, path string, clients int, keepAlive bool) *load {
 	return l
 }
 
-// failure is one failed request: when, and what the client saw.
+// failure is one failed request: when, and what the client saw; which
+// client, and the generation that answered the request before on the same
+// connection (0 on a new connection).
 type failure struct {
-	at   time.Time
-	what string
+	at     time.Time
+	what   string
+	client int
+	gen    int
 }
 
 // loadResult is what the clients saw.
@@ -91,6 +95,7 @@ func (l *load) client(id int) {
 		}
 	}()
 	body := []byte(fmt.Sprintf(`{"client":%d}`, id))
+	connGen := 0 // the generation that last answered on conn
 	for range loadLimit {
 		select {
 		case <-l.stopCh:
@@ -100,21 +105,22 @@ func (l *load) client(id int) {
 		if conn == nil {
 			c, err := net.DialTimeout(l.network(), l.addr, 5*time.Second)
 			if err != nil {
-				l.fail(fmt.Sprintf("dial: %v", err))
+				l.fail(id, 0, fmt.Sprintf("dial: %v", err))
 				time.Sleep(10 * time.Millisecond)
 				continue
 			}
-			conn, br = c, bufio.NewReader(c)
+			conn, br, connGen = c, bufio.NewReader(c), 0
 		}
 		sent := time.Now()
 		gen, closeConn, err := l.roundTrip(conn, br, body)
 		if err != nil {
-			l.fail(err.Error())
+			l.fail(id, connGen, err.Error())
 			conn.Close()
 			conn = nil
 			continue
 		}
 		l.record(gen, sent)
+		connGen = gen
 		if closeConn {
 			conn.Close()
 			conn = nil
@@ -167,7 +173,7 @@ func (l *load) network() string {
 	return "tcp"
 }
 
-func (l *load) fail(what string) {
+func (l *load) fail(client, gen int, what string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.failed++
@@ -175,7 +181,7 @@ func (l *load) fail(what string) {
 		l.failures = append(l.failures, what)
 	}
 	if len(l.failedAt) < loadLimit {
-		l.failedAt = append(l.failedAt, failure{time.Now(), what})
+		l.failedAt = append(l.failedAt, failure{at: time.Now(), what: what, client: client, gen: gen})
 	}
 }
 
