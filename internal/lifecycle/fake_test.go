@@ -30,8 +30,6 @@ type fakeProcess struct {
 	// exitOn makes the process exit when it receives one of these.
 	exitOn map[syscall.Signal]bool
 	status string
-	// exitedAt is when exit was called.
-	exitedAt time.Time
 	// noReload: the process never said that it reloads on SIGHUP.
 	noReload bool
 	// spec is what it was started with; stored, what it found in its
@@ -84,16 +82,8 @@ func (p *fakeProcess) exit(status string) {
 	case <-p.done:
 	default:
 		p.status = status
-		p.exitedAt = time.Now()
 		close(p.done)
 	}
-}
-
-// exitedBefore reports whether the process exited more than d ago.
-func (p *fakeProcess) exitedBefore(d time.Duration) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return !p.exitedAt.IsZero() && time.Since(p.exitedAt) > d
 }
 
 func (p *fakeProcess) setReady() {
@@ -293,50 +283,13 @@ func (l *fakeLauncher) setReady(ready bool) {
 	l.ready = ready
 }
 
-// byGen returns the process of generation gen, if one was started.
-func (l *fakeLauncher) byGen(gen int) *fakeProcess {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, p := range l.procs {
-		if p.pid == 1000+gen {
-			return p
-		}
-	}
-	return nil
-}
-
-// readyNewest makes the newest process ready, readyAll every one.
-func (l *fakeLauncher) readyNewest() { l.each(true, func(p *fakeProcess) { p.setReady() }) }
-func (l *fakeLauncher) readyAll()    { l.each(false, func(p *fakeProcess) { p.setReady() }) }
-
-// exitNewest ends the newest process that runs, exitOldest the oldest.
-func (l *fakeLauncher) exitNewest() { l.firstLive(true, func(p *fakeProcess) { p.exit("exited") }) }
-func (l *fakeLauncher) exitOldest() { l.firstLive(false, func(p *fakeProcess) { p.exit("exited") }) }
-
-func (l *fakeLauncher) each(newestOnly bool, f func(*fakeProcess)) {
+// readyAll makes every process ready.
+func (l *fakeLauncher) readyAll() {
 	l.mu.Lock()
 	procs := slices.Clone(l.procs)
 	l.mu.Unlock()
-	if newestOnly && len(procs) > 0 {
-		procs = procs[len(procs)-1:]
-	}
 	for _, p := range procs {
-		f(p)
-	}
-}
-
-func (l *fakeLauncher) firstLive(newest bool, f func(*fakeProcess)) {
-	l.mu.Lock()
-	procs := slices.Clone(l.procs)
-	l.mu.Unlock()
-	if newest {
-		slices.Reverse(procs)
-	}
-	for _, p := range procs {
-		if !chanClosed(p.done) {
-			f(p)
-			return
-		}
+		p.setReady()
 	}
 }
 
@@ -361,8 +314,6 @@ type fakeRouter struct {
 	failAt   int // activate fails for this generation
 	// listeners is how many sockets Prepare returns (default 1).
 	listeners int
-	// activating, if set, is called by Activate before it succeeds.
-	activating func(gen int)
 	// canary and share are the split (SetSplit, Promote).
 	canary int
 	share  float64
@@ -460,9 +411,6 @@ func (r *fakeRouter) Activate(gen int) error {
 	defer r.mu.Unlock()
 	if gen == r.failAt {
 		return fmt.Errorf("map update refused")
-	}
-	if r.activating != nil {
-		r.activating(gen)
 	}
 	r.active = gen
 	return nil
