@@ -135,6 +135,13 @@ func (s *Service) adopt(ss savedService) {
 			g.state, g.exit = api.StateFailed, "handoffd restarted before it was active"
 		case g.state == api.StateDraining:
 			close(g.drain) // drain_timeout counts again from now
+			// It may have been recorded as retired just before steering
+			// moved away from it, and handoffd died before it was told.
+			g.signalled = sg.Signalled
+			if !g.signalled {
+				g.signalled = true
+				s.stopSignal(g, s.cfg.StopSignal.Std())
+			}
 		case i == current:
 			if files != nil {
 				if err := s.router.Adopt(g.ID, files); err != nil {
@@ -184,6 +191,13 @@ func (s *Service) adopt(ss savedService) {
 		s.log.Error("re-adoption failed: the service is replaced once handoffd runs", "err", broken)
 	}
 	if s.current != nil && s.adoptErr == nil {
+		// Steering follows the state file, which a swap writes before
+		// it moves steering: the previous handoffd may have died in
+		// between, or before a promotion or a rollback it made was
+		// written.
+		if err := s.router.Activate(s.current.ID); err != nil {
+			s.log.Error("steer new connections to the re-adopted generation", "generation", s.current.ID, "err", err)
+		}
 		s.watchHealth(s.cfg, s.current)
 	}
 }

@@ -136,6 +136,14 @@ func (s *Service) SetCanaryShare(share float64) (api.CanaryResult, error) {
 // listener; the generation it replaces drains, or waits in standby when
 // the service has probation.
 func (s *Service) Promote() (api.SwapResult, error) {
+	res, err := s.promoteCanary()
+	if err == nil {
+		s.persist()
+	}
+	return res, err
+}
+
+func (s *Service) promoteCanary() (api.SwapResult, error) {
 	if !s.swapMu.TryLock() {
 		return api.SwapResult{}, ErrSwapInProgress
 	}

@@ -55,6 +55,8 @@ type savedGeneration struct {
 	Draining   time.Time `json:"draining"`
 	// Reloads: the process handles SIGHUP (see Process.Reloads).
 	Reloads bool `json:"reloads,omitempty"`
+	// Signalled: a draining generation got its stop signal.
+	Signalled bool `json:"signalled,omitempty"`
 }
 
 func (st savedState) service(name string) (savedService, bool) {
@@ -80,11 +82,33 @@ func (s *Service) saved() savedService {
 	for _, sf := range s.stored {
 		ss.FDStore = append(ss.FDStore, savedFD{Name: sf.name, Dev: sf.dev, Ino: sf.ino})
 	}
+	// A generation being activated is recorded as what promoteLocked
+	// makes of it, and of the generations it replaces.
+	state := func(g *Generation) api.State { return g.state }
+	if a := s.activating; a != nil {
+		old, standby := s.current, s.standby
+		ss.Current, ss.Standby = a.ID, 0
+		keep := old != nil && s.cfg.Probation.Std() > 0 && old.state == api.StateActive
+		if keep {
+			ss.Standby = old.ID
+		}
+		state = func(g *Generation) api.State {
+			switch {
+			case g == a:
+				return api.StateActive
+			case g == old && keep:
+				return api.StateStandby
+			case g == old || g == standby:
+				return api.StateDraining
+			}
+			return g.state
+		}
+	}
 	for _, g := range s.gens {
 		if g.state.Live() && g.pid != 0 {
-			ss.Generations = append(ss.Generations, savedGeneration{ID: g.ID, PID: g.pid, State: g.state,
+			ss.Generations = append(ss.Generations, savedGeneration{ID: g.ID, PID: g.pid, State: state(g),
 				StartTicks: g.startTicks, Started: g.started, Ready: g.ready, Active: g.active, Draining: g.draining,
-				Reloads: g.reloads || g.proc != nil && g.proc.Reloads()})
+				Reloads: g.reloads || g.proc != nil && g.proc.Reloads(), Signalled: g.signalled})
 		}
 	}
 	return ss
@@ -108,6 +132,16 @@ func (s *Service) saveNow() error {
 		return fmt.Errorf("record it in %s: %w", StateFile, err)
 	}
 	return nil
+}
+
+// persist writes the state file at once after steering moved (a canary
+// started, promoted, a rollback), so that a handoffd killed from then on
+// finds what serves; a write that fails is logged, and the state saver
+// tries again at the next change. Callers do not hold s.mu.
+func (s *Service) persist() {
+	if err := s.saveNow(); err != nil {
+		s.log.Error("save state", "err", err)
+	}
 }
 
 // stateSaver writes StateFile after changes, coalescing bursts, from one

@@ -47,6 +47,14 @@ func (s *Service) holdInStandby(old, next *Generation, probation time.Duration) 
 // that replaced it. It works while a canary runs and during the probation
 // after a swap, and is refused while a swap is under way.
 func (s *Service) Rollback() (api.SwapResult, error) {
+	res, err := s.rollback()
+	if err == nil {
+		s.persist()
+	}
+	return res, err
+}
+
+func (s *Service) rollback() (api.SwapResult, error) {
 	if !s.swapMu.TryLock() {
 		return api.SwapResult{}, ErrSwapInProgress
 	}

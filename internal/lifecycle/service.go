@@ -45,8 +45,10 @@ type Generation struct {
 	// reloads: the process said, to an earlier handoffd, that it reloads
 	// on SIGHUP (see Process.Reloads).
 	reloads bool
-	// drain is closed when the generation is told to drain.
-	drain chan struct{}
+	// drain is closed when the generation is told to drain; signalled
+	// is set once it got its stop signal.
+	drain     chan struct{}
+	signalled bool
 	// handover, set while a swap waits for this generation's snapshot,
 	// receives it (see takeSnapshot).
 	handover chan snapshot
@@ -122,6 +124,10 @@ type Service struct {
 	onChange func()
 	// save, if set, writes the state file at once (see LaunchSpec.Started).
 	save func() error
+	// activating is the generation a swap is about to make active: the
+	// state file records it as active, and what it replaces as retired,
+	// before steering moves to it (see saved).
+	activating *Generation
 }
 
 func newService(cfg *config.ServiceConfig, mode api.Mode, control string, r Router, l Launcher, c Counter, o Observer, log *slog.Logger) *Service {
@@ -272,11 +278,30 @@ func (s *Service) swap(ctx context.Context, start StartFunc, canary *Split) (api
 			s.restoreSteering()
 			return api.SwapResult{}, errors.Join(err, s.fail(g, err))
 		}
+		s.persist()
 		s.watchHealth(cfg, g)
 		return res, nil
 	}
+	// Recorded first: a handoffd killed once steering has moved must
+	// find g as the generation that serves, not stop it as one that was
+	// never active (see adopt).
+	s.mu.Lock()
+	s.activating = g
+	s.mu.Unlock()
+	if err := s.saveNow(); err != nil {
+		err = fmt.Errorf("activate generation %d: %w", g.ID, err)
+		s.endActivating()
+		return api.SwapResult{}, errors.Join(err, s.fail(g, err))
+	}
+	if chanClosed(g.proc.Done()) {
+		// It died while it was recorded: steering stays.
+		s.endActivating()
+		err := fmt.Errorf("generation %d: %w: %s", g.ID, errExitedWhenReady, g.proc.ExitStatus())
+		return api.SwapResult{}, errors.Join(err, s.fail(g, err))
+	}
 	if err := s.router.Activate(g.ID); err != nil {
 		err = fmt.Errorf("activate generation %d: %w", g.ID, err)
+		s.endActivating()
 		s.restoreSteering()
 		return api.SwapResult{}, errors.Join(err, s.fail(g, err))
 	}
@@ -284,6 +309,7 @@ func (s *Service) swap(ctx context.Context, start StartFunc, canary *Split) (api
 	if errors.Is(err, errExitedWhenReady) {
 		// It died between READY=1 and its activation: steering goes
 		// back to the generation that serves, which was never retired.
+		s.endActivating()
 		s.restoreSteering()
 		err = fmt.Errorf("generation %d: %w", g.ID, err)
 		return api.SwapResult{}, errors.Join(err, s.fail(g, err))
@@ -410,6 +436,7 @@ func (s *Service) awaitNotify(ctx context.Context, g *Generation) error {
 func (s *Service) promote(g *Generation) (api.SwapResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.activating = nil
 	// Checked under s.mu: an exit after this point finds g active, and
 	// exited then starts a replacement.
 	if chanClosed(g.proc.Done()) {
@@ -467,6 +494,7 @@ func (s *Service) retire(g *Generation) error {
 	sig, delay := s.cfg.StopSignal.Std(), s.cfg.StopDelay.Std()
 	s.log.Info("generation draining", "generation", g.ID, "pid", g.pid, "signal", sig.String(), "stop_delay", delay)
 	if delay <= 0 {
+		g.signalled = true
 		s.stopSignal(g, sig)
 		return nil
 	}
@@ -476,10 +504,22 @@ func (s *Service) retire(g *Generation) error {
 		select {
 		case <-g.proc.Done():
 		default:
+			s.mu.Lock()
+			g.signalled = true
+			s.mu.Unlock()
 			s.stopSignal(g, sig)
 		}
 	})
 	return nil
+}
+
+// endActivating records that a swap's generation will not be active
+// after all, in the state file too: the one it was to replace serves on.
+func (s *Service) endActivating() {
+	s.mu.Lock()
+	s.activating = nil
+	s.mu.Unlock()
+	s.persist()
 }
 
 func (s *Service) stopSignal(g *Generation, sig syscall.Signal) {
