@@ -101,7 +101,7 @@ e2e-race:
 # -fuzztime=10s, Go 1.26's fuzz coordinator may fail a target with
 # "context deadline exceeded" as the time ends, having found nothing
 # (golang/go#75804, fixed in Go 1.27).
-FUZZ := FuzzLifecycle@./internal/lifecycle@250 FuzzParseConfig@./internal/config@100000 \
+FUZZ := FuzzLifecycle@./internal/lifecycle@80 FuzzParseConfig@./internal/config@100000 \
 	FuzzAPIRequest@./internal/control@15000 FuzzNotifyMessage@./internal/host@200000
 fuzz:
 	@for t in $(FUZZ); do \
