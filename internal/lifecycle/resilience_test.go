@@ -404,3 +404,29 @@ func TestReadoptionNeverStopsHandoffd(t *testing.T) {
 		}
 	}
 }
+
+// The active generation dies after a failed start has made the service
+// failed (its exit is handled second): its sockets are closed as every
+// socket of a failed service is, instead of queueing new connections that
+// nobody serves until a retry succeeds.
+func TestActiveExitAfterFailureClosesItsSockets(t *testing.T) {
+	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
+	s := testService(t, l, r)
+	mustSwap(t, s)
+	l.setReady(false) // the retries wait, so that nothing replaces it meanwhile
+	s.mu.Lock()
+	l.proc(0).exit("crashed") // its exit is handled once s.mu is free
+	s.failedLocked(errors.New("start generation 2: fork/exec demo: no such file or directory"))
+	s.mu.Unlock()
+	eventually(t, "generation 1 exited", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.gens[0].state == api.StateExited
+	})
+	s.mu.Lock()
+	held := len(s.gens[0].files)
+	s.mu.Unlock()
+	if held != 0 || len(s.Invariants()) > 0 {
+		t.Fatalf("the failed service still holds %d sockets of its exited generation 1; invariants: %v", held, s.Invariants())
+	}
+}

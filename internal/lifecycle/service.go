@@ -600,11 +600,13 @@ func (s *Service) exited(g *Generation) {
 		s.invariant(s.move(g, api.StateExited))
 		g.exit = status
 	}
-	if g != s.current {
+	if g != s.current || s.failure != nil {
 		// Nothing accepts from its sockets any more: out of the
 		// reuseport group with them, so that no fallback of steering
 		// hashes a new connection there. The current generation's
-		// stay while its replacement starts: they queue for it.
+		// stay while its replacement starts: they queue for it; not
+		// once a start failed, when nothing may serve them for long
+		// (see failedLocked).
 		closeFiles(g.files)
 		g.files = nil
 	}
