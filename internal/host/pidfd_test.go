@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -93,8 +94,20 @@ func TestPidfdProcessFindFilesOnePass(t *testing.T) {
 	}
 	// What the process holds besides: stdio, and no file asked for.
 	p := holding(t, files)
-	// The process's fd count may change while sleep starts (its locale
-	// files): the bound is the most fds it held, before or after the search.
+	// sleep opens and closes files of its own as it starts (its locale):
+	// count once it sleeps, in clock_nanosleep (230 on x86-64).
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		sc, err := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", p.Pid()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(string(sc), "230 ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sleep not sleeping after 5s: /proc/%d/syscall says %q", p.Pid(), sc)
+		}
+	}
 	fds := func() int {
 		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.Pid()))
 		if err != nil {
