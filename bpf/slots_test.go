@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/handoffd/handoffd/internal/quicid"
 )
 
 // TestSlotsMatchTheSources keeps the Go constants, the C sources and the
@@ -44,5 +46,41 @@ func TestSlotsMatchTheSources(t *testing.T) {
 	}
 	if sp := steer.Maps[SteerMapSplits]; sp.ValueSize != 8 || sp.Flags&unix.BPF_F_MMAPABLE == 0 {
 		t.Errorf("compiled steer map %s has values of %d bytes, flags %#x: want one mmapable 64-bit word", SteerMapSplits, sp.ValueSize, sp.Flags)
+	}
+}
+
+func TestQUICConstantsMatchTheSource(t *testing.T) {
+	src, err := os.ReadFile("steer_quic.c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		define string
+		want   int
+	}{
+		{"SLOTS", quicid.Slots},
+		{"QUIC_CID_LEN", quicid.Len},
+		{"QUIC_CID_TAG", quicid.Tag},
+		{"QUIC_CID_TAG_MASK", quicid.TagMask},
+	} {
+		m := regexp.MustCompile(`(?m)^#define ` + tc.define + `\s+(0x[0-9a-f]+|\d+)\b`).FindSubmatch(src)
+		if m == nil {
+			t.Fatalf("steer_quic.c: no #define %s", tc.define)
+		}
+		if n, _ := strconv.ParseInt(string(m[1]), 0, 64); int(n) != tc.want {
+			t.Errorf("steer_quic.c: %s is %d, package quicid says %d", tc.define, n, tc.want)
+		}
+	}
+	if quicid.Slots != Slots {
+		t.Errorf("quicid.Slots is %d, Slots %d", quicid.Slots, Slots)
+	}
+	spec, err := LoadSteerQuic()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{SteerQuicMapSockets, SteerQuicMapSocketIds, SteerQuicMapCounters} {
+		if n := spec.Maps[name].MaxEntries; n != Slots {
+			t.Errorf("compiled steer_quic map %s has %d entries, want Slots = %d", name, n, Slots)
+		}
 	}
 }
