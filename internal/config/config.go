@@ -145,6 +145,34 @@ type ListenerConfig struct {
 	Name    string `yaml:"name"`
 	Address string `yaml:"address"`
 	Backlog int    `yaml:"backlog"`
+	// Protocol is what a udp:// listener carries: ProtocolQUIC, the one
+	// protocol whose datagrams steering can follow across generations.
+	// TCP listeners leave it empty.
+	Protocol string `yaml:"protocol"`
+}
+
+// ProtocolQUIC is the protocol of a QUIC (HTTP/3) listener on udp://.
+const ProtocolQUIC = "quic"
+
+// QUIC reports whether l is a QUIC listener (udp:// with protocol: quic).
+func (l ListenerConfig) QUIC() bool { return l.Protocol == ProtocolQUIC }
+
+// ErrQUICNeedsEBPF refuses a QUIC listener where the service would run in
+// fdpass mode.
+var ErrQUICNeedsEBPF = errors.New("a QUIC listener needs ebpf mode: every packet of a QUIC connection must reach the " +
+	"generation that holds it, which only the steering program can do; one socket shared in fdpass mode cannot: use mode: ebpf")
+
+// QUICListeners returns "service/listener" for each QUIC listener of c.
+func (c *Config) QUICListeners() []string {
+	var names []string
+	for _, s := range c.Services {
+		for _, l := range s.Listeners {
+			if l.QUIC() {
+				names = append(names, s.Name+"/"+l.Name)
+			}
+		}
+	}
+	return names
 }
 
 // Duration is a time.Duration written as "10s" in YAML.
@@ -355,6 +383,13 @@ func (c *Config) Validate() error {
 			add("services[%d]: name %q is used twice", i, s.Name)
 		}
 		seen[s.Name] = true
+		if c.Mode == api.ModeFDPass {
+			for _, l := range s.Listeners {
+				if l.QUIC() {
+					add("services[%d] (%s): listener %s: %w", i, s.Name, l.Name, ErrQUICNeedsEBPF)
+				}
+			}
+		}
 		if s.Ready == ReadyHealth && (c.Mode == api.ModeFDPass || s.hasUnixListener()) {
 			add("services[%d] (%s): %w (mode: fdpass, or a unix:// listener)", i, s.Name, ErrReadyHealthFDPass)
 		}
@@ -410,6 +445,9 @@ func (s *ServiceConfig) validate() []error {
 		}
 		if l.Backlog < 1 || l.Backlog > 65535 {
 			add("listeners[%d] (%s): backlog %d: use 1..65535", j, l.Name, l.Backlog)
+		}
+		if err := validateProtocol(l); err != nil {
+			add("listeners[%d] (%s): %w", j, l.Name, err)
 		}
 	}
 	if s.ReadyTimeout <= 0 {
@@ -475,6 +513,9 @@ func (s *ServiceConfig) validateHealth(listeners map[string]bool) []error {
 		for _, l := range s.Listeners {
 			if network, _, _ := ParseAddress(l.Address); l.Name == h.Listener && network == "unix" {
 				add("health.listener %q: a unix:// listener cannot be checked; name a TCP one", h.Listener)
+			}
+			if l.Name == h.Listener && l.QUIC() {
+				add("health.listener %q: a QUIC listener cannot be checked; name a TCP one", h.Listener)
 			}
 		}
 	}
@@ -621,15 +662,35 @@ func validPort(port string, zeroOK bool) bool {
 	return err == nil && n <= 65535 && (n >= 1 || zeroOK && n == 0) && strconv.Itoa(n) == port
 }
 
+// validateProtocol checks that a udp:// listener says protocol: quic, and
+// that only a udp:// one does.
+func validateProtocol(l ListenerConfig) error {
+	network, _, err := ParseAddress(l.Address)
+	if err != nil {
+		return nil // said already
+	}
+	udp := strings.HasPrefix(network, "udp")
+	switch {
+	case l.Protocol != "" && l.Protocol != ProtocolQUIC:
+		return fmt.Errorf("protocol %q: the one protocol is quic (on a udp:// address); TCP listeners leave it out", l.Protocol)
+	case udp && !l.QUIC():
+		return fmt.Errorf("address %s: a udp:// listener needs protocol: quic (plain UDP cannot be steered across generations)", l.Address)
+	case !udp && l.QUIC():
+		return fmt.Errorf("protocol: quic needs a udp:// address, e.g. udp://127.0.0.1:8443")
+	}
+	return nil
+}
+
 // ParseAddress splits a listener address such as tcp://127.0.0.1:8080 into
-// the network for net.Listen and the host:port (or path).
+// the network for net.Listen (net.ListenUDP for udp://) and the host:port
+// (or path).
 func ParseAddress(addr string) (network, hostport string, err error) {
 	u, err := url.Parse(addr)
 	if err != nil || u.Host == "" && u.Path == "" {
-		return "", "", fmt.Errorf("address %q: write tcp://HOST:PORT (or tcp4://, tcp6://, unix://PATH)", addr)
+		return "", "", fmt.Errorf("address %q: write tcp://HOST:PORT (or tcp4://, tcp6://, udp://, unix://PATH)", addr)
 	}
 	switch u.Scheme {
-	case "tcp", "tcp4", "tcp6":
+	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
 		if u.Port() == "" || u.Path != "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 			return "", "", fmt.Errorf("address %q: write %s://HOST:PORT", addr, u.Scheme)
 		}
@@ -643,7 +704,7 @@ func ParseAddress(addr string) (network, hostport string, err error) {
 		}
 		return "unix", u.Path, nil
 	default:
-		return "", "", fmt.Errorf("address %q: unknown scheme %q (use tcp://, tcp4:// or tcp6://)", addr, u.Scheme)
+		return "", "", fmt.Errorf("address %q: unknown scheme %q (use tcp://, tcp4://, tcp6://, udp:// with protocol: quic, or unix://)", addr, u.Scheme)
 	}
 }
 

@@ -121,7 +121,12 @@ func TestParseConfigErrors(t *testing.T) {
 		{"services: [{name: web, command: [x]}]", "listeners: at least one listener"},
 		{"services: [{name: web, command: [x], listeners: [{name: a, address: '127.0.0.1:80'}]}]", "write tcp://HOST:PORT"},
 		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'tcp://127.0.0.1'}]}]", "write tcp://HOST:PORT"},
-		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'udp://:1'}]}]", `unknown scheme "udp"`},
+		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'udp://:1'}]}]", "a udp:// listener needs protocol: quic"},
+		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'sctp://:1'}]}]", `unknown scheme "sctp"`},
+		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'tcp://:1', protocol: quic}]}]", "protocol: quic needs a udp:// address"},
+		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'udp://:1', protocol: dtls}]}]", `protocol "dtls": the one protocol is quic`},
+		{"mode: fdpass\nservices: [{name: web, command: [x], listeners: [{name: a, address: 'udp://:1', protocol: quic}]}]", "listener a: a QUIC listener needs ebpf mode"},
+		{"services: [{name: web, command: [x], health: {tcp: true, listener: h3}, listeners: [{name: a, address: 'tcp://:1'}, {name: h3, address: 'udp://:1', protocol: quic}]}]", `health.listener "h3": a QUIC listener cannot be checked`},
 		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'tcp://:1', backlog: -1}]}]", "backlog -1: use 1..65535"},
 		{"services: [{name: web, command: [x], listeners: [{name: a, address: 'tcp://:1'}, {name: a, address: 'tcp://:2'}]}]", `name "a" is used twice`},
 		{"services: [", "did not find expected"},
@@ -271,5 +276,31 @@ func TestParseConfigState(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%s: err = %v, want one line with %q", tc.keys, err, tc.want)
 		}
+	}
+}
+
+func TestParseQUICListener(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`services:
+  - name: web
+    command: [web]
+    listeners:
+      - {name: http, address: 'tcp://127.0.0.1:8443'}
+      - {name: h3, address: 'udp://127.0.0.1:8443', protocol: quic}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := cfg.Services[0].Listeners
+	if ls[0].QUIC() || !ls[1].QUIC() {
+		t.Errorf("QUIC(): %v, %v", ls[0].QUIC(), ls[1].QUIC())
+	}
+	if network, hostport, err := ParseAddress(ls[1].Address); network != "udp" || hostport != "127.0.0.1:8443" || err != nil {
+		t.Errorf("ParseAddress: %q %q %v", network, hostport, err)
+	}
+	if got := cfg.QUICListeners(); len(got) != 1 || got[0] != "web/h3" {
+		t.Errorf("QUICListeners() = %v", got)
+	}
+	if ListenerMode(ls[1], api.ModeEBPF) != api.ModeEBPF {
+		t.Error("a QUIC listener is not steered in ebpf mode")
 	}
 }
