@@ -323,3 +323,14 @@ func (q *QUICSteering) Remove() error {
 	}
 	return nil
 }
+
+// QUICSteering loads the steering of one QUIC listener, pinned beside the
+// TCP ones under the Kernel's directory; with reuse it opens the one an
+// earlier handoffd pinned. QUIC listeners are not counted by the probes.
+func (k *Kernel) QUICSteering(service, listener string, reuse bool) (*QUICSteering, error) {
+	dir := filepath.Join(k.dir, service, listener)
+	if reuse {
+		return OpenPinnedQUIC(dir)
+	}
+	return LoadQUICSteering(dir)
+}

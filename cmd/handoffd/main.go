@@ -78,7 +78,7 @@ func run(c *cli.Context) error {
 	if err := host.PrepareStateDir(cfg.StateDir, log); err != nil {
 		return err
 	}
-	mode, err := resolveMode(cfg.Mode, log)
+	mode, err := resolveMode(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -100,8 +100,10 @@ func run(c *cli.Context) error {
 		if c := k.Counter(); c != nil {
 			counter.Procs = c
 		}
-		opts.NewRouter = host.NewRouter(mode, loader.Slots, func(service, listener string, reuse bool) (host.Steering, error) {
+		opts.NewRouter = host.NewRouterWithQUIC(mode, loader.Slots, func(service, listener string, reuse bool) (host.Steering, error) {
 			return k.Steering(service, listener, reuse)
+		}, func(service, listener string, reuse bool) (host.QUICSteering, error) {
+			return k.QUICSteering(service, listener, reuse)
 		})
 	} else if c, err := loader.LoadConnCounter(); err == nil {
 		// Where eBPF works, it finds what a draining generation holds
@@ -264,8 +266,10 @@ func loadConfig(c *cli.Context) (*config.Config, error) {
 	return cfg, nil
 }
 
-// resolveMode probes the kernel for what ebpf mode needs.
-func resolveMode(mode api.Mode, log *slog.Logger) (api.Mode, error) {
+// resolveMode probes the kernel for what ebpf mode needs. mode: auto
+// falls back to fdpass, unless a QUIC listener needs ebpf mode.
+func resolveMode(cfg *config.Config, log *slog.Logger) (api.Mode, error) {
+	mode := cfg.Mode
 	if mode == api.ModeFDPass {
 		return mode, nil
 	}
@@ -275,6 +279,10 @@ func resolveMode(mode api.Mode, log *slog.Logger) (api.Mode, error) {
 	}
 	if mode == api.ModeEBPF {
 		return "", fmt.Errorf("mode ebpf: %w", err)
+	}
+	if quic := cfg.QUICListeners(); len(quic) > 0 {
+		return "", fmt.Errorf("mode auto: eBPF steering is unavailable (%w), and listener %s is QUIC: %w",
+			err, quic[0], config.ErrQUICNeedsEBPF)
 	}
 	log.Warn("eBPF steering unavailable; using fdpass", "reason", err)
 	return api.ModeFDPass, nil

@@ -105,11 +105,12 @@ func listenerFiles(p *PidfdProcess, listeners []config.ListenerConfig) ([]*os.Fi
 }
 
 // bindAddr is where handoffd binds a listener's socket: a unix path, or a
-// TCP port on one of ips.
+// TCP (or, udp, UDP) port on one of ips.
 type bindAddr struct {
 	path string
 	port int
 	ips  []net.IP
+	udp  bool
 }
 
 // listenerBindAddr returns where kernel.ListenTCP (or net.ListenUnix)
@@ -125,6 +126,15 @@ func listenerBindAddr(l config.ListenerConfig) (bindAddr, error) {
 	if network == "unix" {
 		return bindAddr{path: hostport}, nil
 	}
+	// kernel.ListenUDP picks the family as ListenTCP does.
+	udp := strings.HasPrefix(network, "udp")
+	network = strings.Replace(network, "udp", "tcp", 1)
+	b, err := ipBindAddr(l, network, hostport)
+	b.udp = udp
+	return b, err
+}
+
+func ipBindAddr(l config.ListenerConfig, network, hostport string) (bindAddr, error) {
 	host, portStr, err := net.SplitHostPort(hostport)
 	if err != nil {
 		return bindAddr{}, fmt.Errorf("listener %s (%s): %w", l.Name, l.Address, err)
@@ -161,7 +171,10 @@ func listenerBindAddr(l config.ListenerConfig) (bindAddr, error) {
 func matchListener(f *os.File, binds []bindAddr) int {
 	bound, err := kernel.ListeningAddr(f)
 	if err != nil {
-		return -1
+		// Not listening: a QUIC listener's UDP socket, or no listener.
+		if bound, err = kernel.BoundUDPAddr(f); err != nil {
+			return -1
+		}
 	}
 	for i, b := range binds {
 		switch bound := bound.(type) {
@@ -170,7 +183,11 @@ func matchListener(f *os.File, binds []bindAddr) int {
 				return i
 			}
 		case *net.TCPAddr:
-			if b.path == "" && bound.Port == b.port && slices.ContainsFunc(b.ips, bound.IP.Equal) {
+			if b.path == "" && !b.udp && bound.Port == b.port && slices.ContainsFunc(b.ips, bound.IP.Equal) {
+				return i
+			}
+		case *net.UDPAddr:
+			if b.udp && bound.Port == b.port && slices.ContainsFunc(b.ips, bound.IP.Equal) {
 				return i
 			}
 		}

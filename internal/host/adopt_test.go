@@ -81,6 +81,30 @@ func TestListenerFilesMatchesWhatTheListenerBinds(t *testing.T) {
 	})
 }
 
+// TestListenerFilesFindsQUICSockets re-adopts the UDP socket of a QUIC
+// listener, and tells it apart from a TCP socket on the same port.
+func TestListenerFilesFindsQUICSockets(t *testing.T) {
+	udp, err := kernel.ListenUDP("h3", "udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	bound, err := kernel.BoundUDPAddr(udp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAdopted(t, udp, fmt.Sprintf("udp://127.0.0.1:%d", bound.Port), true)
+	checkAdopted(t, udp, fmt.Sprintf("udp://:%d", bound.Port), false)
+	checkAdopted(t, udp, fmt.Sprintf("tcp://127.0.0.1:%d", bound.Port), false)
+	tcp, err := kernel.ListenTCP("http", "tcp", bound.String(), false, 16)
+	if err != nil {
+		t.Fatalf("TCP port %d: %v", bound.Port, err)
+	}
+	defer tcp.Close()
+	checkAdopted(t, tcp, fmt.Sprintf("udp://127.0.0.1:%d", bound.Port), false)
+	checkAdopted(t, tcp, fmt.Sprintf("tcp://127.0.0.1:%d", bound.Port), true)
+}
+
 // checkAdopted hands sock to a child process, then copies it back with
 // listenerFiles as a listener at address: the copy must be the same socket
 // when match, and nothing may be found otherwise.
@@ -119,6 +143,9 @@ func checkAdopted(t *testing.T, sock *os.File, address string, match bool) {
 func boundAddr(t *testing.T, f *os.File) net.Addr {
 	a, err := kernel.ListeningAddr(f)
 	if err != nil {
+		if u, uerr := kernel.BoundUDPAddr(f); uerr == nil {
+			return u
+		}
 		t.Fatal(err)
 	}
 	return a

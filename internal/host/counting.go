@@ -61,7 +61,7 @@ func listenersOf(svc *config.ServiceConfig, mode api.Mode) []listener {
 	out := make([]listener, len(svc.Listeners))
 	for i, l := range svc.Listeners {
 		network, hostport, err := config.ParseAddress(l.Address)
-		if err != nil || network == "unix" {
+		if err != nil || network == "unix" || l.QUIC() {
 			continue
 		}
 		ap, err := netip.ParseAddrPort(hostport)

@@ -309,9 +309,21 @@ type laneRouter struct {
 // how many sockets one steering map holds (0 in fdpass mode), and
 // newSteering loads a listener's steering.
 func NewRouter(mode api.Mode, slots int, newSteering NewSteering) lifecycle.NewRouter {
+	return NewRouterWithQUIC(mode, slots, newSteering, nil)
+}
+
+// NewRouterWithQUIC is NewRouter for a handoffd that also steers QUIC
+// listeners in ebpf mode, each with a steering from newQUIC.
+func NewRouterWithQUIC(mode api.Mode, slots int, newSteering NewSteering, newQUIC NewQUICSteering) lifecycle.NewRouter {
 	return func(svc *config.ServiceConfig, adopting bool) (lifecycle.Router, error) {
-		return newRouter(svc, mode, slots, newSteering, adopting)
+		return newRouter(svc, mode, slots, steerings{newSteering, newQUIC}, adopting)
 	}
+}
+
+// steerings loads the steering of a TCP and of a QUIC listener.
+type steerings struct {
+	tcp  NewSteering
+	quic NewQUICSteering
 }
 
 // newRouter builds the lanes of svc: steered in api.ModeEBPF, except for unix
@@ -322,7 +334,7 @@ func NewRouter(mode api.Mode, slots int, newSteering NewSteering) lifecycle.NewR
 // With adopting, the router is for generations that an earlier handoffd
 // started: steering is reopened from its pins, and shared sockets are
 // taken from a re-adopted generation (adopt) when one still holds them.
-func newRouter(svc *config.ServiceConfig, mode api.Mode, slots int, newSteering NewSteering, adopting bool) (*laneRouter, error) {
+func newRouter(svc *config.ServiceConfig, mode api.Mode, slots int, newSteering steerings, adopting bool) (*laneRouter, error) {
 	r := &laneRouter{}
 	for _, l := range svc.Listeners {
 		ln, err := newLane(svc.Name, l, mode, slots, newSteering, adopting)
@@ -336,13 +348,23 @@ func newRouter(svc *config.ServiceConfig, mode api.Mode, slots int, newSteering 
 	return r, nil
 }
 
-func newLane(service string, l config.ListenerConfig, mode api.Mode, slots int, newSteering NewSteering, adopting bool) (lane, error) {
+func newLane(service string, l config.ListenerConfig, mode api.Mode, slots int, newSteering steerings, adopting bool) (lane, error) {
 	network, _, err := config.ParseAddress(l.Address)
 	if err != nil {
 		return nil, err
 	}
+	if l.QUIC() {
+		if mode != api.ModeEBPF || newSteering.quic == nil {
+			return nil, config.ErrQUICNeedsEBPF
+		}
+		st, err := newSteering.quic(service, l.Name, adopting)
+		if err != nil {
+			return nil, fmt.Errorf("load QUIC steering: %w", err)
+		}
+		return &quicLane{l: l, st: st, slots: slots}, nil
+	}
 	if mode == api.ModeEBPF && network != "unix" {
-		st, err := newSteering(service, l.Name, adopting)
+		st, err := newSteering.tcp(service, l.Name, adopting)
 		if err != nil {
 			return nil, fmt.Errorf("load steering: %w", err)
 		}
@@ -441,7 +463,8 @@ func (r *laneRouter) Forget(gen int) {
 // map's slots; shared ones put no limit.
 func (r *laneRouter) Slots() int {
 	for _, ln := range r.lanes {
-		if _, ok := ln.(*steeredLane); ok {
+		switch ln.(type) {
+		case *steeredLane, *quicLane:
 			return r.slots
 		}
 	}

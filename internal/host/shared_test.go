@@ -31,7 +31,7 @@ func TestSharedLaneListensUntilClose(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			svc := &config.ServiceConfig{Name: "web", Listeners: []config.ListenerConfig{
 				{Name: "http", Address: tc.address(t), Backlog: 16}}}
-			r, err := newRouter(svc, api.ModeFDPass, 0, nil, false)
+			r, err := newRouter(svc, api.ModeFDPass, 0, steerings{}, false)
 			if err != nil {
 				t.Fatal(err)
 			}
