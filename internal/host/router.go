@@ -335,7 +335,7 @@ type steerings struct {
 // started: steering is reopened from its pins, and shared sockets are
 // taken from a re-adopted generation (adopt) when one still holds them.
 func newRouter(svc *config.ServiceConfig, mode api.Mode, slots int, newSteering steerings, adopting bool) (*laneRouter, error) {
-	r := &laneRouter{}
+	r := &laneRouter{slots: slots}
 	for _, l := range svc.Listeners {
 		ln, err := newLane(svc.Name, l, mode, slots, newSteering, adopting)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/config"
 	"github.com/handoffd/handoffd/kernel"
 	"github.com/handoffd/handoffd/loader"
@@ -169,5 +170,21 @@ func TestSteeredLaneMigrated(t *testing.T) {
 	adopted := &steeredLane{st: countingSteering{}, slots: 64, all: true}
 	if n := adopted.migrated(); n != 64*65/2 {
 		t.Errorf("migrated of a re-adopted lane = %d, want every slot's, %d", n, 64*65/2)
+	}
+}
+
+// TestSteeredRouterHasSlots: a router with a steered listener limits how
+// many generations may hold sockets at once to the steering map's slots,
+// so that no generation takes the slot of one that still runs.
+func TestSteeredRouterHasSlots(t *testing.T) {
+	svc := &config.ServiceConfig{Name: "web", Listeners: []config.ListenerConfig{{Name: "http", Address: "tcp://127.0.0.1:1"}}}
+	r, err := newRouter(svc, api.ModeEBPF, 64, steerings{tcp: func(string, string, bool) (Steering, error) {
+		return struct{ Steering }{}, nil
+	}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := r.Slots(); n != 64 {
+		t.Errorf("Slots() = %d, want 64", n)
 	}
 }
