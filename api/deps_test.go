@@ -20,8 +20,11 @@ func TestImportGraph(t *testing.T) {
 		"./api":                        append(heavy, "golang.org/x/sys"),
 		"./cmd/handoffctl":             heavy,
 		"./observe":                    append(heavy[:3:3], heavy[4:]...),
-		"./handoff":                    append(heavy, "google.golang.org/grpc"),
-		"./handoff/internal/undrained": append(heavy, "google.golang.org/grpc"),
+		"./handoff":                    append(heavy, "google.golang.org/grpc", "github.com/quic-go"),
+		"./handoff/internal/undrained": append(heavy, "google.golang.org/grpc", "github.com/quic-go"),
+		"./handoff/handoffquic":        append(heavy, "google.golang.org/grpc"),
+		"./handoff/handoffgrpc":        append(heavy, "github.com/quic-go"),
+		"./internal/quicid":            append(heavy, "golang.org/x/sys"),
 		"./kernel":                     heavy,
 		// The lifecycle reaches the OS through its interfaces only
 		// (fsnotify, for watched files, is the exception).

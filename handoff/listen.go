@@ -160,7 +160,7 @@ func readInherited() {
 
 // countListeners returns how many of the inherited fds, named list, are
 // listeners when handoffd did not say (EnvListenFDs): the leading
-// listening stream sockets with distinct names. The fds of the fd store
+// listening stream sockets (or bound UDP ones) with distinct names. The fds of the fd store
 // follow them; a stored fd is rarely a listening socket, and one that is
 // is told apart by a name that repeats a listener's.
 func countListeners(list []string) int {
@@ -170,7 +170,9 @@ func countListeners(list []string) int {
 			return i
 		}
 		if _, err := kernel.CheckListening(listenFDsStart + i); err != nil {
-			return i
+			if _, err := kernel.CheckUDP(listenFDsStart + i); err != nil {
+				return i // a QUIC listener's socket is bound UDP
+			}
 		}
 		seen[name] = true
 	}

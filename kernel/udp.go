@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -143,4 +144,19 @@ func CheckUDP(fd int) (Family, error) {
 		return 0, errors.New("UDP socket is not bound to a port")
 	}
 	return Family(domain), nil
+}
+
+// ConnCookie returns the SO_COOKIE of the socket under c, such as a
+// *net.UDPConn.
+func ConnCookie(c syscall.Conn) (uint64, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("read SO_COOKIE: %w", err)
+	}
+	var cookie uint64
+	var cerr error
+	if err := rc.Control(func(fd uintptr) { cookie, cerr = socketCookie(int(fd)) }); err != nil {
+		return 0, fmt.Errorf("read SO_COOKIE: %w", err)
+	}
+	return cookie, cerr
 }
