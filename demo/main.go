@@ -19,6 +19,8 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/handoffd/handoffd/handoff"
+	"github.com/handoffd/handoffd/handoff/handoffquic"
+	"github.com/quic-go/quic-go/http3"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -42,6 +44,7 @@ func run(args []string) error {
 	notify := fs.Bool("notify", true, "use the SDK and say READY=1 once serving; false plays an app without it, which accepts at once and never says READY=1 (for ready: health)")
 	spread := fs.Duration("spread", handoff.DefaultSpread, "while draining, tell WebSockets and event streams to end spread over this window")
 	useTLS := fs.Bool("tls", false, "serve HTTPS with HTTP/2 (self-signed certificate unless --tls-cert and --tls-key)")
+	h3Name := fs.String("http3", "", "with --tls, also serve HTTP/3 on the QUIC listener of this name (protocol: quic; on its own, on --addr's port over UDP), announced by Alt-Svc")
 	certFile := fs.String("tls-cert", "", "PEM certificate for --tls")
 	keyFile := fs.String("tls-key", "", "PEM private key for --tls")
 	counterFinal := fs.Bool("counter-final", true, "with state_handoff, send the counter's final delta after the drain; false hands over the snapshot only")
@@ -75,12 +78,25 @@ func run(args []string) error {
 	// Before Ready, which restores the previous generation's counter;
 	// the drain (d.Drain) ends with the final.
 	handoff.HandleState(count.handler(*counterFinal))
-	srv := &http.Server{Handler: newEngine(app, conf.greeting, hc.ok, count, *accessLog), ReadHeaderTimeout: 10 * time.Second}
+	engine := newEngine(app, conf.greeting, hc.ok, count, *accessLog)
+	srv := &http.Server{Handler: engine, ReadHeaderTimeout: 10 * time.Second}
 	if *useTLS {
 		if srv.TLSConfig, err = tlsConfig(*certFile, *keyFile); err != nil {
 			ln.Close()
 			return err
 		}
+	}
+	var h3 *handoffquic.Server
+	if *h3Name != "" {
+		if h3, err = listenHTTP3(*h3Name, *addr, srv, engine); err != nil {
+			ln.Close()
+			return err
+		}
+		go func() {
+			if err := h3.Serve(); !errors.Is(err, http.ErrServerClosed) {
+				slog.Error("HTTP/3 serve", "err", err)
+			}
+		}()
 	}
 	d := handoff.NewDrainer(srv)
 	d.IdleGrace, d.Spread = *idleGrace, *spread
@@ -110,7 +126,42 @@ func run(args []string) error {
 			cause = fmt.Errorf("serve: %w", err)
 		}
 	}
-	return errors.Join(cause, drain(d, *drainTimeout))
+	if h3 == nil {
+		return errors.Join(cause, drain(d, *drainTimeout))
+	}
+	// Both at once: HTTP/3 clients get GOAWAY while HTTP/1 and HTTP/2
+	// ones drain.
+	h3Drained := make(chan error, 1)
+	go func() { h3Drained <- drainHTTP3(h3, *drainTimeout) }()
+	err = drain(d, *drainTimeout)
+	return errors.Join(cause, err, <-h3Drained)
+}
+
+// listenHTTP3 serves engine over HTTP/3 on the QUIC listener name with
+// srv's TLS config, and makes srv's answers announce it (Alt-Svc).
+func listenHTTP3(name, addr string, srv *http.Server, engine http.Handler) (*handoffquic.Server, error) {
+	if srv.TLSConfig == nil {
+		return nil, errors.New("--http3 needs --tls: HTTP/3 is always encrypted")
+	}
+	h3, err := handoffquic.Listen(name, addr, &http3.Server{TLSConfig: srv.TLSConfig.Clone(), Handler: engine}, nil)
+	if err != nil {
+		return nil, err
+	}
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h3.H3.SetQUICHeaders(w.Header())
+		engine.ServeHTTP(w, r)
+	})
+	slog.Info("serving HTTP/3", "listener", name, "addr", h3.Addr().String())
+	return h3, nil
+}
+
+func drainHTTP3(h3 *handoffquic.Server, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	held := h3.Conns()
+	err := h3.Drain(ctx)
+	slog.Info("HTTP/3 drain end", "generation", handoff.Generation(), "conns", held, "clean", err == nil)
+	return err
 }
 
 // listenWithoutSDK takes the first inherited socket (LISTEN_FDS, fd 3) as
