@@ -186,6 +186,10 @@ type daemonOptions struct {
 	// tcp://127.0.0.1:%d when empty. d.addr is where clients connect:
 	// on an all-addresses listener, the loopback address of its family.
 	listen string
+	// quic adds a QUIC listener, h3, on the UDP port of the same number
+	// (udp://127.0.0.1:PORT), which the demo serves HTTP/3 on with
+	// --tls --http3 h3.
+	quic bool
 }
 
 // startDaemon runs handoffd with one demo service on a fresh port, and
@@ -233,6 +237,11 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
 			command[0] = filepath.Join(bin, command[0])
 		}
 	}
+	quicListener := ""
+	if opts.quic {
+		quicListener = fmt.Sprintf("\n      - name: h3\n        address: udp://127.0.0.1:%d\n        protocol: quic", port)
+		command = append(command, "--tls", "--http3", "h3")
+	}
 	argv, _ := json.Marshal(command)
 	if opts.unixSocket != "" {
 		listen, d.addr = "unix://"+opts.unixSocket, opts.unixSocket
@@ -244,11 +253,11 @@ func startDaemon(t *testing.T, opts daemonOptions) *daemon {
     listeners:
       - name: http
         address: %s
-        backlog: 4096
+        backlog: 4096%s
     ready_timeout: %s
     drain_timeout: %s
     probation: %s
-`, name, argv, demoEnv(), address, opts.readyTimeout, opts.drainTimeout, opts.probation) + opts.serviceYAML
+`, name, argv, demoEnv(), address, quicListener, opts.readyTimeout, opts.drainTimeout, opts.probation) + opts.serviceYAML
 	}
 	demoArgv := argv
 	if opts.demoCommand != nil {

@@ -47,6 +47,9 @@ import (
 // when handoffd did not say how long the drain may take.
 const DefaultDrainTimeout = 30 * time.Second
 
+// DefaultHandshakeGrace is the HandshakeGrace of a Server that sets none.
+const DefaultHandshakeGrace = 500 * time.Millisecond
+
 // A Server serves HTTP/3 on one QUIC listener for the life of a
 // generation.
 type Server struct {
@@ -57,6 +60,13 @@ type Server struct {
 	// closed. Zero means what handoffd allows (handoff.DrainTimeout) less
 	// a margin, or DefaultDrainTimeout when handoffd did not say.
 	DrainTimeout time.Duration
+	// HandshakeGrace is how long Drain goes on serving as before, ahead
+	// of the GOAWAY: the handshakes that began here before the steering
+	// flipped (their packets keep coming here) complete and are served.
+	// A connection that completes its handshake after the GOAWAY is
+	// never served. It is cut to a quarter of the drain's time. Zero
+	// means DefaultHandshakeGrace.
+	HandshakeGrace time.Duration
 
 	conn      *net.UDPConn
 	tr        *quic.Transport
@@ -191,15 +201,27 @@ func (s *Server) drainTimeout() time.Duration {
 	return DefaultDrainTimeout
 }
 
-// Drain sends GOAWAY on every connection and waits until they are closed,
+// Drain waits HandshakeGrace, then sends GOAWAY on every connection and
+// waits until they are closed,
 // until DrainTimeout passes or until ctx ends, whichever comes first; then
 // it closes what is left, the transport and the socket. It returns nil
 // after a clean drain, and says how many connections were cut otherwise.
 // Later calls return what the first returned.
 func (s *Server) Drain(ctx context.Context) error {
 	s.drainOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(ctx, s.drainTimeout())
+		timeout := s.drainTimeout()
+		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
+		grace := s.HandshakeGrace
+		if grace <= 0 {
+			grace = DefaultHandshakeGrace
+		}
+		t := time.NewTimer(min(grace, timeout/4))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
 		left := int64(0)
 		err := s.H3.Shutdown(ctx)
 		if err != nil {
