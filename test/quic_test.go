@@ -3,6 +3,8 @@ package test
 import (
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -98,4 +100,90 @@ func checkDials(t *testing.T, res h3Result, active map[int]time.Time) {
 	if late > 0 {
 		t.Errorf("%d of %d connections reached a generation older than the active one", late, len(res.Dials))
 	}
+}
+
+// quicSplitConns is how many new connections TestQUICCanary counts the
+// split over: 20000, or HANDOFF_E2E_QUIC_SPLIT.
+var quicSplitConns = envInt("HANDOFF_E2E_QUIC_SPLIT", 20000)
+
+// TestQUICCanary runs a 30% canary of an HTTP/3 service, counts which
+// generation answers each of 20000 new connections (each one dialed from
+// a fresh UDP socket with a fresh random connection ID: an independent
+// draw), promotes it, then rolls a second canary back; 16 clients that
+// never send a request twice run the whole time, and none may fail.
+func TestQUICCanary(t *testing.T) {
+	d := startDaemon(t, daemonOptions{quic: true})
+	l := startH3Load(d.addr, loadClients/4, loadClients/4)
+	time.Sleep(300 * time.Millisecond)
+
+	d.ctlOK("generation 2 is a canary", "swap", "--canary", "30%", "demo")
+	start := time.Now()
+	byGen := splitCount(t, d.addr, quicSplitConns, 16)
+	share := float64(byGen[2]) / float64(quicSplitConns)
+	t.Logf("split over %d new connections in %v: %v, canary share %.4f",
+		quicSplitConns, time.Since(start).Round(time.Millisecond), byGen, share)
+	if byGen[1]+byGen[2] != quicSplitConns || share < 0.285 || share > 0.315 {
+		t.Errorf("canary answered %.4f of %d new connections (%v), want 0.30 +- 0.015", share, quicSplitConns, byGen)
+	}
+	d.ctlOK("generation 2 active", "promote", "demo")
+	d.waitFor("generation 1 drained", 15*time.Second*slow, func(st api.ServiceStatus) bool {
+		return stateOf(st, 1) == api.StateExited
+	})
+	if byGen := splitCount(t, d.addr, 200, 8); byGen[2] != 200 {
+		t.Errorf("after the promotion new connections reached %v, want all on generation 2", byGen)
+	}
+
+	d.ctlOK("generation 3 is a canary", "swap", "--canary", "50%", "demo")
+	time.Sleep(time.Second)
+	d.ctlOK("rolled back to generation 2", "rollback", "demo")
+	d.waitFor("canary 3 drained", 15*time.Second*slow, func(st api.ServiceStatus) bool {
+		return stateOf(st, 3) == api.StateExited
+	})
+	if byGen := splitCount(t, d.addr, 200, 8); byGen[2] != 200 {
+		t.Errorf("after the rollback new connections reached %v, want all on generation 2", byGen)
+	}
+	time.Sleep(300 * time.Millisecond)
+	res := l.stopLoad()
+	checkH3Result(t, res, 3)
+	if res.ByGen[3] == 0 {
+		t.Errorf("the canary answered none of the load's requests: %v", res.ByGen)
+	}
+}
+
+// splitCount dials n connections over workers at once, one GET each, and
+// counts which generation answered; it fails the test on any error. Its
+// clients offer X25519 alone: a ClientHello of one datagram, made at a
+// third of the cost.
+func splitCount(t *testing.T, addr string, n, workers int) map[int]int {
+	t.Helper()
+	l := &h3Load{addr: addr, small: true}
+	var mu sync.Mutex
+	byGen := map[int]int{}
+	var errs []string
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for next.Add(1) <= int64(n) {
+				c, _, err := l.dial()
+				var gen int
+				if err == nil {
+					gen, err = c.get()
+					c.close()
+				}
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err.Error())
+				} else {
+					byGen[gen]++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Errorf("%d of %d new connections failed, first: %q", len(errs), n, errs[0])
+	}
+	return byGen
 }
