@@ -364,13 +364,23 @@ var Reference = []Section{
 				Doc: "`tcp://HOST:PORT`, `tcp4://` or `tcp6://` for one family, or `unix:///absolute/path.sock` " +
 					"(always passed, as in fdpass mode). An empty host binds every IPv4 address (`tcp://:8080`; " +
 					"`tcp6://[::]:8080` for IPv6); a host name matches any of its addresses when a restarted " +
-					"handoffd re-adopts the socket.",
+					"handoffd re-adopts the socket. `udp://HOST:PORT` (or `udp4://`, `udp6://`) is a QUIC " +
+					"listener and needs `protocol: quic`.",
 				Example: `"tcp://:8080"`, Reload: ReloadReAdd,
 			},
 			{
 				Path: "services.listeners.backlog", Type: "1 to 65535", Default: "4096",
 				Doc:     "The length of the accept queue (listen(2)'s backlog; the kernel caps it at `net.core.somaxconn`).",
 				Example: "1024", Reload: ReloadReAdd,
+			},
+			{
+				Path: "services.listeners.protocol", Type: "quic", DefaultNote: "none (TCP)",
+				Doc: "`quic` on a `udp://` address: each generation gets a UDP socket of its own, and the " +
+					"steering program sends every packet by the connection ID it carries to the generation " +
+					"that holds the connection (HTTP/3 with `handoff/handoffquic`). The same port number may " +
+					"serve TCP on another listener. Needs ebpf mode: refused in fdpass mode, and `mode: auto` " +
+					"refuses to fall back to fdpass with one. `backlog` does not apply.",
+				Example: "quic", Reload: ReloadReAdd,
 			},
 		},
 	},
