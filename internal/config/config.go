@@ -114,7 +114,8 @@ type HealthConfig struct {
 	HTTP string `yaml:"http"`
 	// TCP checks that a connection is accepted, instead of HTTP.
 	TCP bool `yaml:"tcp"`
-	// Listener names the listener that is checked; default the first.
+	// Listener names the listener that is checked; default the first TCP
+	// one.
 	Listener string   `yaml:"listener"`
 	Interval Duration `yaml:"interval"`
 	Timeout  Duration `yaml:"timeout"`
@@ -317,7 +318,14 @@ func (c *Config) setDefaults() {
 		}
 		if h := s.Health; h != nil {
 			if h.Listener == "" && len(s.Listeners) > 0 {
+				// The first TCP listener: a QUIC one cannot be checked.
 				h.Listener = s.Listeners[0].Name
+				for _, l := range s.Listeners {
+					if !l.QUIC() {
+						h.Listener = l.Name
+						break
+					}
+				}
 			}
 			if h.Interval == 0 {
 				h.Interval = Duration(200 * time.Millisecond)

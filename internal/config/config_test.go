@@ -304,3 +304,20 @@ func TestParseQUICListener(t *testing.T) {
 		t.Error("a QUIC listener is not steered in ebpf mode")
 	}
 }
+
+func TestHealthListenerDefaultsToTCP(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`services:
+  - name: web
+    command: [web]
+    listeners:
+      - {name: h3, address: 'udp://127.0.0.1:8443', protocol: quic}
+      - {name: http, address: 'tcp://127.0.0.1:8443'}
+    health: {http: /healthz}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := cfg.Services[0].Health.Listener; l != "http" {
+		t.Errorf("health.listener defaults to %q, want the TCP listener http", l)
+	}
+}

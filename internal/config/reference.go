@@ -380,7 +380,7 @@ var Reference = []Section{
 					"that holds the connection (HTTP/3 with `handoff/handoffquic`). The same port number may " +
 					"serve TCP on another listener. Needs ebpf mode: refused in fdpass mode, and `mode: auto` " +
 					"refuses to fall back to fdpass with one. `backlog` does not apply.",
-				Example: "quic", Reload: ReloadReAdd,
+				Example: "quic", ExampleWith: `{address: "udp://127.0.0.1:8080"}`, Reload: ReloadReAdd,
 			},
 		},
 	},
@@ -400,7 +400,7 @@ var Reference = []Section{
 				Example: "true", ExampleWith: `{http: ""}`, Reload: ReloadNextGeneration,
 			},
 			{
-				Path: "services.health.listener", Type: "a listener's name", DefaultNote: "the service's first listener",
+				Path: "services.health.listener", Type: "a listener's name", DefaultNote: "the service's first TCP listener",
 				Doc:     "The listener checked; a TCP one.",
 				Example: "http", Reload: ReloadNextGeneration,
 			},

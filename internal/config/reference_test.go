@@ -98,6 +98,8 @@ services:
     listeners:
       - name: http
         address: tcp://127.0.0.1:8080
+      - name: admin
+        address: tcp://127.0.0.1:8081
     health:
       http: /healthz
 `
