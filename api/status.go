@@ -129,6 +129,9 @@ type GenerationStatus struct {
 // Fields not counted in this mode are absent.
 type GenerationListenerStatus struct {
 	Name string `json:"name"`
+	// Protocol is "quic" on a QUIC listener, whose Connections are what
+	// the generation reports (handoff/handoffquic); empty on a TCP one.
+	Protocol string `json:"protocol,omitempty"`
 	// Connections is what the generation holds on the listener,
 	// accepted or queued (the generation's Connections, split).
 	Connections *int64 `json:"connections,omitempty"`

@@ -34,6 +34,9 @@ var (
 	acceptQueue = prometheus.NewDesc(namespace+"_accept_queue_length",
 		"Connections waiting in a listener's accept queue (TCP_INFO of the listening socket).",
 		[]string{"service", "listener", "generation"}, nil)
+	quicConnections = prometheus.NewDesc(namespace+"_quic_connections",
+		"QUIC connections a generation holds on a QUIC listener, as the generation reports them (handoff/handoffquic, on NOTIFY_SOCKET).",
+		[]string{"service", "listener", "generation"}, nil)
 	steered = prometheus.NewDesc(namespace+"_steered_connections_total",
 		"New connections the SK_REUSEPORT program sent to a generation's listeners.",
 		[]string{"service", "generation"}, nil)
@@ -69,7 +72,7 @@ func NewCollector(src StatusSource, mode api.Mode, log *slog.Logger) *Collector 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{generationInfo, connectionsActive, connectionsAccepted,
-		acceptQueue, steered, migrated, generationWeight, modeDesc, fdStoreFDs, serviceFailed} {
+		acceptQueue, quicConnections, steered, migrated, generationWeight, modeDesc, fdStoreFDs, serviceFailed} {
 		ch <- d
 	}
 }
@@ -118,6 +121,9 @@ func collectGeneration(ch chan<- prometheus.Metric, service string, g api.Genera
 	for _, l := range g.Listeners {
 		if l.AcceptQueue != nil {
 			ch <- prometheus.MustNewConstMetric(acceptQueue, prometheus.GaugeValue, float64(*l.AcceptQueue), service, l.Name, gen)
+		}
+		if l.Protocol == "quic" && l.Connections != nil {
+			ch <- prometheus.MustNewConstMetric(quicConnections, prometheus.GaugeValue, float64(*l.Connections), service, l.Name, gen)
 		}
 		if l.Accepted != nil && l.Steered != nil {
 			accepted += *l.Accepted

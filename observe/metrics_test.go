@@ -31,7 +31,8 @@ func testStatus() fakeSource {
 			{ID: 2, PID: 200, State: api.StateDraining, Connections: ptr(int64(40)), ConnectionsSource: "ebpf", Weight: ptr(0.0),
 				Listeners: []api.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(40)), Accepted: ptr(uint64(90)), Steered: ptr(uint64(95))}}},
 			{ID: 3, PID: 300, State: api.StateActive, Connections: ptr(int64(0)), ConnectionsSource: "ebpf", Weight: ptr(0.75),
-				Listeners: []api.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(0)), Accepted: ptr(uint64(0)), Steered: ptr(uint64(2)), AcceptQueue: ptr(uint32(2))}}},
+				Listeners: []api.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(0)), Accepted: ptr(uint64(0)), Steered: ptr(uint64(2)), AcceptQueue: ptr(uint32(2))},
+					{Name: "h3", Protocol: "quic", Connections: ptr(int64(7))}}},
 			{ID: 4, PID: 400, State: api.StateCanary, Weight: ptr(0.25)},
 		},
 	}}}
@@ -61,6 +62,9 @@ handoff_accept_queue_length{generation="3",listener="http",service="demo"} 2
 # TYPE handoff_steered_connections_total counter
 handoff_steered_connections_total{generation="2",service="demo"} 95
 handoff_steered_connections_total{generation="3",service="demo"} 2
+# HELP handoff_quic_connections QUIC connections a generation holds on a QUIC listener, as the generation reports them (handoff/handoffquic, on NOTIFY_SOCKET).
+# TYPE handoff_quic_connections gauge
+handoff_quic_connections{generation="3",listener="h3",service="demo"} 7
 # HELP handoff_migrated_requests_total Requests the kernel moved from a closing listener's SYN or accept queue to the active generation.
 # TYPE handoff_migrated_requests_total counter
 handoff_migrated_requests_total{service="demo"} 5
@@ -73,7 +77,7 @@ handoff_service_failed{service="demo"} 0
 handoff_service_failed{service="web"} 1
 `
 	names := []string{"handoff_service_failed", "handoff_connections_active", "handoff_generation_info", "handoff_generation_weight", "handoff_accept_queue_length",
-		"handoff_steered_connections_total", "handoff_migrated_requests_total"}
+		"handoff_steered_connections_total", "handoff_migrated_requests_total", "handoff_quic_connections"}
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
 	}

@@ -194,11 +194,25 @@ func splitCount(t *testing.T, addr string, n, workers int) map[int]int {
 // re-adopts it, its UDP socket included, and swaps it out with a GOAWAY
 // drain. Not one request fails.
 func TestQUICRestartAndReadoption(t *testing.T) {
-	d := startDaemon(t, daemonOptions{quic: true})
+	d := startDaemon(t, daemonOptions{quic: true, metrics: true})
 	l := startH3Load(d.addr, loadClients/4, loadClients/4)
-	time.Sleep(300 * time.Millisecond)
+	// The 8 kept connections show in status and in the metrics, as the
+	// generation reports them.
+	d.waitFor("generation 1 reports its QUIC connections", 10*time.Second*slow, func(st api.ServiceStatus) bool {
+		n := quicConns(st, 1)
+		return n != nil && *n >= loadClients/4
+	})
+	if m, _ := d.scrape("handoff_quic_connections"); m["1"] < loadClients/4 {
+		t.Errorf("handoff_quic_connections = %v, want at least %d on generation 1", m, loadClients/4)
+	}
 	d.ctlOK("generation 2 active", "swap", "demo")
 	st := d.waitFor("one generation", 10*time.Second*slow, func(st api.ServiceStatus) bool { return liveCount(st) == 1 })
+	if n := quicConns(st, 2); n == nil || *n < loadClients/4 {
+		d.waitFor("generation 2 reports its QUIC connections", 10*time.Second*slow, func(st api.ServiceStatus) bool {
+			n := quicConns(st, 2)
+			return n != nil && *n >= loadClients/4
+		})
+	}
 	pid := st.Generations[len(st.Generations)-1].PID
 	d.restart(syscall.SIGKILL)
 	st = d.waitFor("re-adopted generation 2", 15*time.Second*slow, func(st api.ServiceStatus) bool {
@@ -221,6 +235,19 @@ func TestQUICRestartAndReadoption(t *testing.T) {
 			t.Errorf("generation %d answered no request: %v", gen, res.ByGen)
 		}
 	}
+}
+
+// quicConns returns the QUIC connections generation gen reports on the
+// listener h3, or nil.
+func quicConns(st api.ServiceStatus, gen int) *int64 {
+	for _, g := range st.Generations {
+		for _, l := range g.Listeners {
+			if g.ID == gen && l.Name == "h3" && l.Protocol == "quic" {
+				return l.Connections
+			}
+		}
+	}
+	return nil
 }
 
 // TestQUICCrashAndProbation: with probation, the replaced generation stays

@@ -39,6 +39,7 @@ import (
 
 	"github.com/handoffd/handoffd/handoff"
 	"github.com/handoffd/handoffd/handoff/internal/undrained"
+	"github.com/handoffd/handoffd/internal/joinproto"
 	"github.com/handoffd/handoffd/internal/quicid"
 	"github.com/handoffd/handoffd/kernel"
 )
@@ -68,6 +69,7 @@ type Server struct {
 	// means DefaultHandshakeGrace.
 	HandshakeGrace time.Duration
 
+	name      string
 	conn      *net.UDPConn
 	tr        *quic.Transport
 	ln        *quic.EarlyListener
@@ -76,7 +78,16 @@ type Server struct {
 	undrained undrained.Server
 	drainOnce sync.Once
 	drainErr  error
+
+	// reportMu guards reportPending: a report of Conns to handoffd is
+	// due within reportDelay.
+	reportMu      sync.Mutex
+	reportPending bool
 }
+
+// reportDelay gathers the changes of the connection count into one
+// report to handoffd.
+const reportDelay = 100 * time.Millisecond
 
 // Listen takes the UDP socket of the QUIC listener named name
 // (handoff.ListenPacket; without handoffd, a socket bound to addr) and
@@ -107,7 +118,7 @@ func Listen(name, addr string, h3 *http3.Server, qconf *quic.Config) (*Server, e
 			h3.Port = a.Port // what Alt-Svc announces
 		}
 	}
-	return &Server{H3: h3, conn: conn, tr: tr, ln: ln}, nil
+	return &Server{H3: h3, name: name, conn: conn, tr: tr, ln: ln}, nil
 }
 
 // newTransport makes the quic.Transport of generation gen on conn: its
@@ -179,13 +190,36 @@ func (l *countingListener) Accept(ctx context.Context) (*quic.Conn, error) {
 	}
 	l.s.conns.Add(1)
 	l.s.accepted.Add(1)
+	l.s.changed()
 	// Ends when the connection closes, as it does at the latest when
 	// Drain closes the transport.
 	go func() {
 		<-c.Context().Done()
 		l.s.conns.Add(-1)
+		l.s.changed()
 	}()
 	return c, nil
+}
+
+// changed reports Conns to handoffd (on NOTIFY_SOCKET, for its status
+// and metrics) within reportDelay: one report for all the changes in
+// between, and none while nothing changes.
+func (s *Server) changed() {
+	s.reportMu.Lock()
+	defer s.reportMu.Unlock()
+	if s.reportPending {
+		return
+	}
+	s.reportPending = true
+	time.AfterFunc(reportDelay, s.report)
+}
+
+func (s *Server) report() {
+	s.reportMu.Lock()
+	s.reportPending = false
+	s.reportMu.Unlock()
+	// Without NOTIFY_SOCKET (no handoffd) it does nothing.
+	handoff.Notify(joinproto.FormatConnections(s.name, s.conns.Load()))
 }
 
 // drainTimeout is s.DrainTimeout, or what handoffd allows less a margin
@@ -230,6 +264,7 @@ func (s *Server) Drain(ctx context.Context) error {
 		s.ln.Close()
 		s.tr.Close()
 		s.conn.Close()
+		s.report()
 		s.undrained.Drained()
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.drainErr = fmt.Errorf("handoffquic: drain: %d connections cut at the deadline: %w", left, err)

@@ -400,6 +400,7 @@ type execProcess struct {
 	stderr *stderrLog // nil without a log directory
 	// channel is handoffd's end of the state channel, nil without one.
 	channel *stateChannel
+	reportedConns
 }
 
 // Channel implements lifecycle.Stateful.
@@ -465,7 +466,7 @@ func (p *execProcess) readNotify(c *net.UnixConn, notice func(lifecycle.Notice))
 		if ready {
 			p.readyOnce.Do(func() { close(p.ready) })
 		}
-	})
+	}, &p.reportedConns)
 }
 
 // readNotify reads sd_notify datagrams on c until it is closed, or, once
@@ -476,8 +477,8 @@ func (p *execProcess) readNotify(c *net.UnixConn, notice func(lifecycle.Notice))
 // the fd store and the state handoff goes to notice, with the fds
 // attached (nil: they are closed). A datagram over stateproto.MaxMessage
 // bytes, or whose fds the kernel cut off, is refused whole, its fds
-// closed.
-func readNotify(c *net.UnixConn, pid int, exited *atomic.Bool, notice func(lifecycle.Notice), status func(ready, reloads bool)) {
+// closed. conns keeps the QUIC connections the process reports.
+func readNotify(c *net.UnixConn, pid int, exited *atomic.Bool, notice func(lifecycle.Notice), status func(ready, reloads bool), conns *reportedConns) {
 	buf := make([]byte, stateproto.MaxMessage+1)
 	oob := make([]byte, kernel.CredSpace()+kernel.RightsSpace(stateproto.MaxFDs))
 	queued := func() bool { n, ok := kernel.Unread(c); return ok && n > 0 }
@@ -506,6 +507,7 @@ func readNotify(c *net.UnixConn, pid int, exited *atomic.Bool, notice func(lifec
 			continue
 		}
 		status(parseNotify(buf[:n]))
+		conns.note(buf[:n])
 		m, ok := parseStoreNotice(buf[:n])
 		if !ok && len(fds) == 0 {
 			continue

@@ -35,6 +35,7 @@ type adoptedProcess struct {
 	notify     *net.UnixConn // nil until Renotify
 	notifyRead chan struct{} // closed when the reader of notify returned
 	channel    *stateChannel // nil until AttachChannel
+	reportedConns
 }
 
 func newAdoptedProcess(p *PidfdProcess, notifyAddrs func(string) bool) *adoptedProcess {
@@ -93,7 +94,7 @@ func (p *adoptedProcess) Renotify(notice func(lifecycle.Notice)) error {
 			if reloads {
 				p.SetReloads()
 			}
-		})
+		}, &p.reportedConns)
 	}()
 	return nil
 }

@@ -188,3 +188,22 @@ func TestSteeredRouterHasSlots(t *testing.T) {
 		t.Errorf("Slots() = %d, want 64", n)
 	}
 }
+
+func TestReportedConns(t *testing.T) {
+	var r reportedConns
+	if _, ok := r.ReportedConnections("h3"); ok {
+		t.Error("a count before any report")
+	}
+	r.note([]byte("STATUS=serving\nHANDOFF_CONNECTIONS=h3:17,alt:2"))
+	r.note([]byte("HANDOFF_CONNECTIONS=h3:5,bad,x:-1,:3"))
+	for name, want := range map[string]int64{"h3": 5, "alt": 2} {
+		if n, ok := r.ReportedConnections(name); !ok || n != want {
+			t.Errorf("%s: %d, %v; want %d", name, n, ok, want)
+		}
+	}
+	for _, name := range []string{"x", "", "bad"} {
+		if n, ok := r.ReportedConnections(name); ok {
+			t.Errorf("malformed entry %q kept as %d", name, n)
+		}
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/handoffd/handoffd/kernel"
@@ -43,6 +44,33 @@ const (
 	// FailedPrefix starts a line that carries the reason of a failure.
 	FailedPrefix = "FAILED "
 )
+
+// Connections is the sd_notify variable with which a generation reports,
+// on NOTIFY_SOCKET, the connections it holds on listeners whose
+// connections have no socket of their own (QUIC):
+// HANDOFF_CONNECTIONS=LISTENER:N[,LISTENER:N...]. Each report holds the
+// listener's count now, not a change.
+const Connections = "HANDOFF_CONNECTIONS"
+
+// FormatConnections is the assignment that reports n connections held on
+// listener.
+func FormatConnections(listener string, n int64) string {
+	return Connections + "=" + listener + ":" + strconv.FormatInt(n, 10)
+}
+
+// ParseConnections reads the value of a HANDOFF_CONNECTIONS assignment;
+// malformed entries are left out.
+func ParseConnections(value string) map[string]int64 {
+	counts := map[string]int64{}
+	for entry := range strings.SplitSeq(value, ",") {
+		name, num, ok := strings.Cut(entry, ":")
+		n, err := strconv.ParseInt(num, 10, 64)
+		if ok && name != "" && err == nil && n >= 0 {
+			counts[name] = n
+		}
+	}
+	return counts
+}
 
 // MaxFDs bounds the listeners one join may carry.
 const MaxFDs = 64

@@ -133,6 +133,15 @@ type ChannelAttacher interface {
 // FileID names an open file by its st_dev and st_ino.
 type FileID struct{ Dev, Ino uint64 }
 
+// ConnectionReporter is a Process that reports the connections it holds
+// on listeners whose connections have no socket the kernel can count:
+// QUIC ones (joinproto.Connections, sent by handoff/handoffquic).
+type ConnectionReporter interface {
+	// ReportedConnections returns what the process last reported for
+	// listener, and false when it reported nothing.
+	ReportedConnections(listener string) (int64, bool)
+}
+
 // FileFinder is a Process whose open files handoffd can copy: a
 // re-adopted one (pidfd_getfd).
 type FileFinder interface {

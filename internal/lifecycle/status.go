@@ -89,7 +89,7 @@ func (s *Service) status() (api.ServiceStatus, []*Counted) {
 		}
 		gs.AgeSeconds = end.Sub(g.started).Seconds()
 		if g.state.Live() && g.pid != 0 {
-			s.steered(cfg, &gs, sn.queues)
+			s.steered(cfg, &gs, sn.queues, g.proc)
 			counted = append(counted, &Counted{Service: cfg, Mode: s.mode, ID: g.ID, PID: g.pid,
 				Primary: sn.primary, index: len(st.Generations)})
 		}
@@ -99,11 +99,24 @@ func (s *Service) status() (api.ServiceStatus, []*Counted) {
 }
 
 // steered fills in, per listener of a live generation, its accept queue
-// and what the steering program counted. Callers do not hold s.mu; cfg is
-// the service's config as they read it.
-func (s *Service) steered(cfg *config.ServiceConfig, gs *api.GenerationStatus, queues []*uint32) {
+// and what the steering program counted; on a QUIC listener, whose
+// connections have no socket to count, the connections the process
+// reports (ConnectionReporter). Callers do not hold s.mu; cfg is the
+// service's config as they read it.
+func (s *Service) steered(cfg *config.ServiceConfig, gs *api.GenerationStatus, queues []*uint32, proc Process) {
 	for i, l := range cfg.Listeners {
 		ls := api.GenerationListenerStatus{Name: l.Name}
+		if l.QUIC() {
+			// No socket per connection: what the generation reports.
+			ls.Protocol = config.ProtocolQUIC
+			if r, ok := proc.(ConnectionReporter); ok {
+				if n, ok := r.ReportedConnections(l.Name); ok {
+					ls.Connections = &n
+				}
+			}
+			gs.Listeners = append(gs.Listeners, ls)
+			continue
+		}
 		if st, ok := s.router.Stats(gs.ID, i); ok {
 			accepted := st.Selected + st.Migrated
 			ls.Accepted, ls.Steered = &accepted, &st.Selected
@@ -124,7 +137,9 @@ func fillCounts(st *api.ServiceStatus, counted []*Counted) {
 		}
 		gs.Connections, gs.ConnectionsSource = c.Total, c.Source
 		for i, n := range c.Listeners {
-			if i < len(gs.Listeners) {
+			// nil: a listener the count does not cover (a QUIC one
+			// keeps what its process reported).
+			if i < len(gs.Listeners) && n != nil {
 				gs.Listeners[i].Connections = n
 			}
 		}
