@@ -16,7 +16,7 @@ import (
 // program reads them: the flags byte, and the destination connection ID
 // where a short or a long header puts it.
 
-func loadQUIC(t *testing.T) *QUICSteering {
+func loadQUIC(t testing.TB) *QUICSteering {
 	t.Helper()
 	q, err := LoadQUICSteering(testPinDir(t))
 	if err != nil {
@@ -32,7 +32,7 @@ func loadQUIC(t *testing.T) *QUICSteering {
 
 // udpSocket returns a non-blocking UDP socket bound to addr:port (port 0
 // picks one), with SO_REUSEPORT when reuseport, and its port.
-func udpSocket(t *testing.T, addr [4]byte, port int, reuseport bool) (int, int) {
+func udpSocket(t testing.TB, addr [4]byte, port int, reuseport bool) (int, int) {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -56,7 +56,7 @@ func udpSocket(t *testing.T, addr [4]byte, port int, reuseport bool) (int, int) 
 
 // quicGroup makes a UDP reuseport group on 127.0.0.1 with one socket in
 // each of slots, attached to q, and returns the sockets and the port.
-func quicGroup(t *testing.T, q *QUICSteering, slots ...uint32) ([]int, int) {
+func quicGroup(t testing.TB, q *QUICSteering, slots ...uint32) ([]int, int) {
 	t.Helper()
 	var fds []int
 	port := 0
@@ -75,7 +75,7 @@ func quicGroup(t *testing.T, q *QUICSteering, slots ...uint32) ([]int, int) {
 }
 
 // cid mints a connection ID of the socket fd in slot, as a generation does.
-func cid(t *testing.T, fd int, slot uint32) []byte {
+func cid(t testing.TB, fd int, slot uint32) []byte {
 	t.Helper()
 	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
 	if err != nil {
@@ -117,7 +117,7 @@ func longPacket(typ byte, dcid []byte) []byte {
 	return append(p, make([]byte, 1200-len(p))...)
 }
 
-func sendTo(t *testing.T, from int, port int, p []byte) {
+func sendTo(t testing.TB, from int, port int, p []byte) {
 	t.Helper()
 	if err := unix.Sendto(from, p, 0, &unix.SockaddrInet4{Addr: loopback, Port: port}); err != nil {
 		t.Fatal(err)
@@ -126,7 +126,7 @@ func sendTo(t *testing.T, from int, port int, p []byte) {
 
 // receiver returns the index of the socket among fds that got the next
 // datagram, waiting up to 5s; it fails the test when none did.
-func receiver(t *testing.T, fds ...int) int {
+func receiver(t testing.TB, fds ...int) int {
 	t.Helper()
 	buf := make([]byte, 2048)
 	deadline := time.Now().Add(5 * time.Second)
@@ -142,7 +142,7 @@ func receiver(t *testing.T, fds ...int) int {
 	return -1
 }
 
-func activateQUIC(t *testing.T, q *QUICSteering, slot uint32) {
+func activateQUIC(t testing.TB, q *QUICSteering, slot uint32) {
 	t.Helper()
 	if err := q.Activate(slot); err != nil {
 		t.Fatal(err)

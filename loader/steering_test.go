@@ -17,7 +17,7 @@ import (
 // requireEBPF skips the test unless this process can load and attach the
 // steering program (root on a kernel >= 5.14). In CI (CI=true) it fails
 // instead, so a broken runner cannot pass by skipping.
-func requireEBPF(t *testing.T) {
+func requireEBPF(t testing.TB) {
 	t.Helper()
 	if err := Probe(); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -32,7 +32,7 @@ func requireEBPF(t *testing.T) {
 // default sysctls. Sockets must be created on this goroutine; they stay in
 // the namespace wherever they are used. The thread is never unlocked, so
 // the runtime discards it when the test ends.
-func inNetns(t *testing.T) {
+func inNetns(t testing.TB) {
 	t.Helper()
 	runtime.LockOSThread()
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
@@ -72,7 +72,7 @@ func loadSteering(t *testing.T) *Steering {
 	return s
 }
 
-func testPinDir(t *testing.T) string {
+func testPinDir(t testing.TB) string {
 	b := make([]byte, 6)
 	rand.Read(b)
 	return filepath.Join(bpffsRoot, "handoff-test-"+hex.EncodeToString(b))
