@@ -33,7 +33,7 @@ cd "$B"
 echo "== guest: loader"
 run loader ./loader.test -test.v -test.count=1 -test.timeout 10m || rc=1
 HANDOFF_E2E_BIN=$B HANDOFF_E2E_SWAPS=$swaps HANDOFF_E2E_SLOW=$slow \
-	run e2e ./e2e.test -test.v -test.count=1 -test.timeout 15m -test.run '^TestSwapUnderLoad$' || rc=1
+	run e2e ./e2e.test -test.v -test.count=1 -test.timeout 15m -test.run '^(TestSwapUnderLoad|TestQUICSwapUnderLoad)$' || rc=1
 
 {
 	echo "guest kernel: $(uname -r) ($(uname -v)); booted in ${booted}s"
