@@ -183,6 +183,9 @@ func run(c config) error {
 			fmt.Fprintln(os.Stderr, progressLine(r))
 		}
 	}
+	if len(want) == 0 || want["h3"] || want["h3-naive"] || want["h3-reuseport"] || want["h3-handoffd"] {
+		res.H3Rows = runH3Rows(c, bins, tmp, want)
+	}
 	if len(want) == 0 || want["cost"] {
 		res.Cost = measureCost(c, bins, tmp)
 	}
@@ -216,6 +219,9 @@ func run(c config) error {
 		return fmt.Errorf("plot: %w", err)
 	}
 	fmt.Print(markdown(res))
+	if len(res.H3Rows) > 0 {
+		fmt.Print(h3Markdown(res.H3Rows))
+	}
 	fmt.Printf("\nraw results: %s\nplot: %s\n", jsonPath, pngPath)
 	return nil
 }
@@ -229,6 +235,7 @@ func build(repo, bins string) error {
 	}{
 		{repo, []string{"build", "-o", bins + "/", "./cmd/handoffd", "./cmd/handoffctl", "./demo"}},
 		{".", []string{"build", "-o", filepath.Join(bins, "peer"), "./peer"}},
+		{".", []string{"build", "-o", filepath.Join(bins, "h3peer"), "./h3peer"}},
 	}
 	for _, s := range steps {
 		cmd := exec.Command("go", s.args...)

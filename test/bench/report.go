@@ -18,7 +18,9 @@ type results struct {
 	SwapEvery string            `json:"swap_every"`
 	Path      string            `json:"path"`
 	Rows      []row             `json:"rows"`
-	Cost      *cost             `json:"cost,omitempty"`
+	// H3Rows is the HTTP/3 part (h3.go).
+	H3Rows []h3Row `json:"h3_rows,omitempty"`
+	Cost   *cost   `json:"cost,omitempty"`
 }
 
 // row is one strategy in one client mode.

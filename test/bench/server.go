@@ -272,6 +272,9 @@ type handoffdServer struct {
 	services, listeners int
 	// canary makes every swap 5 % → 50 % → promote.
 	canary bool
+	// quic adds a QUIC listener, h3, on the UDP port of addr's number,
+	// which the demo serves HTTP/3 on.
+	quic bool
 }
 
 // genStatus is one generation in `handoffctl status --json`.
@@ -367,8 +370,15 @@ func (h *handoffdServer) config() (string, error) {
 		if i > 0 {
 			name = fmt.Sprintf("demo%d", i+1)
 		}
-		fmt.Fprintf(&b, "  - name: %s\n    command: [%q, \"--version\", \"bench\"]\n    env: [\"GIN_MODE=release\"]\n    listeners:\n",
-			name, filepath.Join(h.bins, "demo"))
+		quicArgs := ""
+		if h.quic && i == 0 {
+			quicArgs = `, "--tls", "--http3", "h3"`
+		}
+		fmt.Fprintf(&b, "  - name: %s\n    command: [%q, \"--version\", \"bench\"%s]\n    env: [\"GIN_MODE=release\"]\n    listeners:\n",
+			name, filepath.Join(h.bins, "demo"), quicArgs)
+		if h.quic && i == 0 {
+			fmt.Fprintf(&b, "      - name: h3\n        address: udp://%s\n        protocol: quic\n", h.addr)
+		}
 		for j := range max(h.listeners, 1) {
 			addr, lname := h.addr, "http"
 			for i > 0 || j > 0 {
