@@ -73,9 +73,13 @@ struct {
 //   bit  15      sticky: split by client address, not by connection
 //   bits 16..48  threshold: a new connection whose 32-bit hash is below it
 //                goes to the canary (0: none, 1 << 32: all)
+// The program reads it with one load; handoffd writes it with one atomic
+// store through a mapping of the map (an update through the bpf syscall
+// copies with memcpy, which may store a word in pieces).
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u64);
 } route SEC(".maps");
@@ -195,7 +199,8 @@ static __always_inline __u32 place(struct sk_reuseport_md *md, __u32 hash)
 {
 	__u32 zero = 0;
 	__u64 *rp = bpf_map_lookup_elem(&route, &zero);
-	__u64 r = rp ? *rp : 0;
+	// One load: the fields below all come from the same route.
+	__u64 r = rp ? *(volatile __u64 *)rp : 0;
 	__u32 slot = ROUTE_ACTIVE(r);
 	__u32 other = slot;
 	__u64 threshold = ROUTE_THRESHOLD(r);

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -33,8 +35,10 @@ type QUICSteering struct {
 	objs bpf.SteerQuicObjects
 
 	// mu orders the read-modify-write updates of the route word, which
-	// holds the active slot and the split together.
-	mu sync.Mutex
+	// holds the active slot and the split together, and guards routeMem:
+	// the route map, mapped into memory (nil once closed).
+	mu       sync.Mutex
+	routeMem []byte
 }
 
 // QUICCounters counts what the program did for one slot.
@@ -74,7 +78,26 @@ func LoadQUICSteering(dir string) (*QUICSteering, error) {
 		q.Close()
 		return nil, fmt.Errorf("load QUIC steering in %s: %w", dir, err)
 	}
+	if err := q.mapRoute(); err != nil {
+		q.Close()
+		return nil, fmt.Errorf("load QUIC steering in %s: %w", dir, err)
+	}
 	return q, nil
+}
+
+// mapRoute maps the route map's one value into memory, for update.
+func (q *QUICSteering) mapRoute() error {
+	mem, err := unix.Mmap(q.objs.Route.FD(), 0, os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map the route into memory: %w", err)
+	}
+	q.routeMem = mem
+	return nil
+}
+
+// routeWord is the mapped word. Callers hold mu, and routeMem is set.
+func (q *QUICSteering) routeWord() *uint64 {
+	return (*uint64)(unsafe.Pointer(&q.routeMem[0]))
 }
 
 func (q *QUICSteering) pinners() map[string]interface{ Pin(string) error } {
@@ -133,6 +156,9 @@ func OpenPinnedQUIC(dir string) (*QUICSteering, error) {
 	o.SteerQuic, err = ebpf.LoadPinnedProgram(filepath.Join(dir, pinQUICProgram), nil)
 	if err == nil && o.SteerQuic.Type() != ebpf.SkReuseport {
 		err = fmt.Errorf("pin %s is a %s program, want %s", pinQUICProgram, o.SteerQuic.Type(), ebpf.SkReuseport)
+	}
+	if err == nil {
+		err = q.mapRoute()
 	}
 	if err != nil {
 		q.Close()
@@ -198,17 +224,17 @@ func parseRoute(w uint64) route {
 		threshold: w >> 16 & 0x1ffffffff}
 }
 
-// update changes the route word under q.mu, in one map update.
+// update changes the route word under q.mu, in one atomic store.
 func (q *QUICSteering) update(change func(*route)) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	var w uint64
-	if err := q.objs.Route.Lookup(uint32(0), &w); err != nil {
-		return fmt.Errorf("read route: %w", err)
+	if q.routeMem == nil {
+		return errors.New("QUIC steering closed")
 	}
-	r := parseRoute(w)
+	r := parseRoute(atomic.LoadUint64(q.routeWord()))
 	change(&r)
-	return q.objs.Route.Update(uint32(0), r.word(), ebpf.UpdateAny)
+	atomic.StoreUint64(q.routeWord(), r.word())
+	return nil
 }
 
 // Activate sends every new connection to the socket in slot, in one map
@@ -230,11 +256,12 @@ func (q *QUICSteering) Activate(slot uint32) error {
 
 // Active returns the active slot.
 func (q *QUICSteering) Active() (uint32, error) {
-	var w uint64
-	if err := q.objs.Route.Lookup(uint32(0), &w); err != nil {
-		return 0, fmt.Errorf("read route: %w", err)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.routeMem == nil {
+		return 0, errors.New("read route: QUIC steering closed")
 	}
-	return parseRoute(w).active, nil
+	return parseRoute(atomic.LoadUint64(q.routeWord())).active, nil
 }
 
 // SetSplit sends sp.Share of the new connections to sp.Slot and the rest
@@ -300,7 +327,14 @@ func (q *QUICSteering) Program() *ebpf.Program { return q.objs.SteerQuic }
 // Close releases the handles and keeps the pins, so steering goes on in
 // the kernel and OpenPinnedQUIC can find it again.
 func (q *QUICSteering) Close() error {
-	if err := q.objs.Close(); err != nil {
+	q.mu.Lock()
+	var err error
+	if q.routeMem != nil {
+		err = unix.Munmap(q.routeMem)
+		q.routeMem = nil
+	}
+	q.mu.Unlock()
+	if err := errors.Join(err, q.objs.Close()); err != nil {
 		return fmt.Errorf("close QUIC steering: %w", err)
 	}
 	return nil
