@@ -82,7 +82,8 @@ func (c *curlTally) run(ctx context.Context, root string, urls []string) {
 			Generation int `json:"generation"`
 		}
 		if line != "200 3" || json.Unmarshal([]byte(body), &reply) != nil || reply.Generation == 0 {
-			c.fail(fmt.Sprintf("transfer %q, body %q", line, body))
+			c.fail(fmt.Sprintf("transfer %d of %d: %q, body %q; curl: %v: %s", seen, len(urls), line, body, err,
+				strings.TrimSpace(stderr.String())))
 		} else {
 			c.mu.Lock()
 			c.ok++

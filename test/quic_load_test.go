@@ -42,6 +42,9 @@ type h3Load struct {
 // h3Result is what an h3Load saw.
 type h3Result struct {
 	OK, Failed, Rejected int
+	// Unsent counts first requests of new connections that could not
+	// leave because the connection had got GOAWAY already.
+	Unsent int
 	// Conns counts the QUIC connections the clients dialed.
 	Conns int
 	// ByGen counts the answers of each generation.
@@ -152,9 +155,17 @@ func (c *h3Conn) get() (int, error) {
 }
 
 // goneAway reports whether err is a request that never left because its
-// connection had got GOAWAY.
+// connection had got GOAWAY: the request stream could not be opened
+// ("conn unusable"), the connection being in graceful shutdown, or closed
+// by this client with H3_NO_ERROR once its last request after the GOAWAY
+// was done.
 func goneAway(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "connection in graceful shutdown")
+	if err == nil {
+		return false
+	}
+	s := err.Error()
+	return strings.Contains(s, "conn unusable") &&
+		(strings.Contains(s, "connection in graceful shutdown") || strings.Contains(s, "H3_NO_ERROR (local)"))
 }
 
 func rejected(err error) bool {
@@ -183,8 +194,15 @@ func (l *h3Load) client(kept bool) {
 		switch {
 		case err == nil:
 			l.record(c, gen, dialed)
-		case goneAway(err) && kept && dialed.IsZero():
-			// The next request goes on a new connection.
+		case goneAway(err):
+			// The next request goes on a new connection. On one just
+			// dialed: it reached the old generation as it sent its
+			// GOAWAY, before the first request went out.
+			if !dialed.IsZero() {
+				l.mu.Lock()
+				l.res.Unsent++
+				l.mu.Unlock()
+			}
 		case rejected(err):
 			l.mu.Lock()
 			l.res.Rejected++

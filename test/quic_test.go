@@ -1,7 +1,11 @@
 package test
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,8 +69,8 @@ func TestQUICSwapUnderLoad(t *testing.T) {
 // and fail the test.
 func checkH3Result(t *testing.T, res h3Result, swaps, kept int) {
 	t.Helper()
-	t.Logf("HTTP/3: %d ok, %d failed, %d rejected (H3_REQUEST_REJECTED), %d connections; per generation %v",
-		res.OK, res.Failed, res.Rejected, res.Conns, res.ByGen)
+	t.Logf("HTTP/3: %d ok, %d failed, %d rejected (H3_REQUEST_REJECTED), %d not sent on a new connection that had got GOAWAY, %d connections; per generation %v",
+		res.OK, res.Failed, res.Rejected, res.Unsent, res.Conns, res.ByGen)
 	if res.Failed > 0 {
 		t.Errorf("%d HTTP/3 requests failed, first ones: %q", res.Failed, res.Failures)
 	}
@@ -277,5 +281,63 @@ func TestQUICCrashAndProbation(t *testing.T) {
 	})
 	if byGen := splitCount(t, d.addr, 100, 8); byGen[3] != 100 {
 		t.Errorf("after generation 1 was killed, new connections reached %v, want all on generation 3 (%+v)", byGen, st.Generations)
+	}
+}
+
+// TestQUICNeedsEBPF: a QUIC listener is refused in fdpass mode, and with
+// mode auto on a host where eBPF steering is not allowed (no CAP_BPF in
+// handoffd's bounding set) handoffd refuses to start, in one line that
+// says why, rather than fall back to fdpass and drop the listener.
+func TestQUICNeedsEBPF(t *testing.T) {
+	requireRoot(t)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Fatalf("setpriv (util-linux) not found: %v", err)
+	}
+	for _, tc := range []struct {
+		mode string
+		wrap []string
+		want string
+	}{
+		{"fdpass", nil, "listener h3: a QUIC listener needs ebpf mode"},
+		{"auto", []string{setpriv, "--bounding-set", "-bpf,-sys_admin,-perfmon,-net_admin", "--inh-caps", "-all", "--"},
+			"mode auto: eBPF steering is unavailable"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			dir := t.TempDir()
+			port := freePort(t)
+			cfg := fmt.Sprintf(`control: %s
+mode: %s
+state_dir: %s
+bpf_dir: /sys/fs/bpf/handoff-e2e-%d-%d
+services:
+  - name: demo
+    command: [%q, "--tls", "--http3", "h3"]
+    listeners:
+      - {name: http, address: "tcp://127.0.0.1:%d"}
+      - {name: h3, address: "udp://127.0.0.1:%d", protocol: quic}
+`, filepath.Join(dir, "handoffd.sock"), tc.mode, dir, os.Getpid(), port, filepath.Join(bin, "demo"), port, port)
+			path := filepath.Join(dir, "handoff.yaml")
+			if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			argv := append(append([]string{}, tc.wrap...), filepath.Join(bin, "handoffd"), "--config", path)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second*slow)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+			if err == nil || ctx.Err() != nil {
+				t.Fatalf("handoffd in mode %s with a QUIC listener: %v, want a refusal:\n%s", tc.mode, err, out)
+			}
+			last := strings.TrimSpace(string(out))
+			if i := strings.LastIndexByte(last, '\n'); i >= 0 {
+				last = last[i+1:]
+			}
+			if !strings.Contains(last, tc.want) || !strings.Contains(last, "needs ebpf mode") {
+				t.Errorf("handoffd's last line %q, want it to say %q and that QUIC needs ebpf mode", last, tc.want)
+			}
+			if pids := generationsOf(filepath.Join(dir, "handoffd.sock")); len(pids) > 0 {
+				t.Errorf("generations %v started", pids)
+			}
+		})
 	}
 }

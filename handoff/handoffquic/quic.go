@@ -51,6 +51,13 @@ const DefaultDrainTimeout = 30 * time.Second
 // DefaultHandshakeGrace is the HandshakeGrace of a Server that sets none.
 const DefaultHandshakeGrace = 500 * time.Millisecond
 
+// DefaultGoAwayHold is the GoAwayHold of a Server that sets none.
+const DefaultGoAwayHold = 100 * time.Millisecond
+
+// goAwayLead is how long after the GOAWAY the requests held for it go on,
+// so that it leaves ahead of their answers.
+const goAwayLead = 5 * time.Millisecond
+
 // A Server serves HTTP/3 on one QUIC listener for the life of a
 // generation.
 type Server struct {
@@ -62,12 +69,23 @@ type Server struct {
 	// a margin, or DefaultDrainTimeout when handoffd did not say.
 	DrainTimeout time.Duration
 	// HandshakeGrace is how long Drain goes on serving as before, ahead
-	// of the GOAWAY: the handshakes that began here before the steering
-	// flipped (their packets keep coming here) complete and are served.
-	// A connection that completes its handshake after the GOAWAY is
-	// never served. It is cut to a quarter of the drain's time. Zero
-	// means DefaultHandshakeGrace.
+	// of the GOAWAY, so that the handshakes that began here before the
+	// steering flipped (their packets keep coming here) mostly complete
+	// first; one that completes later is served by a second server, which
+	// sends its GOAWAY once no such connection came for HandshakeGrace.
+	// It is cut to a quarter of the drain's time. Zero means
+	// DefaultHandshakeGrace.
 	HandshakeGrace time.Duration
+	// GoAwayHold is how long, just before the GOAWAY, requests that come
+	// in wait before they are handled. quic-go's server sends one GOAWAY,
+	// naming the last request stream it took, and resets with
+	// H3_REQUEST_REJECTED a stream that the client opened while the GOAWAY
+	// was on its way; curl, for one, does not send such a request again.
+	// A client that sends its requests one after the other is waiting for
+	// an answer when the GOAWAY goes out, and sends its next request on a
+	// new connection. It is cut to a tenth of the drain's time. Zero means
+	// DefaultGoAwayHold; a negative value holds nothing.
+	GoAwayHold time.Duration
 
 	name      string
 	conn      *net.UDPConn
@@ -78,6 +96,19 @@ type Server struct {
 	undrained undrained.Server
 	drainOnce sync.Once
 	drainErr  error
+
+	// mu guards what Drain changes while Serve accepts: draining, the
+	// server of late connections, when the last one came, and whether it
+	// is shut down.
+	mu       sync.Mutex
+	draining bool
+	late     *http3.Server
+	lastLate time.Time
+	lateDone bool
+	// hold, while not nil, is closed when the requests that came in
+	// before the GOAWAY may be handled.
+	hold    chan struct{}
+	wrapped bool
 
 	// reportMu guards reportPending: a report of Conns to handoffd is
 	// due within reportDelay.
@@ -169,36 +200,105 @@ func (s *Server) Conns() int64 { return s.conns.Load() }
 // Accepted returns how many QUIC connections the Server has accepted.
 func (s *Server) Accepted() uint64 { return s.accepted.Load() }
 
-// Serve serves HTTP/3 until Drain; it returns http.ErrServerClosed then.
-// Say READY=1 (handoff.Ready) once Serve runs.
+// Serve accepts QUIC connections and serves HTTP/3 on each, until Drain
+// closes the socket; it returns http.ErrServerClosed then. Say READY=1
+// (handoff.Ready) once Serve runs.
 func (s *Server) Serve() error {
 	s.undrained.Serving()
-	return s.H3.ServeListener(&countingListener{EarlyListener: s.ln, s: s})
-}
-
-// countingListener counts the connections that Serve accepts until each
-// closes.
-type countingListener struct {
-	*quic.EarlyListener
-	s *Server
-}
-
-func (l *countingListener) Accept(ctx context.Context) (*quic.Conn, error) {
-	c, err := l.EarlyListener.Accept(ctx)
-	if err != nil {
-		return nil, err
+	s.mu.Lock()
+	if !s.wrapped {
+		s.H3.Handler = s.holding(s.H3.Handler)
+		s.wrapped = true
 	}
-	l.s.conns.Add(1)
-	l.s.accepted.Add(1)
-	l.s.changed()
-	// Ends when the connection closes, as it does at the latest when
-	// Drain closes the transport.
+	s.mu.Unlock()
+	for {
+		c, err := s.ln.Accept(context.Background())
+		if err != nil {
+			s.mu.Lock()
+			draining := s.draining
+			s.mu.Unlock()
+			if draining {
+				return http.ErrServerClosed
+			}
+			return err
+		}
+		s.track(c)
+		// Ends when the connection is closed, at the latest when Drain
+		// closes the transport.
+		go s.serveConn(c)
+	}
+}
+
+// holding makes h wait, while Drain holds requests, until the GOAWAY went
+// out (see GoAwayHold).
+func (s *Server) holding(h http.Handler) http.Handler {
+	if h == nil {
+		h = http.DefaultServeMux
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		hold := s.hold
+		s.mu.Unlock()
+		if hold != nil {
+			select {
+			case <-hold:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// track counts c until it closes.
+func (s *Server) track(c *quic.Conn) {
+	s.conns.Add(1)
+	s.accepted.Add(1)
+	s.changed()
 	go func() {
 		<-c.Context().Done()
-		l.s.conns.Add(-1)
-		l.s.changed()
+		s.conns.Add(-1)
+		s.changed()
 	}()
-	return c, nil
+}
+
+// serveConn serves c with H3, or, when H3 was shut down before it took c,
+// with the server of late connections: c is a handshake that began here
+// before the steering flipped and completed after the GOAWAY, and its
+// client is sending its requests here.
+func (s *Server) serveConn(c *quic.Conn) {
+	err := s.H3.ServeQUICConn(c)
+	if !errors.Is(err, http.ErrServerClosed) || c.Context().Err() != nil {
+		return
+	}
+	if late := s.lateServer(); late != nil {
+		err = late.ServeQUICConn(c)
+	}
+	if c.Context().Err() == nil {
+		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+	}
+}
+
+// lateServer returns the server of late connections and notes that one
+// came, or nil once it is shut down.
+func (s *Server) lateServer() *http3.Server {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lateDone {
+		return nil
+	}
+	s.lastLate = time.Now()
+	return s.late
+}
+
+// newLate makes a server like H3 for the connections that come after its
+// GOAWAY.
+func (s *Server) newLate() *http3.Server {
+	h := s.H3
+	return &http3.Server{Addr: h.Addr, Port: h.Port, TLSConfig: h.TLSConfig, QUICConfig: h.QUICConfig,
+		Handler: h.Handler, EnableDatagrams: h.EnableDatagrams, MaxHeaderBytes: h.MaxHeaderBytes,
+		AdditionalSettings: h.AdditionalSettings, ReadHeaderTimeout: h.ReadHeaderTimeout,
+		IdleTimeout: h.IdleTimeout, ConnContext: h.ConnContext, Logger: h.Logger}
 }
 
 // changed reports Conns to handoffd (on NOTIFY_SOCKET, for its status
@@ -235,12 +335,15 @@ func (s *Server) drainTimeout() time.Duration {
 	return DefaultDrainTimeout
 }
 
-// Drain waits HandshakeGrace, then sends GOAWAY on every connection and
-// waits until they are closed,
-// until DrainTimeout passes or until ctx ends, whichever comes first; then
-// it closes what is left, the transport and the socket. It returns nil
-// after a clean drain, and says how many connections were cut otherwise.
-// Later calls return what the first returned.
+// Drain waits HandshakeGrace, holds new requests for GoAwayHold, then
+// sends GOAWAY on every connection (and lets the held requests go on) and
+// waits until they are closed, until DrainTimeout passes or until ctx
+// ends, whichever comes first; then it closes what is left, the transport
+// and the socket. A connection whose handshake completes after the GOAWAY
+// (it began here before the steering flipped) is served too, and gets its
+// GOAWAY once no such connection came for HandshakeGrace. Drain returns
+// nil after a clean drain, and says how many connections were cut
+// otherwise. Later calls return what the first returned.
 func (s *Server) Drain(ctx context.Context) error {
 	s.drainOnce.Do(func() {
 		timeout := s.drainTimeout()
@@ -250,14 +353,37 @@ func (s *Server) Drain(ctx context.Context) error {
 		if grace <= 0 {
 			grace = DefaultHandshakeGrace
 		}
-		t := time.NewTimer(min(grace, timeout/4))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		grace = min(grace, timeout/4)
+		if !sleep(ctx, grace) {
+			grace = 0
 		}
+		hold := s.GoAwayHold
+		if hold == 0 {
+			hold = DefaultGoAwayHold
+		}
+		var held chan struct{}
+		if hold > 0 {
+			held = make(chan struct{})
+			s.mu.Lock()
+			s.hold = held
+			s.mu.Unlock()
+			sleep(ctx, min(hold, timeout/10))
+		}
+		s.mu.Lock()
+		s.draining, s.late, s.lastLate = true, s.newLate(), time.Now()
+		s.mu.Unlock()
+		shutdown := make(chan error, 1)
+		go func() { shutdown <- s.H3.Shutdown(ctx) }()
+		if held != nil {
+			sleep(ctx, goAwayLead)
+			s.mu.Lock()
+			s.hold = nil
+			s.mu.Unlock()
+			close(held)
+		}
+		lateErr := s.shutdownLate(ctx, grace)
+		err := errors.Join(<-shutdown, lateErr)
 		left := int64(0)
-		err := s.H3.Shutdown(ctx)
 		if err != nil {
 			left = s.conns.Load()
 		}
@@ -266,9 +392,38 @@ func (s *Server) Drain(ctx context.Context) error {
 		s.conn.Close()
 		s.report()
 		s.undrained.Drained()
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err != nil {
 			s.drainErr = fmt.Errorf("handoffquic: drain: %d connections cut at the deadline: %w", left, err)
 		}
 	})
 	return s.drainErr
+}
+
+// shutdownLate shuts the server of late connections down once none came
+// for grace, or when ctx ends.
+func (s *Server) shutdownLate(ctx context.Context, grace time.Duration) error {
+	for {
+		s.mu.Lock()
+		quiet := time.Since(s.lastLate)
+		if quiet >= grace || ctx.Err() != nil {
+			s.lateDone = true
+			late := s.late
+			s.mu.Unlock()
+			return late.Shutdown(ctx)
+		}
+		s.mu.Unlock()
+		sleep(ctx, grace-quiet)
+	}
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }

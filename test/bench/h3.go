@@ -329,7 +329,8 @@ func (l *h3Load) client() {
 		switch {
 		case err == nil:
 			l.note(&l.res.ok, "")
-		case !fresh && strings.Contains(err.Error(), "connection in graceful shutdown"):
+		case strings.Contains(err.Error(), "conn unusable") && (strings.Contains(err.Error(), "connection in graceful shutdown") ||
+			strings.Contains(err.Error(), "H3_NO_ERROR (local)")):
 			// GOAWAY: the request never left; the next goes on a new connection.
 		case errors.As(err, &h3err) && h3err.ErrorCode == http3.ErrCodeRequestRejected:
 			l.note(&l.res.rejected, "")
