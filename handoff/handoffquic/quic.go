@@ -15,10 +15,13 @@
 // Drain sends HTTP/3 GOAWAY on every connection (http3.Server.Shutdown):
 // the requests in flight finish, the clients open their next connection,
 // which the steering sends to the next generation, and at the deadline
-// what is left is closed. A stream the client opened after the GOAWAY was
-// sent and before it arrived is reset with H3_REQUEST_REJECTED, which
-// tells the client that the request was not processed, so that it may send
-// it again (quic-go's http3.Transport does, once).
+// what is left is closed. Ahead of the GOAWAY it serves for a grace, so
+// that handshakes begun before the steering flipped complete here, and
+// holds new requests for a moment, so that a client sending its requests
+// one after the other is waiting for an answer when the GOAWAY goes out:
+// quic-go's server resets a stream that the client opened while the
+// GOAWAY was on its way (H3_REQUEST_REJECTED), and not every client sends
+// such a request again.
 //
 // It is its own package so that package handoff stays free of quic-go.
 package handoffquic
