@@ -148,7 +148,7 @@ func listenHTTP3(name, addr string, srv *http.Server, engine http.Handler) (*han
 		return nil, err
 	}
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h3.H3.SetQUICHeaders(w.Header())
+		h3.SetQUICHeaders(w.Header())
 		engine.ServeHTTP(w, r)
 	})
 	slog.Info("serving HTTP/3", "listener", name, "addr", h3.Addr().String())

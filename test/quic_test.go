@@ -2,7 +2,10 @@ package test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -254,12 +257,24 @@ func quicConns(st api.ServiceStatus, gen int) *int64 {
 	return nil
 }
 
-// TestQUICCrashAndProbation: with probation, the replaced generation stays
+// TestQUICCrashAndProbation: HTTPS over TCP announces HTTP/3 (Alt-Svc);
+// with probation, the replaced generation stays
 // in standby, steerable; the new one crashes a second after it is active
 // and new QUIC connections go back to the standby one at once. Then the
 // active generation is killed: its replacement takes the new connections.
 func TestQUICCrashAndProbation(t *testing.T) {
 	d := startDaemon(t, daemonOptions{quic: true, probation: "30s", demoArgs: []string{"--fault", "crash@2:1s"}})
+	// HTTPS on the TCP port announces HTTP/3 on the UDP one.
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := hc.Get("https://" + d.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	_, port, _ := net.SplitHostPort(d.addr)
+	if got, want := resp.Header.Get("Alt-Svc"), `h3=":`+port+`"`; !strings.HasPrefix(got, want) {
+		t.Errorf("Alt-Svc %q over %s, want it to start with %q", got, resp.Proto, want)
+	}
 	d.ctlOK("generation 2 active", "swap", "demo")
 	if st := d.status(); stateOf(st, 1) != api.StateStandby {
 		t.Fatalf("generation 1 is %s after the swap, want standby", stateOf(st, 1))

@@ -197,6 +197,13 @@ func (g Generator) ConnectionIDLen() int { return quicid.Len }
 // Addr returns the address of the socket the Server serves on.
 func (s *Server) Addr() net.Addr { return s.conn.LocalAddr() }
 
+// SetQUICHeaders announces the Server in hdr, an answer over HTTP/1.1 or
+// HTTP/2: Alt-Svc: h3=":PORT" (H3.Port, which Listen set to the socket's
+// port unless it was set).
+func (s *Server) SetQUICHeaders(hdr http.Header) {
+	hdr.Add("Alt-Svc", fmt.Sprintf(`%s=":%d"; ma=86400`, http3.NextProtoH3, s.H3.Port))
+}
+
 // Conns returns how many QUIC connections the Server holds now.
 func (s *Server) Conns() int64 { return s.conns.Load() }
 

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -69,6 +70,11 @@ func TestServeAndDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.DrainTimeout = 10 * time.Second
+	hdr := http.Header{}
+	s.SetQUICHeaders(hdr)
+	if want := fmt.Sprintf(`h3=":%d"; ma=86400`, s.Addr().(*net.UDPAddr).Port); hdr.Get("Alt-Svc") != want {
+		t.Errorf("Alt-Svc %q, want %q", hdr.Get("Alt-Svc"), want)
+	}
 	served := make(chan error, 1)
 	go func() { served <- s.Serve() }()
 
