@@ -154,14 +154,19 @@ func answerError(resp *http.Response) string {
 }
 
 // checkListener checks that the socket fd is a listening stream socket
-// of the family of the configured address: AF_UNIX for unix://, AF_INET
-// or AF_INET6 for tcp as its host says.
+// (a bound UDP socket for a QUIC listener's udp://) of the family of the
+// configured address: AF_UNIX for unix://, AF_INET or AF_INET6 for tcp
+// and udp as its host says.
 func checkListener(fd int, address string) error {
 	want, err := addressFamilies(address)
 	if err != nil {
 		return err
 	}
-	got, err := kernel.CheckListening(fd)
+	check := kernel.CheckListening
+	if strings.HasPrefix(address, "udp") {
+		check = kernel.CheckUDP
+	}
+	got, err := check(fd)
 	if err != nil {
 		return err
 	}
@@ -173,6 +178,10 @@ func checkListener(fd int, address string) error {
 
 func addressFamilies(address string) ([]kernel.Family, error) {
 	scheme, rest, _ := strings.Cut(address, "://")
+	// A QUIC listener's UDP socket is bound as a TCP one would be.
+	if s, ok := strings.CutPrefix(scheme, "udp"); ok {
+		scheme = "tcp" + s
+	}
 	switch scheme {
 	case "unix":
 		return []kernel.Family{kernel.FamilyUnix}, nil

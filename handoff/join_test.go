@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/handoffd/handoffd/internal/joinproto"
+	"github.com/handoffd/handoffd/kernel"
 	"golang.org/x/sys/unix"
 )
 
@@ -106,6 +107,10 @@ func TestJoinRejectsWhatIsNotAListener(t *testing.T) {
 			f, _ := tcp.(*net.TCPListener).File()
 			return f
 		}},
+		{"tcp listener for a QUIC listener", "udp://127.0.0.1:8080", "not a datagram socket", func() *os.File {
+			f, _ := tcp.(*net.TCPListener).File()
+			return f
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := openFDs(t)
@@ -120,6 +125,31 @@ func TestJoinRejectsWhatIsNotAListener(t *testing.T) {
 				t.Errorf("%d fds open after the rejected join, %d before: the received fd was not closed", after, before)
 			}
 		})
+	}
+}
+
+// TestJoinTakesQUICSocket: the UDP socket of a QUIC listener passes the
+// join's checks.
+func TestJoinTakesQUICSocket(t *testing.T) {
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	f, err := pc.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := fakeHandoffd(t, joinproto.Offer{Generation: 3, Listeners: []string{"h3"}, Addresses: []string{"udp://" + pc.LocalAddr().String()}}, f)
+	_, fds, _, err := join(c, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fds) != 1 {
+		t.Fatalf("%d fds", len(fds))
+	}
+	if _, err := kernel.CheckUDP(fds[0]); err != nil {
+		t.Errorf("joined fd: %v", err)
 	}
 }
 

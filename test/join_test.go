@@ -35,10 +35,10 @@ type outsider struct {
 	exited chan struct{}
 }
 
-func startOutsider(t *testing.T, d *daemon, demo string, cred *syscall.Credential) *outsider {
+func startOutsider(t *testing.T, d *daemon, demo string, cred *syscall.Credential, args ...string) *outsider {
 	t.Helper()
 	o := &outsider{exited: make(chan struct{})}
-	o.cmd = exec.Command(demo, "--version", "outsider")
+	o.cmd = exec.Command(demo, append([]string{"--version", "outsider"}, args...)...)
 	o.cmd.Env = append([]string{"PATH=/usr/bin:/bin", "GIN_MODE=release",
 		"HANDOFF_CONTROL=" + d.control, "HANDOFF_SERVICE=demo"}, raceEnv()...)
 	o.out.w = new(bytes.Buffer)

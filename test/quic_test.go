@@ -356,3 +356,30 @@ services:
 		})
 	}
 }
+
+// TestQUICJoinFromOutside: a demo started by the test joins a service
+// with a QUIC listener (join: true), takes its UDP socket from handoffd
+// and serves HTTP/3 as generation 2 under load; a swap replaces it.
+// Not one request fails.
+func TestQUICJoinFromOutside(t *testing.T) {
+	d := startDaemon(t, daemonOptions{quic: true, serviceYAML: "    join: true\n"})
+	l := startH3Load(d.addr, loadClients/4, loadClients/4)
+	time.Sleep(500 * time.Millisecond)
+	o := startOutsider(t, d, filepath.Join(bin, "demo"), nil, "--tls", "--http3", "h3")
+	d.waitFor("the outside process active as generation 2", 15*time.Second*slow, func(st api.ServiceStatus) bool {
+		g := st.Generations[len(st.Generations)-1]
+		return g.ID == 2 && g.State == api.StateActive && g.PID == o.cmd.Process.Pid
+	})
+	time.Sleep(700 * time.Millisecond)
+	d.ctlOK("demo: generation 3 active", "swap", "demo")
+	o.wait(t, 15*time.Second*slow)
+	if !o.cmd.ProcessState.Success() {
+		t.Errorf("the outside process ended with %s, want a clean drain; output:\n%s", o.cmd.ProcessState, o.out.String())
+	}
+	time.Sleep(300 * time.Millisecond)
+	res := l.stopLoad()
+	checkH3Result(t, res, 2, loadClients/4)
+	if res.ByGen[2] == 0 {
+		t.Errorf("the outside process answered no HTTP/3 request: %v", res.ByGen)
+	}
+}
