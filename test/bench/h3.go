@@ -19,6 +19,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"golang.org/x/sys/unix"
 )
 
 // The HTTP/3 part: the same swaps under HTTP/3 load, over UDP, for a
@@ -47,6 +48,17 @@ type h3Row struct {
 	Seconds    float64  `json:"seconds"`
 	Swaps      int      `json:"swaps"`
 	SwapErrors []string `json:"swap_errors,omitempty"`
+	// Programs (handoffd's row) are its SK_REUSEPORT programs' runs and
+	// run time over the row (BPF_ENABLE_STATS, on for the row): the QUIC
+	// program runs once per datagram, so NSPerRun is its cost per packet.
+	Programs []h3Program `json:"programs,omitempty"`
+}
+
+// h3Program is one steering program's count over a row.
+type h3Program struct {
+	ID       string  `json:"id"`
+	Runs     uint64  `json:"runs"`
+	NSPerRun float64 `json:"ns_per_run"`
 }
 
 // runH3Rows runs every HTTP/3 strategy in both client modes.
@@ -99,6 +111,13 @@ func runH3Row(c config, bins, tmp, strategy string, kept bool) (r h3Row) {
 		return r
 	}
 	defer srv.Stop()
+	var before map[string]progStats
+	if pid := srv.DaemonPID(); pid != 0 {
+		if fd, err := enableBPFStats(); err == nil {
+			defer unix.Close(fd)
+			before = bpfPrograms(pid)
+		}
+	}
 	start := time.Now()
 	l := startH3Load(addr, clients, kept)
 	for i := range c.swaps {
@@ -112,6 +131,16 @@ func runH3Row(c config, bins, tmp, strategy string, kept bool) (r h3Row) {
 	time.Sleep(time.Until(start.Add(warmup + steadyFor + time.Duration(max(c.swaps, 1))*swapEvery + tail)))
 	res := l.stop()
 	r.Seconds = time.Since(start).Seconds()
+	if before != nil {
+		for id, p := range bpfPrograms(srv.DaemonPID()) {
+			b := before[id]
+			if p.Type != "sk_reuseport" || p.RunCount <= b.RunCount {
+				continue
+			}
+			runs := p.RunCount - b.RunCount
+			r.Programs = append(r.Programs, h3Program{ID: id, Runs: runs, NSPerRun: float64(p.RunTimeNS-b.RunTimeNS) / float64(runs)})
+		}
+	}
 	srv.Settle()
 	r.OK, r.Failed, r.Broken, r.Rejected, r.Conns, r.Samples = res.ok, res.failed, res.broken, res.rejected, res.conns, res.samples
 	return r
@@ -379,15 +408,21 @@ func h3Get(cc *http3.ClientConn, addr string) error {
 // h3Markdown is the HTTP/3 part's table.
 func h3Markdown(rows []h3Row) string {
 	var b strings.Builder
-	b.WriteString("\n| HTTP/3 strategy | clients | ok | failed | broken connections | rejected (not processed) | connections | swaps |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("\n| HTTP/3 strategy | clients | ok | failed | broken connections | rejected (not processed) | connections | swaps | steering ns per packet |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rows {
 		if r.Unavailable != "" {
 			fmt.Fprintf(&b, "| %s | %s | unavailable: %s |||||\n", r.Strategy, r.Mode, r.Unavailable)
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %d | %d |\n", r.Strategy, r.Mode, r.OK, r.Failed, r.Broken,
-			r.Rejected, r.Conns, r.Swaps)
+		cost := "-"
+		for _, p := range r.Programs {
+			if p.Runs > uint64(r.OK) { // the QUIC program: a run per datagram
+				cost = fmt.Sprintf("%.0f (%d runs)", p.NSPerRun, p.Runs)
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %d | %d | %s |\n", r.Strategy, r.Mode, r.OK, r.Failed, r.Broken,
+			r.Rejected, r.Conns, r.Swaps, cost)
 	}
 	return b.String()
 }
