@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+
 	"github.com/handoffd/handoffd/api"
 )
 
@@ -381,5 +384,62 @@ func TestQUICJoinFromOutside(t *testing.T) {
 	checkH3Result(t, res, 2, loadClients/4)
 	if res.ByGen[2] == 0 {
 		t.Errorf("the outside process answered no HTTP/3 request: %v", res.ByGen)
+	}
+}
+
+// TestQUICMigration: a client moves its connection to another address
+// (QUIC connection migration) after a swap; its connection ID, not the
+// 4-tuple, keeps it on the generation that holds it, here in standby
+// (probation), and a new connection goes to the new generation.
+func TestQUICMigration(t *testing.T) {
+	d := startDaemon(t, daemonOptions{quic: true, probation: "30s"})
+	raddr, err := net.ResolveUDPAddr("udp", d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	transport := func(ip net.IP) *quic.Transport {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := &quic.Transport{Conn: c}
+		t.Cleanup(func() { tr.Close(); c.Close() })
+		return tr
+	}
+	first := transport(net.IPv4(127, 0, 0, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second*slow)
+	defer cancel()
+	qc, err := first.Dial(ctx, raddr, h3TLS(), &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &h3Conn{qc: qc, cc: (&http3.Transport{}).NewClientConn(qc)}
+	defer c.close()
+	if gen, err := c.get(); err != nil || gen != 1 {
+		t.Fatalf("GET before the swap: generation %d, %v", gen, err)
+	}
+	d.ctlOK("generation 2 active", "swap", "demo")
+
+	// Another local address: every 4-tuple hash changes.
+	path, err := qc.AddPath(transport(net.IPv4(127, 0, 0, 2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := path.Probe(ctx); err != nil {
+		t.Fatalf("probe the new path: %v", err)
+	}
+	if err := path.Switch(); err != nil {
+		t.Fatalf("switch to the new path: %v", err)
+	}
+	for i := range 20 {
+		if gen, err := c.get(); err != nil || gen != 1 {
+			t.Fatalf("GET %d after the move: generation %d, %v; want generation 1 on its moved connection", i, gen, err)
+		}
+	}
+	if got := qc.LocalAddr().(*net.UDPAddr).IP; !got.Equal(net.IPv4(127, 0, 0, 2)) {
+		t.Errorf("the connection is on %v after the switch", got)
+	}
+	if byGen := splitCount(t, d.addr, 20, 4); byGen[2] != 20 {
+		t.Errorf("new connections reached %v, want all on generation 2", byGen)
 	}
 }
