@@ -373,12 +373,14 @@ func TestQUICCrashAndProbation(t *testing.T) {
 		t.Errorf("Alt-Svc %q over %s, want it to start with %q", got, resp.Proto, want)
 	}
 	d.ctlOK("generation 2 active", "swap", "demo")
-	if st := d.status(); stateOf(st, 1) != api.StateStandby {
-		t.Fatalf("generation 1 is %s after the swap, want standby", stateOf(st, 1))
-	}
-	d.waitFor("rollback to generation 1", 10*time.Second*slow, func(st api.ServiceStatus) bool {
+	// Generation 1 stayed in standby, steerable: steering flips back to
+	// it, and nothing new is started.
+	st := d.waitFor("rollback to generation 1", 10*time.Second*slow, func(st api.ServiceStatus) bool {
 		return stateOf(st, 1) == api.StateActive && stateOf(st, 2) == api.StateExited
 	})
+	if last := st.Generations[len(st.Generations)-1]; last.ID != 2 {
+		t.Errorf("generation %d is the newest; a rollback from probation must not start a new one", last.ID)
+	}
 	if byGen := splitCount(t, d.addr, 100, 8); byGen[1] != 100 {
 		t.Errorf("after generation 2 crashed, new connections reached %v, want all on generation 1", byGen)
 	}
@@ -387,7 +389,7 @@ func TestQUICCrashAndProbation(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	st := d.waitFor("a replacement of generation 1", 15*time.Second*slow, func(st api.ServiceStatus) bool {
+	st = d.waitFor("a replacement of generation 1", 15*time.Second*slow, func(st api.ServiceStatus) bool {
 		last := st.Generations[len(st.Generations)-1]
 		return last.ID == 3 && last.State == api.StateActive
 	})
@@ -503,7 +505,7 @@ func TestQUICMigration(t *testing.T) {
 	first := transport(net.IPv4(127, 0, 0, 1))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second*slow)
 	defer cancel()
-	qc, err := first.Dial(ctx, raddr, h3TLS(), &quic.Config{})
+	qc, err := first.Dial(ctx, raddr, h3TLS(), h3QUICConfig())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,11 +55,11 @@ const DefaultDrainTimeout = 30 * time.Second
 const DefaultHandshakeGrace = 500 * time.Millisecond
 
 // DefaultGoAwayHold is the GoAwayHold of a Server that sets none.
-const DefaultGoAwayHold = 100 * time.Millisecond
+const DefaultGoAwayHold = 250 * time.Millisecond
 
 // goAwayLead is how long after the GOAWAY the requests held for it go on,
 // so that it leaves ahead of their answers.
-const goAwayLead = 5 * time.Millisecond
+const goAwayLead = 50 * time.Millisecond
 
 // A Server serves HTTP/3 on one QUIC listener for the life of a
 // generation.
@@ -273,29 +273,34 @@ func (s *Server) track(c *quic.Conn) {
 }
 
 // serveConn serves c with H3, or, when H3 was shut down before it took c,
-// with the server of late connections: c is a handshake that began here
+// with a server of late connections: c is a handshake that began here
 // before the steering flipped and completed after the GOAWAY, and its
 // client is sending its requests here.
 func (s *Server) serveConn(c *quic.Conn) {
 	err := s.H3.ServeQUICConn(c)
-	if !errors.Is(err, http.ErrServerClosed) || c.Context().Err() != nil {
-		return
-	}
-	if late := s.lateServer(); late != nil {
+	for errors.Is(err, http.ErrServerClosed) && c.Context().Err() == nil {
+		late := s.lateServer()
+		if late == nil {
+			// The drain is over: nothing serves here any more.
+			c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+			return
+		}
+		// A late server shut down before it took c: the next one does.
 		err = late.ServeQUICConn(c)
-	}
-	if c.Context().Err() == nil {
-		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
 	}
 }
 
-// lateServer returns the server of late connections and notes that one
-// came, or nil once it is shut down.
+// lateServer returns the server of late connections, a new one when the
+// last was taken for shutting down, and notes that a connection came; nil
+// once the drain has stopped serving.
 func (s *Server) lateServer() *http3.Server {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.lateDone {
 		return nil
+	}
+	if s.late == nil {
+		s.late = s.newLate()
 	}
 	s.lastLate = time.Now()
 	return s.late
@@ -380,7 +385,7 @@ func (s *Server) Drain(ctx context.Context) error {
 			sleep(ctx, min(hold, timeout/10))
 		}
 		s.mu.Lock()
-		s.draining, s.late, s.lastLate = true, s.newLate(), time.Now()
+		s.draining, s.lastLate = true, time.Now()
 		s.mu.Unlock()
 		shutdown := make(chan error, 1)
 		go func() { shutdown <- s.H3.Shutdown(ctx) }()
@@ -391,8 +396,7 @@ func (s *Server) Drain(ctx context.Context) error {
 			s.mu.Unlock()
 			close(held)
 		}
-		lateErr := s.shutdownLate(ctx, grace)
-		err := errors.Join(<-shutdown, lateErr)
+		err := errors.Join(s.shutdownLate(ctx, grace, shutdown))
 		left := int64(0)
 		if err != nil {
 			left = s.conns.Load()
@@ -409,20 +413,45 @@ func (s *Server) Drain(ctx context.Context) error {
 	return s.drainErr
 }
 
-// shutdownLate shuts the server of late connections down once none came
-// for grace, or when ctx ends.
-func (s *Server) shutdownLate(ctx context.Context, grace time.Duration) error {
+// shutdownLate waits until H3's shutdown is done (its result comes on
+// mainDone) and no late connection came for grace, shutting down each
+// server of late connections in turn (GOAWAY, then their end); then it
+// stops serving late connections. ctx bounds it all.
+func (s *Server) shutdownLate(ctx context.Context, grace time.Duration, mainDone <-chan error) error {
+	var errs []error
+	main := mainDone
 	for {
+		if main != nil {
+			select {
+			case err := <-main:
+				errs = append(errs, err)
+				main = nil
+			case <-ctx.Done():
+			}
+		}
 		s.mu.Lock()
 		quiet := time.Since(s.lastLate)
-		if quiet >= grace || ctx.Err() != nil {
-			s.lateDone = true
-			late := s.late
+		if quiet < grace && ctx.Err() == nil {
 			s.mu.Unlock()
-			return late.Shutdown(ctx)
+			sleep(ctx, grace-quiet)
+			continue
 		}
+		late := s.late
+		s.late = nil
+		if late == nil && main == nil || ctx.Err() != nil {
+			s.lateDone = true
+		}
+		done := s.lateDone
 		s.mu.Unlock()
-		sleep(ctx, grace-quiet)
+		if late != nil {
+			errs = append(errs, late.Shutdown(ctx))
+		}
+		if done {
+			if main != nil {
+				errs = append(errs, <-main)
+			}
+			return errors.Join(errs...)
+		}
 	}
 }
 
