@@ -59,7 +59,7 @@ const DefaultGoAwayHold = 250 * time.Millisecond
 
 // goAwayLead is how long after the GOAWAY the requests held for it go on,
 // so that it leaves ahead of their answers.
-const goAwayLead = 50 * time.Millisecond
+const goAwayLead = 150 * time.Millisecond
 
 // A Server serves HTTP/3 on one QUIC listener for the life of a
 // generation.
