@@ -23,7 +23,7 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
 
 .PHONY: all build demo test unit e2e fuzz soak generate check-generated lint clean bench bench-quick e2e-race \
-	bench-deps install deb test-vm docs
+	bench-deps install deb test-vm docs test-fleet fleet-deps
 
 all: build
 
@@ -51,6 +51,20 @@ e2e: build
 # test/vm/run.sh. Installs qemu and the kernel package from Debian.
 test-vm: deb
 	bash test/vm/run.sh
+
+# The Ansible collection in deploy/ansible rolls releases across three
+# hosts simulated here (network namespaces, each with its own sshd and
+# handoffd) under load: see test/fleet_test.go. Installs Debian's
+# ansible-core and openssh-server.
+fleet-deps:
+	@command -v ansible-playbook >/dev/null && test -x /usr/sbin/sshd || { echo "installing ansible-core and openssh-server from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
+		--no-install-recommends ansible-core openssh-server >/dev/null; }
+
+test-fleet: fleet-deps deb
+	cd deploy/ansible/tests && /usr/bin/python3 -m unittest -v
+	HANDOFF_DEB=$$(ls -t $(CURDIR)/dist/handoffd_*.deb | head -n 1) HANDOFF_FLEET_OUT=$(CURDIR)/bin/test-fleet \
+		$(GO) test -tags fleet -count=1 -v -timeout 40m -run '^TestFleet$$' ./test/
 
 # Binaries, man pages (handoffd(8), handoffctl(8), and handoff.yaml(5) from
 # the config's reference), shell completion and the guide (README.md,
@@ -150,6 +164,7 @@ lint:
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags vm ./test/
+	$(GO) vet -tags fleet ./test/
 	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy and commit"; exit 1; }
 
 clean:
