@@ -28,6 +28,8 @@
 // each field to where the running kernel has it.
 struct bpf_iter_meta {
 	void *seq;
+	__u64 session_id;
+	__u64 seq_num;
 } __attribute__((preserve_access_index));
 
 struct file;
@@ -38,7 +40,6 @@ struct task_struct {
 	int pid;
 	int tgid;
 	struct task_struct *real_parent;
-	struct task_struct *group_leader;
 	struct files_struct *files;
 } __attribute__((preserve_access_index));
 
@@ -134,16 +135,47 @@ static __always_inline long refs(struct file *f)
 	return BPF_CORE_READ((struct file___count *)f, f_count.counter);
 }
 
-// same_files reports whether task is a thread other than its process's
-// first that shares the first one's fd table: its files were counted
-// with the first thread's. Linux 6.18 skips such threads itself; 6.1,
-// iterating one process (task.pid), visits every thread's fds again.
-static __always_inline int same_files(struct task_struct *task)
+// The fd tables this run of the iterator (one process) has counted, so
+// that a thread that shares one of them is skipped: Linux 6.1 visits
+// every thread of the process with the table they share, and every
+// release visits each thread when the first one has exited (its table
+// gone, the others' no longer "the same as the leader's"). Reset at the
+// run's first file; the runs of one program never overlap (user space
+// counts one process at a time).
+#define MAX_TABLES 8
+__u64 tables[MAX_TABLES];
+__u32 ntables;
+// visiting is the thread whose files the run is visiting, and skipping
+// says whether they were counted with another thread's.
+__s32 visiting;
+__u32 skipping;
+
+// counted_before reports whether the files of task, which the iterator
+// is visiting, were counted already with another thread of the process.
+static __always_inline int counted_before(struct bpf_iter__task_file *ctx, struct task_struct *task)
 {
-	if (task->pid == task->tgid)
-		return 0;
-	struct task_struct *leader = task->group_leader;
-	return leader && task->files == leader->files;
+	if (ctx->meta->seq_num == 0) {
+		ntables = 0;
+		visiting = 0;
+	}
+	if (task->pid == visiting)
+		return skipping;
+	visiting = task->pid;
+	skipping = 0;
+	__u64 files = (__u64)BPF_CORE_READ(task, files);
+	for (int i = 0; i < MAX_TABLES; i++) {
+		if (i >= ntables)
+			break;
+		if (tables[i] == files) {
+			skipping = 1;
+			return 1;
+		}
+	}
+	// Past MAX_TABLES tables in one process (threads that unshared
+	// theirs), a thread that shares one not kept is counted again.
+	if (ntables < MAX_TABLES)
+		tables[ntables++] = files;
+	return 0;
 }
 
 SEC("iter/task_file")
@@ -152,7 +184,7 @@ int count(struct bpf_iter__task_file *ctx)
 	struct file *file = ctx->file;
 	struct task_struct *task = ctx->task;
 
-	if (!file || !task || same_files(task))
+	if (!file || !task || counted_before(ctx, task))
 		return 0;
 	struct socket *sock = bpf_sock_from_file(file);
 	if (!sock)

@@ -26,6 +26,10 @@ const (
 	CountMapPorts    = "ports"
 	CountProgCount   = "count"
 	CountProgParents = "parents"
+	CountVarNtables  = "ntables"
+	CountVarSkipping = "skipping"
+	CountVarTables   = "tables"
+	CountVarVisiting = "visiting"
 )
 
 // LoadCount returns the embedded CollectionSpec for Count.
@@ -85,6 +89,10 @@ type CountMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type CountVariableSpecs struct {
+	Ntables  *ebpf.VariableSpec `ebpf:"ntables"`
+	Skipping *ebpf.VariableSpec `ebpf:"skipping"`
+	Tables   *ebpf.VariableSpec `ebpf:"tables"`
+	Visiting *ebpf.VariableSpec `ebpf:"visiting"`
 }
 
 // CountObjects contains all objects after they have been loaded into the kernel.
@@ -120,6 +128,10 @@ func (m *CountMaps) Close() error {
 //
 // It can be passed to LoadCountObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CountVariables struct {
+	Ntables  *ebpf.Variable `ebpf:"ntables"`
+	Skipping *ebpf.Variable `ebpf:"skipping"`
+	Tables   *ebpf.Variable `ebpf:"tables"`
+	Visiting *ebpf.Variable `ebpf:"visiting"`
 }
 
 // CountPrograms contains all programs after they have been loaded into the kernel.

@@ -29,12 +29,11 @@ import (
 // one program call per open file of the processes counted. The iterator
 // is restricted to one process by bpf_iter_link_info.task.pid (Linux >=
 // 6.1), which cilium/ebpf's link.IterOptions does not carry: the link is
-// created with a raw BPF_LINK_CREATE. The program counts a thread's fds
-// only when the thread does not share the fd table of its process's first
-// thread (Linux 6.1 visits every thread of the process): a process whose
-// first thread has exited while others share one table (no common server
-// does that) would have its fds counted once per thread. A ConnCounter
-// pins nothing and keeps nothing between counts. Its methods may be called from several
+// created with a raw BPF_LINK_CREATE. The kernel may visit one fd table
+// once per thread that shares it (every thread on Linux 6.1; on later
+// releases, when the process's first thread has exited): the program
+// counts each table of a process once. A ConnCounter pins nothing and
+// keeps nothing between counts. Its methods may be called from several
 // goroutines; counts run one at a time.
 type ConnCounter struct {
 	mu    sync.Mutex
@@ -67,7 +66,11 @@ type PortHeld struct {
 // the host. It fails, wrapping ErrNotSupported or ErrPermission when that
 // is the cause, when the kernel cannot run it.
 func LoadConnCounter() (*ConnCounter, error) {
-	var objs bpf.CountObjects
+	// The program's variables stay the kernel's: no mapping of them.
+	var objs struct {
+		bpf.CountPrograms
+		bpf.CountMaps
+	}
 	if err := bpf.LoadCountObjects(&objs, nil); err != nil {
 		return nil, explainCounterLoad(err)
 	}

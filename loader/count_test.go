@@ -1,8 +1,11 @@
 package loader
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -281,4 +284,99 @@ func TestConnCounterParents(t *testing.T) {
 	if len(children) != 2 {
 		t.Errorf("the shell has children %v, want two sleeps", children)
 	}
+}
+
+// leaderExitEnv makes the test binary play a process whose first thread
+// exits while its other threads, which share its fd table, run on.
+const leaderExitEnv = "HANDOFF_TEST_LEADER_EXIT"
+
+func init() {
+	if os.Getenv(leaderExitEnv) != "" {
+		// main then runs on the process's first thread.
+		runtime.LockOSThread()
+	}
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv(leaderExitEnv) != "" {
+		exitLeader()
+	}
+	os.Exit(m.Run())
+}
+
+// exitLeader starts threads that block reading stdin, then ends the first
+// thread alone (exit, not exit_group): the process lives on, its leader a
+// zombie without files, until the test kills it.
+func exitLeader() {
+	for range 4 {
+		go func() {
+			runtime.LockOSThread() // a thread of its own for each reader
+			var b [1]byte
+			for {
+				unix.Read(0, b[:])
+			}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	unix.Syscall(unix.SYS_EXIT, 0, 0, 0)
+}
+
+// TestConnCounterLeaderExited counts a process whose first thread has
+// exited while the others share one fd table: the kernel visits each of
+// those threads with the whole table, and each connection counts once.
+func TestConnCounterLeaderExited(t *testing.T) {
+	requireEBPF(t)
+	c := requireCounter(t)
+	inNetns(t)
+	ln, p := listen(t, 0)
+	const n = 5
+	for range n {
+		dial(t, p)
+	}
+	conns := acceptAll(t, n, ln)[0]
+	cmd := exec.Command("/proc/self/exe", "-test.run=^$")
+	cmd.Env = append(os.Environ(), leaderExitEnv+"=1")
+	stdin, err := cmd.StdinPipe() // never written: the threads block on it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	for _, fd := range append([]int{ln}, conns...) {
+		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(uintptr(dup), "socket"))
+	}
+	err = cmd.Start()
+	for _, f := range cmd.ExtraFiles {
+		f.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	pid := cmd.Process.Pid
+	leader := fmt.Sprintf("/proc/%d/task/%d/stat", pid, pid)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		stat, err := os.ReadFile(leader)
+		if err == nil && strings.Contains(string(stat), ") Z ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the first thread of process %d did not exit in 10s: %q, %v", pid, stat, err)
+		}
+	}
+	threads, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(threads) < 3 {
+		t.Fatalf("process %d has threads %v (%v), want the leader and at least two more", pid, threads, err)
+	}
+	// Only the process holds the connections now: one fd each.
+	for _, fd := range conns {
+		unix.Close(fd)
+	}
+	checkCount(t, c, []int{pid}, p, PortHeld{Connections: n, Listeners: 1})
 }
