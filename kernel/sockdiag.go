@@ -18,7 +18,12 @@ type Conn struct {
 	// (socket:[Inode]); 0 for a connection still in an accept queue,
 	// which no fd holds yet.
 	Inode uint64
-	// Addr and Port are the local address and port.
+	// Family is the socket's address family: unix.AF_INET, or
+	// unix.AF_INET6 for an IPv6 listener's connection, an IPv4 client's
+	// on a dual-stack one included.
+	Family int
+	// Addr and Port are the local address and port; an IPv4-mapped
+	// address is unmapped.
 	Addr netip.Addr
 	Port uint16
 }
@@ -142,7 +147,7 @@ func diagSockets(family uint8, ports []uint16, conns []Conn) ([]Conn, error) {
 			if len(d) < 72 {
 				continue
 			}
-			c := Conn{Port: binary.BigEndian.Uint16(d[4:6]), Inode: uint64(binary.NativeEndian.Uint32(d[68:72]))}
+			c := Conn{Family: int(d[0]), Port: binary.BigEndian.Uint16(d[4:6]), Inode: uint64(binary.NativeEndian.Uint32(d[68:72]))}
 			if d[0] == unix.AF_INET {
 				c.Addr = netip.AddrFrom4([4]byte(d[8:12]))
 			} else {

@@ -2,9 +2,11 @@ package kernel
 
 import (
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -85,8 +87,9 @@ func TestConnectionsFiltersPorts(t *testing.T) {
 		if c.Port != p4 && c.Port != p6 {
 			continue // another server of the host on a low port
 		}
-		if c.Port == p4 && c.Addr.String() != "127.0.0.1" || c.Port == p6 && c.Addr.String() != "::1" {
-			t.Errorf("connection %+v: wrong local address", c)
+		if c.Port == p4 && (c.Addr.String() != "127.0.0.1" || c.Family != syscall.AF_INET) ||
+			c.Port == p6 && (c.Addr.String() != "::1" || c.Family != syscall.AF_INET6) {
+			t.Errorf("connection %+v: wrong local address or family", c)
 		}
 		got = append(got, c.Inode)
 	}
@@ -98,6 +101,30 @@ func TestConnectionsFiltersPorts(t *testing.T) {
 	}
 	if conns, err := Connections([]uint16{other}); err != nil || len(conns) != 2 {
 		t.Errorf("Connections(%d) = %d connections, %v; want 2", other, len(conns), err)
+	}
+}
+
+// TestConnectionsMapped lists an IPv4 client's connection to a dual-stack
+// IPv6 listener as IPv6, with its local address unmapped.
+func TestConnectionsMapped(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	c, err := net.Dial("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	conns, err := Connections([]uint16{uint16(port)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Conn{Family: syscall.AF_INET6, Addr: netip.MustParseAddr("127.0.0.1"), Port: uint16(port)}
+	if len(conns) != 1 || conns[0] != want {
+		t.Errorf("Connections(%d) = %+v, want %+v (queued: no inode)", port, conns, want)
 	}
 }
 

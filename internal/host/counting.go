@@ -5,7 +5,10 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/config"
@@ -49,12 +52,14 @@ func (*Counter) AcceptQueue(f *os.File) (uint32, bool) {
 	return n, err == nil
 }
 
-// listener is what counting needs of one configured listener.
+// listener is what counting needs of one configured listener: where
+// kernel.ListenTCP binds its socket.
 type listener struct {
 	tcp     bool
 	steered bool
 	port    uint16
-	addr    netip.Addr // the zero Addr: any address
+	family  int        // the socket's, unix.AF_INET or AF_INET6; 0: either (a host name)
+	addr    netip.Addr // the zero Addr: any address of family
 }
 
 func listenersOf(svc *config.ServiceConfig, mode api.Mode) []listener {
@@ -64,23 +69,44 @@ func listenersOf(svc *config.ServiceConfig, mode api.Mode) []listener {
 		if err != nil || network == "unix" || l.QUIC() {
 			continue
 		}
-		ap, err := netip.ParseAddrPort(hostport)
-		if err != nil {
-			// A host name: match the port on any address.
-			_, port, ok := cutPort(hostport)
-			if !ok {
-				continue
-			}
-			out[i] = listener{tcp: true, port: port}
-		} else {
-			out[i] = listener{tcp: true, port: ap.Port(), addr: ap.Addr().Unmap()}
-			if out[i].addr.IsUnspecified() {
-				out[i].addr = netip.Addr{}
-			}
+		host, port, ok := cutPort(hostport)
+		if !ok {
+			continue
 		}
-		out[i].steered = config.ListenerMode(l, mode) == api.ModeEBPF
+		out[i] = listener{tcp: true, port: port, steered: config.ListenerMode(l, mode) == api.ModeEBPF}
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+		addr, err := netip.ParseAddr(host)
+		switch {
+		case host == "" && network == "tcp6":
+			out[i].family = unix.AF_INET6
+		case host == "":
+			out[i].family = unix.AF_INET
+		case err != nil:
+			// A host name: the port on any address of the network's
+			// family, or of both.
+			switch network {
+			case "tcp4":
+				out[i].family = unix.AF_INET
+			case "tcp6":
+				out[i].family = unix.AF_INET6
+			}
+		case addr.Unmap().Is4():
+			// An IPv4-mapped address too: ListenTCP binds it as IPv4.
+			out[i].family, out[i].addr = unix.AF_INET, addr.Unmap()
+		default:
+			out[i].family, out[i].addr = unix.AF_INET6, addr
+		}
+		if out[i].addr.IsUnspecified() {
+			out[i].addr = netip.Addr{}
+		}
 	}
 	return out
+}
+
+// holds reports whether a connection is on the socket of l.
+func (l listener) holds(c kernel.Conn) bool {
+	return l.tcp && l.port == c.Port && (l.family == 0 || l.family == c.Family) &&
+		(!l.addr.IsValid() || l.addr == c.Addr)
 }
 
 func cutPort(hostport string) (string, uint16, bool) {
@@ -230,7 +256,7 @@ func (c *Counter) countService(gens []*lifecycle.Counted, conns []kernel.Conn, t
 	perListener := make([]int64, len(ls))
 	for _, conn := range conns {
 		for i, l := range ls {
-			if l.tcp && l.port == conn.Port && (!l.addr.IsValid() || l.addr == conn.Addr) {
+			if l.holds(conn) {
 				perListener[i]++
 				if conn.Inode != 0 {
 					byInode[conn.Inode] = i
