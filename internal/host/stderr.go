@@ -74,28 +74,39 @@ func (l *stderrLog) follow(f *logFollower, dst io.Writer, fromEnd bool) {
 	l.copy() // what was written before the watch
 }
 
-// copy reads the log to its end, copies it to dst and keeps its tail; a
-// log past maxStderrLog is emptied.
-func (l *stderrLog) copy() {
+// copyChunk bounds what one copy reads: one goroutine copies every
+// generation's log, and a flood in one must not hold up the others.
+const copyChunk = 256 << 10
+
+// copy reads at most copyChunk of the log, copies it to dst and keeps its
+// tail, and reports whether more is left to read. A log past
+// maxStderrLog is emptied once read to its end.
+func (l *stderrLog) copy() (more bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.r == nil {
-		return
+		return false
 	}
-	l.copyLocked()
+	if l.copyLocked(copyChunk) {
+		return true
+	}
 	if fi, err := l.r.Stat(); err == nil && fi.Size() > maxStderrLog {
-		l.copyLocked()
+		l.copyLocked(maxStderrLog)
 		if os.Truncate(l.path, 0) == nil {
 			l.r.Seek(0, io.SeekStart)
 		}
 	}
+	return false
 }
 
-func (l *stderrLog) copyLocked() {
+// copyLocked copies up to limit bytes of the log, and reports whether it
+// stopped at the limit rather than at the end.
+func (l *stderrLog) copyLocked(limit int) bool {
 	buf := make([]byte, 32<<10)
-	for {
-		n, err := l.r.Read(buf)
+	for copied := 0; copied < limit; {
+		n, err := l.r.Read(buf[:min(len(buf), limit-copied)])
 		if n > 0 {
+			copied += n
 			l.dst.Write(buf[:n])
 			l.last = append(l.last, buf[:n]...)
 			if len(l.last) > tailBytes {
@@ -103,9 +114,10 @@ func (l *stderrLog) copyLocked() {
 			}
 		}
 		if err != nil || n == 0 {
-			return
+			return false
 		}
 	}
+	return true
 }
 
 // finish is called once the process has exited: it copies the last
@@ -114,7 +126,8 @@ func (l *stderrLog) finish() {
 	if l.follower != nil {
 		l.follower.remove(l)
 	}
-	l.copy()
+	for l.copy() {
+	}
 	l.mu.Lock()
 	if l.r != nil {
 		l.r.Close()
@@ -143,7 +156,8 @@ const logDebounce = 10 * time.Millisecond
 
 // logFollower follows the stderr logs of every generation with one
 // inotify instance (IN_MODIFY per file): a log is read to its end after a
-// write, and nothing runs while no generation writes. It is the one
+// write, a chunk at a time in turn with the other logs written to, and
+// nothing runs while no generation writes. It is the one
 // goroutine of all the logs; it runs while at least one log is followed
 // and ends with the last (remove).
 type logFollower struct {
@@ -194,6 +208,13 @@ func (f *logFollower) remove(l *stderrLog) {
 	<-ended
 }
 
+// now is a channel that is always ready.
+var now = func() <-chan time.Time {
+	c := make(chan time.Time)
+	close(c)
+	return c
+}()
+
 // run copies the logs that were written to, a burst at a time, until w
 // is closed. After a lost event (the queue overflowed) it copies all.
 func (f *logFollower) run(w *fsnotify.Watcher, ended chan struct{}) {
@@ -206,37 +227,79 @@ func (f *logFollower) run(w *fsnotify.Watcher, ended chan struct{}) {
 			if !ok {
 				return
 			}
-			if !ev.Has(fsnotify.Write) {
-				continue
-			}
-			f.mu.Lock()
-			if l := f.logs[ev.Name]; l != nil {
-				dirty[l] = true
-			}
-			f.mu.Unlock()
+			f.written(ev, dirty)
 		case err, ok := <-w.Errors:
 			if !ok {
 				return
 			}
-			if errors.Is(err, fsnotify.ErrEventOverflow) {
-				f.mu.Lock()
-				for _, l := range f.logs {
-					dirty[l] = true
-				}
-				f.mu.Unlock()
-			}
+			f.lost(err, dirty)
 		case <-flush:
+			// A chunk of each log written to, in turn; the logs with
+			// more left go on in the next round, after the events
+			// that came meanwhile.
 			for l := range dirty {
-				l.copy()
-				delete(dirty, l)
+				if !l.copy() {
+					delete(dirty, l)
+				}
 			}
 			flush = nil
+			if len(dirty) > 0 {
+				if !f.pending(w, dirty) {
+					return
+				}
+				flush = now
+			}
 			continue
 		}
 		if flush == nil && len(dirty) > 0 {
 			flush = time.After(logDebounce)
 		}
 	}
+}
+
+// pending takes the events that wait, without waiting for more; false
+// once w is closed.
+func (f *logFollower) pending(w *fsnotify.Watcher, dirty map[*stderrLog]bool) bool {
+	for {
+		select {
+		case ev, ok := <-w.Events:
+			if !ok {
+				return false
+			}
+			f.written(ev, dirty)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return false
+			}
+			f.lost(err, dirty)
+		default:
+			return true
+		}
+	}
+}
+
+// written marks the log of a write event dirty.
+func (f *logFollower) written(ev fsnotify.Event, dirty map[*stderrLog]bool) {
+	if !ev.Has(fsnotify.Write) {
+		return
+	}
+	f.mu.Lock()
+	if l := f.logs[ev.Name]; l != nil {
+		dirty[l] = true
+	}
+	f.mu.Unlock()
+}
+
+// lost marks every log dirty after the kernel dropped events.
+func (f *logFollower) lost(err error, dirty map[*stderrLog]bool) {
+	if !errors.Is(err, fsnotify.ErrEventOverflow) {
+		return
+	}
+	f.mu.Lock()
+	for _, l := range f.logs {
+		dirty[l] = true
+	}
+	f.mu.Unlock()
 }
 
 // resume follows the stderr file of a generation that an earlier handoffd

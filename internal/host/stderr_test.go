@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -84,4 +85,66 @@ func TestLogFollower(t *testing.T) {
 	if f.w != nil || len(f.logs) != 0 {
 		t.Errorf("follower still watching %d logs after the last finished", len(f.logs))
 	}
+}
+
+// slowWriter is a handoffd stderr that takes pause per write (a journal
+// that falls behind), until fast is set; it notes when it sees want.
+type slowWriter struct {
+	pause time.Duration
+	want  []byte
+	fast  atomic.Bool
+	seen  atomic.Bool
+}
+
+func (w *slowWriter) Write(p []byte) (int, error) {
+	if bytes.Contains(p, w.want) {
+		w.seen.Store(true)
+	}
+	if !w.fast.Load() {
+		time.Sleep(w.pause)
+	}
+	return len(p), nil
+}
+
+// TestLogFollowerFlood floods one generation's stderr faster than
+// handoffd's stderr takes it: another generation's line still comes
+// through within a few seconds, not after the flood has been copied.
+func TestLogFollowerFlood(t *testing.T) {
+	dir := t.TempDir()
+	var f logFollower
+	out := &slowWriter{pause: 20 * time.Millisecond, want: []byte("a line of b")}
+	flood, err := openStderrLog(dir, "a", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet, err := openStderrLog(dir, "b", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flood.follow(&f, out, false)
+	quiet.follow(&f, out, false)
+	defer func() {
+		out.fast.Store(true)
+		for _, l := range []*stderrLog{flood, quiet} {
+			l.child.Close()
+			l.finish()
+		}
+	}()
+	// 16 MiB: at 32 KiB per 20 ms write, 10 s to copy.
+	line := bytes.Repeat([]byte("a"), 1023)
+	line = append(line, '\n')
+	for range 16 << 10 {
+		if _, err := flood.child.Write(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fmt.Fprintln(quiet.child, "a line of b")
+	start := time.Now()
+	for !out.seen.Load() {
+		if time.Since(start) > 3*time.Second {
+			t.Fatalf("b's line not copied %s after its write, while a's flood is", time.Since(start).Round(time.Millisecond))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("b's line copied %s after its write", time.Since(start).Round(time.Millisecond))
 }
