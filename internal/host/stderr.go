@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +32,11 @@ type stderrLog struct {
 	dst      io.Writer
 	last     []byte // the end of what was written, for tail
 	follower *logFollower
+	// mark holds how far the log was copied (markPath), so that a
+	// handoffd restarted goes on from there; nil where it could not be
+	// made. marked is the offset it holds.
+	mark   *os.File
+	marked int64
 }
 
 // maxStderrLog bounds the file while handoffd follows it: past this size
@@ -44,6 +50,10 @@ func stderrPath(dir, service string, gen int) string {
 	return filepath.Join(dir, fmt.Sprintf("%s.%d.stderr", service, gen))
 }
 
+// markPath is the file beside the log at path that says, in decimal, up
+// to which offset handoffd has copied the log.
+func markPath(path string) string { return path + ".copied" }
+
 func openStderrLog(dir, service string, gen int) (*stderrLog, error) {
 	path := stderrPath(dir, service, gen)
 	child, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
@@ -54,24 +64,61 @@ func openStderrLog(dir, service string, gen int) (*stderrLog, error) {
 }
 
 // follow copies the log to dst whenever the process writes to it, until
-// finish. fromEnd skips what is there already (a re-adopted generation's
-// earlier output, which the previous handoffd copied). Without a
-// follower (inotify refused), the log is copied at finish only.
-func (l *stderrLog) follow(f *logFollower, dst io.Writer, fromEnd bool) {
+// finish. resume goes on from where the previous handoffd's copy of a
+// re-adopted generation's log stopped, as its mark says (or from the end,
+// where there is no mark), so that what the process wrote while no
+// handoffd ran is copied, and nothing twice. Without a follower (inotify
+// refused), the log is copied at finish only.
+func (l *stderrLog) follow(f *logFollower, dst io.Writer, resume bool) {
 	r, err := os.Open(l.path)
 	if err != nil {
 		return
 	}
-	if fromEnd {
-		r.Seek(0, io.SeekEnd)
+	flags := os.O_RDWR | os.O_CREATE
+	if !resume {
+		flags |= os.O_TRUNC
+	}
+	mark, err := os.OpenFile(markPath(l.path), flags, 0o600)
+	if err != nil {
+		mark = nil
+	}
+	if resume {
+		resumeAt(r, mark)
 	}
 	l.mu.Lock()
-	l.r, l.dst = r, dst
+	l.r, l.dst, l.mark = r, dst, mark
 	l.mu.Unlock()
 	if f != nil && f.add(l) == nil {
 		l.follower = f
 	}
-	l.copy() // what was written before the watch
+	for l.copy() { // what was written before the watch
+	}
+}
+
+// resumeAt moves r to the offset that mark holds, or to the end where
+// mark holds none or one past the end (the log was emptied since).
+func resumeAt(r, mark *os.File) {
+	if mark != nil {
+		b := make([]byte, 32)
+		n, _ := mark.ReadAt(b, 0)
+		at, err := strconv.ParseInt(strings.TrimSpace(string(b[:n])), 10, 64)
+		if fi, serr := r.Stat(); err == nil && serr == nil && at >= 0 && at <= fi.Size() {
+			r.Seek(at, io.SeekStart)
+			return
+		}
+	}
+	r.Seek(0, io.SeekEnd)
+}
+
+// markLocked writes how far the log was copied to its mark.
+func (l *stderrLog) markLocked() {
+	at, err := l.r.Seek(0, io.SeekCurrent)
+	if l.mark == nil || err != nil || at == l.marked {
+		return
+	}
+	if _, err := l.mark.WriteAt(fmt.Appendf(nil, "%020d\n", at), 0); err == nil {
+		l.marked = at
+	}
 }
 
 // copyChunk bounds what one copy reads: one goroutine copies every
@@ -87,6 +134,7 @@ func (l *stderrLog) copy() (more bool) {
 	if l.r == nil {
 		return false
 	}
+	defer l.markLocked()
 	if l.copyLocked(copyChunk) {
 		return true
 	}
@@ -133,8 +181,13 @@ func (l *stderrLog) finish() {
 		l.r.Close()
 		l.r = nil
 	}
+	if l.mark != nil {
+		l.mark.Close()
+		l.mark = nil
+	}
 	l.mu.Unlock()
 	os.Remove(l.path)
+	os.Remove(markPath(l.path))
 }
 
 // tail returns the last lines written, at most n, joined on one line.

@@ -148,3 +148,57 @@ func TestLogFollowerFlood(t *testing.T) {
 	}
 	t.Logf("b's line copied %s after its write", time.Since(start).Round(time.Millisecond))
 }
+
+// TestLogFollowerRestart follows a generation's stderr across a restart
+// of handoffd: what the process wrote while no handoffd ran is copied by
+// the next one, and what the first one copied is not copied again.
+func TestLogFollowerRestart(t *testing.T) {
+	dir := t.TempDir()
+	var before lockedBuffer
+	var f logFollower
+	l, err := openStderrLog(dir, "svc", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.child.Close()
+	l.follow(&f, &before, false)
+	fmt.Fprintln(l.child, "copied before the restart")
+	waitFor(t, &before, "copied before the restart")
+	// handoffd dies: nothing copies the log until the next one runs.
+	f.remove(l)
+	fmt.Fprintln(l.child, "written while no handoffd ran")
+
+	var after lockedBuffer
+	next := &ExecLauncher{LogDir: dir, Stderr: &after}
+	done := make(chan struct{})
+	next.resume("svc", 1, done)
+	fmt.Fprintln(l.child, "written after the restart")
+	waitFor(t, &after, "written after the restart")
+	close(done)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		_, err := os.Stat(l.path)
+		_, merr := os.Stat(markPath(l.path))
+		if os.IsNotExist(err) && os.IsNotExist(merr) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the log and its mark are still there 5s after the process exited: %v, %v", err, merr)
+		}
+	}
+	if !strings.Contains(after.String(), "written while no handoffd ran") {
+		t.Errorf("the next handoffd copied %q: the lines written while no handoffd ran are lost", after.String())
+	}
+	if strings.Contains(after.String(), "copied before the restart") {
+		t.Errorf("the next handoffd copied %q: a line the first one copied came again", after.String())
+	}
+}
+
+// waitFor waits up to 5s for out to hold s.
+func waitFor(t *testing.T, out *lockedBuffer, s string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), s); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 5s the copy holds %q, want %q", out.String(), s)
+		}
+	}
+}
