@@ -168,14 +168,22 @@ func (c *Counter) processTree() processTree {
 	return tree
 }
 
-// descendants returns pid and every process that descends from it.
+// descendants returns pid and every process that descends from it, each
+// once. The listing is no snapshot: a pid reused while it ran can make a
+// process its own ancestor.
 func (t processTree) descendants(pid int) []int {
 	if t == nil {
 		return kernel.Descendants(pid)
 	}
 	out := []int{pid}
+	seen := map[int]bool{pid: true}
 	for i := 0; i < len(out); i++ {
-		out = append(out, t[out[i]]...)
+		for _, child := range t[out[i]] {
+			if !seen[child] {
+				seen[child] = true
+				out = append(out, child)
+			}
+		}
 	}
 	return out
 }

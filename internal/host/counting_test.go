@@ -14,6 +14,7 @@ import (
 	"github.com/handoffd/handoffd/api"
 	"github.com/handoffd/handoffd/internal/config"
 	"github.com/handoffd/handoffd/internal/lifecycle"
+	"github.com/handoffd/handoffd/loader"
 )
 
 // TestCounterServicesOnOnePort counts, from one sock_diag dump, two
@@ -111,5 +112,51 @@ func dialN(t *testing.T, host string, port, n int) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
+	}
+}
+
+// fakeProcesses is a ProcessCounter whose listing of the host's processes
+// is given, and that counts one connection per process asked for.
+type fakeProcesses struct {
+	parents map[int]int
+	asked   [][]int
+}
+
+func (f *fakeProcesses) Count(pids []int, ports []uint16) (map[uint16]loader.PortHeld, error) {
+	f.asked = append(f.asked, pids)
+	out := map[uint16]loader.PortHeld{}
+	for _, p := range ports {
+		out[p] = loader.PortHeld{Connections: int64(len(pids))}
+	}
+	return out, nil
+}
+
+func (f *fakeProcesses) Parents() (map[int]int, error) { return f.parents, nil }
+
+// TestCounterProcessTreeWithALoop counts a generation from a listing of
+// the host's processes that is not a tree: the listing is no snapshot,
+// and a pid that was reused while it ran can make a process its own
+// ancestor. Each process is counted once, and the count ends.
+func TestCounterProcessTreeWithALoop(t *testing.T) {
+	const gen, worker, grandchild = 100, 200, 300
+	procs := &fakeProcesses{parents: map[int]int{gen: grandchild, worker: gen, grandchild: worker}}
+	c := Counter{Procs: procs}
+	svc := &config.ServiceConfig{Name: "a", Listeners: []config.ListenerConfig{{Name: "http", Address: "tcp://127.0.0.1:8080"}}}
+	g := &lifecycle.Counted{Service: svc, Mode: api.ModeEBPF, ID: 1, PID: gen, Primary: true}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Count([]*lifecycle.Counted{g})
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Count did not return in 5s")
+	}
+	if len(procs.asked) != 1 || len(procs.asked[0]) != 3 {
+		t.Fatalf("Count asked for processes %v, want %d, %d and %d once each", procs.asked, gen, worker, grandchild)
+	}
+	if g.Total == nil || *g.Total != 3 {
+		t.Errorf("generation holds %v connections, want 3", g.Total)
 	}
 }
