@@ -135,6 +135,12 @@ func (l *stderrLog) copy() (more bool) {
 		return false
 	}
 	defer l.markLocked()
+	at, err := l.r.Seek(0, io.SeekCurrent)
+	if fi, serr := l.r.Stat(); err == nil && serr == nil && fi.Size() < at {
+		// Emptied by something else (a rotation that copies and
+		// truncates): what it holds now was written since.
+		l.r.Seek(0, io.SeekStart)
+	}
 	if l.copyLocked(copyChunk) {
 		return true
 	}

@@ -202,3 +202,27 @@ func waitFor(t *testing.T, out *lockedBuffer, s string) {
 		}
 	}
 }
+
+// TestLogFollowerTruncated follows a log that something else empties (a
+// copytruncate rotation, an operator freeing space): what is written
+// after that is copied from its first byte.
+func TestLogFollowerTruncated(t *testing.T) {
+	var f logFollower
+	var out lockedBuffer
+	l, err := openStderrLog(t.TempDir(), "svc", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.follow(&f, &out, false)
+	defer func() {
+		l.child.Close()
+		l.finish()
+	}()
+	fmt.Fprintln(l.child, "a long line before the truncation")
+	waitFor(t, &out, "a long line before the truncation")
+	if err := os.Truncate(l.path, 0); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(l.child, "after")
+	waitFor(t, &out, "a long line before the truncation\nafter\n")
+}
