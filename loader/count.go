@@ -269,6 +269,11 @@ func (c *ConnCounter) run(pid int, shared map[uint64]sockOut) error {
 		if errors.Is(err, io.EOF) || (err == nil && n == 0) {
 			return nil
 		}
+		if errors.Is(err, unix.EAGAIN) {
+			// The kernel visited 1,000,000 files in this read
+			// without one to write out; the next read goes on.
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("count connections of process %d: %w", pid, err)
 		}

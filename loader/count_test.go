@@ -1,10 +1,12 @@
 package loader
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -286,9 +288,14 @@ func TestConnCounterParents(t *testing.T) {
 	}
 }
 
-// leaderExitEnv makes the test binary play a process whose first thread
-// exits while its other threads, which share its fd table, run on.
-const leaderExitEnv = "HANDOFF_TEST_LEADER_EXIT"
+// The test binary plays a process for a test when one of these is set:
+// leaderExitEnv, one whose first thread exits while its other threads,
+// which share its fd table, run on; manyFDsEnv, one with more open files
+// than one read of an iterator visits.
+const (
+	leaderExitEnv = "HANDOFF_TEST_LEADER_EXIT"
+	manyFDsEnv    = "HANDOFF_TEST_MANY_FDS"
+)
 
 func init() {
 	if os.Getenv(leaderExitEnv) != "" {
@@ -298,8 +305,11 @@ func init() {
 }
 
 func TestMain(m *testing.M) {
-	if os.Getenv(leaderExitEnv) != "" {
+	switch {
+	case os.Getenv(leaderExitEnv) != "":
 		exitLeader()
+	case os.Getenv(manyFDsEnv) != "":
+		holdManyFDs()
 	}
 	os.Exit(m.Run())
 }
@@ -321,27 +331,81 @@ func exitLeader() {
 	unix.Syscall(unix.SYS_EXIT, 0, 0, 0)
 }
 
-// TestConnCounterLeaderExited counts a process whose first thread has
-// exited while the others share one fd table: the kernel visits each of
-// those threads with the whole table, and each connection counts once.
-func TestConnCounterLeaderExited(t *testing.T) {
-	requireEBPF(t)
-	c := requireCounter(t)
-	inNetns(t)
-	ln, p := listen(t, 0)
-	const n = 5
-	for range n {
-		dial(t, p)
+// holdManyFDs makes the process hold more files than one read of an
+// iterator visits, without a socket among them: its fd limit's worth of
+// /dev/null, in as many threads with fd tables of their own (unshare
+// CLONE_FILES) as that takes, each of which closes the fds it inherited
+// (3 to 2 + manyFDsEnv's number), so that those stay in the first
+// table alone. It says "ready" on stdout and waits for the test to kill
+// it.
+func holdManyFDs() {
+	inherited, err := strconv.Atoi(os.Getenv(manyFDsEnv))
+	var lim unix.Rlimit
+	if err == nil {
+		err = unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
 	}
-	conns := acceptAll(t, n, ln)[0]
+	if err == nil {
+		lim.Cur = min(lim.Max, 20000)
+		err = unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	}
+	var null int
+	if err == nil {
+		null, err = unix.Open("/dev/null", unix.O_RDONLY, 0)
+	}
+	for err == nil {
+		if _, err = unix.FcntlInt(uintptr(null), unix.F_DUPFD, 0); err == unix.EMFILE {
+			err = nil
+			break
+		}
+	}
+	const objects = 1_100_000
+	tables := objects/int(lim.Cur) + 1
+	if err != nil || tables > 2000 {
+		fmt.Println("cannot hold", objects, "files:", err, "fd limit", lim.Cur)
+		os.Exit(1)
+	}
+	errs := make(chan error)
+	for range tables {
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread keeps its table
+			err := unix.Unshare(unix.CLONE_FILES)
+			for fd := 3; fd < 3+inherited && err == nil; fd++ {
+				err = unix.Close(fd)
+			}
+			errs <- err
+			var b [1]byte
+			unix.Read(0, b[:])
+		}()
+	}
+	for range tables {
+		if err := <-errs; err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+	}
+	fmt.Println("ready")
+	var b [1]byte
+	unix.Read(0, b[:])
+	os.Exit(0)
+}
+
+// helper starts the test binary with env set, holding copies of fds as
+// its fds 3 and up, and waits until it prints a line (holdManyFDs) when
+// ready is set; it is killed when the test ends.
+func helper(t *testing.T, env string, ready bool, fds ...int) int {
+	t.Helper()
 	cmd := exec.Command("/proc/self/exe", "-test.run=^$")
-	cmd.Env = append(os.Environ(), leaderExitEnv+"=1")
-	stdin, err := cmd.StdinPipe() // never written: the threads block on it
+	cmd.Env = append(os.Environ(), env)
+	stdin, err := cmd.StdinPipe() // never written: it waits on it
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stdin.Close()
-	for _, fd := range append([]int{ln}, conns...) {
+	t.Cleanup(func() { stdin.Close() })
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
 		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -359,7 +423,38 @@ func TestConnCounterLeaderExited(t *testing.T) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	pid := cmd.Process.Pid
+	if ready {
+		line := make(chan string, 1)
+		go func() {
+			s, _ := bufio.NewReader(stdout).ReadString('\n')
+			line <- s
+		}()
+		select {
+		case s := <-line:
+			if s != "ready\n" {
+				t.Fatalf("%s: %q", env, s)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatalf("%s: not ready in 60s", env)
+		}
+	}
+	return cmd.Process.Pid
+}
+
+// TestConnCounterLeaderExited counts a process whose first thread has
+// exited while the others share one fd table: the kernel visits each of
+// those threads with the whole table, and each connection counts once.
+func TestConnCounterLeaderExited(t *testing.T) {
+	requireEBPF(t)
+	c := requireCounter(t)
+	inNetns(t)
+	ln, p := listen(t, 0)
+	const n = 5
+	for range n {
+		dial(t, p)
+	}
+	conns := acceptAll(t, n, ln)[0]
+	pid := helper(t, leaderExitEnv+"=1", false, append([]int{ln}, conns...)...)
 	leader := fmt.Sprintf("/proc/%d/task/%d/stat", pid, pid)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		stat, err := os.ReadFile(leader)
@@ -379,4 +474,26 @@ func TestConnCounterLeaderExited(t *testing.T) {
 		unix.Close(fd)
 	}
 	checkCount(t, c, []int{pid}, p, PortHeld{Connections: n, Listeners: 1})
+}
+
+// TestConnCounterManyFiles counts a process with more open files than the
+// kernel visits in one read of an iterator (1,000,000) before a read that
+// found nothing to write out gives up with EAGAIN: the count reads on.
+// The files are in fd tables of the process's threads, so that the fd
+// limit of a test need not be raised.
+func TestConnCounterManyFiles(t *testing.T) {
+	requireEBPF(t)
+	c := requireCounter(t)
+	inNetns(t)
+	ln, p := listen(t, 0)
+	const n = 3
+	for range n {
+		dial(t, p)
+	}
+	conns := acceptAll(t, n, ln)[0]
+	pid := helper(t, fmt.Sprintf("%s=%d", manyFDsEnv, n), true, conns...)
+	for _, fd := range conns {
+		unix.Close(fd)
+	}
+	checkCount(t, c, []int{pid}, p, PortHeld{Connections: n})
 }
