@@ -4,9 +4,10 @@
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# EXTRA_LDFLAGS: make deb passes -s -w (no symbol table, no DWARF).
 LDFLAGS := -X main.version=$(VERSION) \
 	-X github.com/handoffd/handoffd/internal/cliapp.Version=$(VERSION) \
-	-X github.com/handoffd/handoffd/internal/cliapp.Commit=$(COMMIT)
+	-X github.com/handoffd/handoffd/internal/cliapp.Commit=$(COMMIT) $(EXTRA_LDFLAGS)
 BINS    := bin/handoffd bin/handoffctl bin/demo bin/grpcdemo
 
 # make install: PREFIX and DESTDIR as usual; the config and the unit go
