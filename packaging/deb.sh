@@ -15,13 +15,22 @@ else
 fi
 arch=$(dpkg --print-architecture)
 root=$PWD/bin/deb/root
+doc=$root/usr/share/doc/handoffd
 rm -rf bin/deb && mkdir -p "$root/DEBIAN" dist
 # Static binaries: the package depends on nothing. Stripped: -s -w leaves
-# out the symbol table and DWARF; the build information (go version -m)
-# stays.
+# out the symbol table and DWARF; the build information that -check reads
+# below (and go version -m) stays.
 CGO_ENABLED=0 make --no-print-directory install DESTDIR="$root" PREFIX=/usr SYSCONFDIR=/etc EXTRA_LDFLAGS='-s -w' \
 	UNITDIR=/lib/systemd/system ZSHCOMPDIR=/usr/share/zsh/vendor-completions VERSION="$version" COMMIT="$commit" >/dev/null
 find "$root/usr/share/man" -type f -name '*.[0-9]' -exec gzip -9n {} +
+
+# The licences of handoffd and of each module linked into it, read from
+# the module cache; the check fails if a binary links a module (or a
+# version of it) that the file does not name.
+CGO_ENABLED=0 go build -o bin/deb/copyright ./packaging/copyright
+CGO_ENABLED=0 bin/deb/copyright ./cmd/handoffd ./cmd/handoffctl >"$doc/copyright"
+bin/deb/copyright -check "$doc/copyright" "$root/usr/sbin/handoffd" "$root/usr/bin/handoffctl"
+
 cp packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$root/DEBIAN/"
 echo /etc/handoff/handoff.yaml.example >"$root/DEBIAN/conffiles"
 cat >"$root/DEBIAN/control" <<CONTROL
