@@ -5,14 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$1 commit=$2
-# A release tag (v1.2.0, 1.2.0-3-gabc) gives the Debian version; an
-# untagged tree gets 0~git<commits>.<commit>.
+maintainer='handoffd maintainers <maintainers@handoffd.invalid>'
+# A release tag (v1.2.0, 1.2.0-3-gabc) gives the upstream version; an
+# untagged tree gets 0~git<commits>.<commit>. The Debian revision is 1:
+# the package is made from upstream's tree, with no Debian changes.
 if [[ $version =~ ^v?[0-9]+\.[0-9] ]]; then
-	debver=${version#v}
-	debver=${debver//-/+}
+	upver=${version#v}
+	upver=${upver//-/+}
 else
-	debver=0~git$(git rev-list --count HEAD).$commit
+	upver=0~git$(git rev-list --count HEAD).$commit
 fi
+debver=$upver-1
 arch=$(dpkg --print-architecture)
 root=$PWD/bin/deb/root
 doc=$root/usr/share/doc/handoffd
@@ -31,13 +34,21 @@ CGO_ENABLED=0 go build -o bin/deb/copyright ./packaging/copyright
 CGO_ENABLED=0 bin/deb/copyright ./cmd/handoffd ./cmd/handoffctl >"$doc/copyright"
 bin/deb/copyright -check "$doc/copyright" "$root/usr/sbin/handoffd" "$root/usr/bin/handoffctl"
 
+# One entry, for this build, dated by its commit: the same tree gives the
+# same file.
+{
+	printf 'handoffd (%s) unstable; urgency=medium\n\n' "$debver"
+	printf '  * handoffd %s, commit %s, packaged by make deb.\n\n' "$version" "$commit"
+	printf ' -- %s  %s\n' "$maintainer" "$(date -R -u -d "@$(git log -1 --format=%ct)")"
+} | gzip -9n >"$doc/changelog.Debian.gz"
+
 cp packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$root/DEBIAN/"
 echo /etc/handoff/handoff.yaml.example >"$root/DEBIAN/conffiles"
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: handoffd
 Version: $debver
 Architecture: $arch
-Maintainer: handoffd maintainers <maintainers@handoffd.invalid>
+Maintainer: $maintainer
 Section: admin
 Priority: optional
 Installed-Size: $(du -sk --exclude=DEBIAN "$root" | cut -f1)
