@@ -44,6 +44,7 @@ bin/deb/copyright -check "$doc/copyright" "$root/usr/sbin/handoffd" "$root/usr/b
 
 cp packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$root/DEBIAN/"
 echo /etc/handoff/handoff.yaml.example >"$root/DEBIAN/conffiles"
+(cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) >"$root/DEBIAN/md5sums"
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: handoffd
 Version: $debver
