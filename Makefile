@@ -24,7 +24,7 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
 
 .PHONY: all build demo test unit e2e fuzz soak generate check-generated lint clean bench bench-quick e2e-race \
-	bench-deps install deb test-vm docs test-fleet fleet-deps
+	bench-deps install deb deb-deps test-vm docs test-fleet fleet-deps
 
 all: build
 
@@ -101,9 +101,14 @@ install: build
 docs:
 	$(GO) test -count=1 -run '^TestConfigurationDoc$$' ./internal/config -update
 
-# A Debian package of what make install installs, into dist/.
-deb:
+# A Debian package of what make install installs, into dist/, checked by
+# Debian's lintian: an error fails it.
+deb: deb-deps
 	bash packaging/deb.sh $(VERSION) $(COMMIT)
+
+deb-deps:
+	@command -v lintian >/dev/null || { echo "installing lintian from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian >/dev/null; }
 
 # handoffd, handoffctl and the demo built with -race; a race report from
 # any of them fails the test that was running. About 3x the time of e2e

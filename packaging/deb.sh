@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make deb: a Debian package of what make install installs (PREFIX=/usr),
-# with the maintainer scripts of packaging/deb, into dist/. Needs dpkg-deb
+# with the maintainer scripts and lintian overrides of packaging/deb and a
+# generated copyright file and changelog, into dist/; then lintian checks
+# it with Debian's profile and any error fails. Needs dpkg-deb and lintian
 # only: no debhelper.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +44,7 @@ bin/deb/copyright -check "$doc/copyright" "$root/usr/sbin/handoffd" "$root/usr/b
 	printf ' -- %s  %s\n' "$maintainer" "$(date -R -u -d "@$(git log -1 --format=%ct)")"
 } | gzip -9n >"$doc/changelog.Debian.gz"
 
+install -D -m 0644 packaging/deb/lintian-overrides "$root/usr/share/lintian/overrides/handoffd"
 cp packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$root/DEBIAN/"
 echo /etc/handoff/handoff.yaml.example >"$root/DEBIAN/conffiles"
 (cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) >"$root/DEBIAN/md5sums"
@@ -61,4 +64,15 @@ Description: zero-downtime generation swaps for TCP services
 CONTROL
 deb=dist/handoffd_${debver}_$arch.deb
 dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+
+# Debian's checker: an error fails make deb; warnings and the overridden
+# tags (packaging/deb/lintian-overrides, each with its reason) are shown.
+# (lintian's --fail-on error would count the shown overrides as errors.)
+report=$(lintian --profile debian --fail-on none --show-overrides "$deb" 2>&1) ||
+	{ echo "$report" >&2; echo "make deb: lintian could not check $deb" >&2; exit 1; }
+echo "$report" | grep -v '^running with root privileges' >&2 || true
+if grep -q '^E: ' <<<"$report"; then
+	echo "make deb: lintian reports errors in $deb" >&2
+	exit 1
+fi
 echo "$deb"
