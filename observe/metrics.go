@@ -148,6 +148,7 @@ type Swaps struct {
 	refused  *prometheus.CounterVec
 	handoffs *prometheus.CounterVec
 	finals   *prometheus.CounterVec
+	crashes  *prometheus.CounterVec
 }
 
 // NewSwaps returns the swap metrics, to be registered with Register.
@@ -183,6 +184,10 @@ func NewSwaps() *Swaps {
 			Namespace: namespace, Name: "state_finals_total",
 			Help: "Final deltas of drained generations (HANDOFF_FINAL=1), by result: relayed to the active generation, or dropped.",
 		}, []string{"service", "result"}),
+		crashes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "generation_crashes_total",
+			Help: "Generations that exited (any status or signal) when nobody had asked them to stop: an active one (handoffd replaced it: by a new generation, the canary, or the one in standby), a canary (rolled back) or one in standby. The exit of a draining generation is not counted.",
+		}, []string{"service"}),
 	}
 }
 
@@ -198,6 +203,9 @@ func (s *Swaps) StateHandoff(service, result string) {
 
 // StateFinal implements lifecycle.Observer.
 func (s *Swaps) StateFinal(service, result string) { s.finals.WithLabelValues(service, result).Inc() }
+
+// GenerationCrashed implements lifecycle.Observer.
+func (s *Swaps) GenerationCrashed(service string) { s.crashes.WithLabelValues(service).Inc() }
 
 // DrainKilled implements lifecycle.Observer.
 func (s *Swaps) DrainKilled(service string, held int64) {
@@ -224,6 +232,7 @@ func (s *Swaps) Describe(ch chan<- *prometheus.Desc) {
 	s.refused.Describe(ch)
 	s.handoffs.Describe(ch)
 	s.finals.Describe(ch)
+	s.crashes.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -235,6 +244,7 @@ func (s *Swaps) Collect(ch chan<- prometheus.Metric) {
 	s.refused.Collect(ch)
 	s.handoffs.Collect(ch)
 	s.finals.Collect(ch)
+	s.crashes.Collect(ch)
 }
 
 // Known makes the swap counters of a service exist at 0 before its first
@@ -245,6 +255,7 @@ func (s *Swaps) Known(service string) {
 	}
 	s.kills.WithLabelValues(service)
 	s.cut.WithLabelValues(service)
+	s.crashes.WithLabelValues(service)
 	for _, r := range []string{"full", "name", "unsealed", "oversize", "unexpected", "off"} {
 		s.refused.WithLabelValues(service, r)
 	}

@@ -92,12 +92,14 @@ handoff_service_failed{service="web"} 1
 func TestSwapsAndHandler(t *testing.T) {
 	s := NewSwaps()
 	s.Known("demo")
+	s.Known("other")
 	s.SwapDone("demo", "ok")
 	s.PhaseDone("demo", api.PhaseReadyToActive, 20*time.Microsecond)
 	s.FDStoreRefused("demo", "full")
 	s.StateHandoff("demo", "loaded")
 	s.StateHandoff("demo", "loaded")
 	s.StateFinal("demo", "dropped")
+	s.GenerationCrashed("demo")
 	h, err := Handler(slog.Default(), s, NewCollector(testStatus(), api.ModeEBPF, slog.Default()))
 	if err != nil {
 		t.Fatal(err)
@@ -117,6 +119,8 @@ func TestSwapsAndHandler(t *testing.T) {
 		`handoff_state_finals_total{result="dropped",service="demo"} 1`,
 		`handoff_state_finals_total{result="relayed",service="demo"} 0`,
 		`handoff_fd_store_fds{service="demo"} 3`,
+		`handoff_generation_crashes_total{service="demo"} 1`,
+		`handoff_generation_crashes_total{service="other"} 0`,
 		"go_goroutines ",
 		"process_open_fds ",
 	} {

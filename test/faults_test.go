@@ -67,7 +67,7 @@ func TestFailedSwapsLoseNothing(t *testing.T) {
 // until the replacement takes them: nothing is refused or reset; only
 // requests in flight on the dead process may fail.
 func TestCrashedActiveRefusesNothing(t *testing.T) {
-	d := startDaemon(t, daemonOptions{demoArgs: []string{"--fault", "crash@2:1s"}})
+	d := startDaemon(t, daemonOptions{metrics: true, demoArgs: []string{"--fault", "crash@2:1s"}})
 	l := startLoad(d.addr, "/slow?ms=2", loadClients, false)
 	time.Sleep(300 * time.Millisecond)
 	if out, err := d.ctl("swap", "demo"); err != nil {
@@ -82,6 +82,9 @@ func TestCrashedActiveRefusesNothing(t *testing.T) {
 	checkOnlyInFlightFailed(t, res)
 	if res.ByGen[3] == 0 {
 		t.Errorf("the replacement answered nothing: %v", res.ByGen)
+	}
+	if crashes, _ := d.scrape("handoff_generation_crashes_total"); crashes[""] != 1 {
+		t.Errorf("handoff_generation_crashes_total = %v, want 1", crashes)
 	}
 }
 
@@ -191,6 +194,9 @@ func TestDrainTimeoutKillCounted(t *testing.T) {
 	kills, _ := d.scrape("handoff_drain_timeouts_total")
 	if cut[""] != held || kills[""] != 1 {
 		t.Errorf("metrics: %v connections cut by %v kills, want %d by 1", cut, kills, held)
+	}
+	if crashes, _ := d.scrape("handoff_generation_crashes_total"); crashes[""] != 0 {
+		t.Errorf("handoff_generation_crashes_total = %v; a drain that drain_timeout ends is no crash", crashes)
 	}
 	if !strings.Contains(d.logText(), "drain_timeout passed: killing generation") {
 		t.Errorf("handoffd did not log the kill")

@@ -131,8 +131,8 @@ func TestCanaryCrashRollsBack(t *testing.T) {
 	if l.count() != 2 {
 		t.Fatalf("%d generations started; a rollback starts none", l.count())
 	}
-	if got := s.observer.(*fakeObserver).got(); !slices.Contains(got, "rolled_back") {
-		t.Fatalf("observer saw %v, want rolled_back", got)
+	if got := s.observer.(*fakeObserver).got(); !slices.Contains(got, "rolled_back") || crashes(s) != 1 {
+		t.Fatalf("observer saw %v, want rolled_back and one crash", got)
 	}
 }
 

@@ -490,6 +490,7 @@ func (o *fakeObserver) DrainKilled(_ string, held int64) {
 func (o *fakeObserver) FDStoreRefused(_, reason string) { o.add("refused " + reason) }
 func (o *fakeObserver) StateHandoff(_, result string)   { o.add("handoff " + result) }
 func (o *fakeObserver) StateFinal(_, result string)     { o.add("final " + result) }
+func (o *fakeObserver) GenerationCrashed(string)        { o.add("crashed") }
 
 func (o *fakeObserver) add(e string) {
 	o.mu.Lock()

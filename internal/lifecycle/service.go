@@ -169,6 +169,10 @@ type Observer interface {
 	StateHandoff(service, result string)
 	// StateFinal is called once per final delta: "relayed" or "dropped".
 	StateFinal(service, result string)
+	// GenerationCrashed is called when a generation exited that nobody
+	// asked to stop: an active one (replaced, or rolled back from), a
+	// canary (rolled back) or one in standby.
+	GenerationCrashed(service string)
 }
 
 type nopObserver struct{}
@@ -179,6 +183,7 @@ func (nopObserver) DrainKilled(string, int64)               {}
 func (nopObserver) FDStoreRefused(string, string)           {}
 func (nopObserver) StateHandoff(string, string)             {}
 func (nopObserver) StateFinal(string, string)               {}
+func (nopObserver) GenerationCrashed(string)                {}
 
 // Name returns the service's name.
 func (s *Service) Name() string { return s.name }
@@ -596,6 +601,9 @@ func (s *Service) exited(g *Generation) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	wasActive := g.state == api.StateActive
+	if !s.stopped && (wasActive || g == s.canary || g == s.standby) {
+		s.observer.GenerationCrashed(s.name)
+	}
 	if canMove(g.state, api.StateExited) {
 		s.invariant(s.move(g, api.StateExited))
 		g.exit = status

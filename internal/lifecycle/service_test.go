@@ -168,6 +168,9 @@ func TestDrainTimeoutKills(t *testing.T) {
 		g := s.Status().Generations[0]
 		return g.KilledConnections != nil && *g.KilledConnections == 7
 	})
+	if n := crashes(s); n != 0 {
+		t.Fatalf("observer saw %d crashes; a generation killed at drain_timeout did not crash", n)
+	}
 }
 
 func TestCrashedActiveIsReplaced(t *testing.T) {
@@ -179,6 +182,20 @@ func TestCrashedActiveIsReplaced(t *testing.T) {
 	l.proc(0).exit("signal: segmentation fault")
 	eventually(t, "replacement active", func() bool { return r.activeGen() == 2 })
 	eventually(t, "states settled", func() bool { return slices.Equal(states(s), []string{"1:exited", "2:active"}) })
+	if n := crashes(s); n != 1 {
+		t.Fatalf("observer saw %d crashes, want 1", n)
+	}
+}
+
+// crashes counts the crashes the service's observer saw.
+func crashes(s *Service) int {
+	n := 0
+	for _, e := range s.observer.(*fakeObserver).got() {
+		if e == "crashed" {
+			n++
+		}
+	}
+	return n
 }
 
 func TestStopEndsEveryGeneration(t *testing.T) {
@@ -199,6 +216,9 @@ func TestStopEndsEveryGeneration(t *testing.T) {
 	}
 	if _, err := s.Swap(context.Background()); !errors.Is(err, ErrStopped) {
 		t.Fatalf("swap after stop = %v, want ErrStopped", err)
+	}
+	if n := crashes(s); n != 0 {
+		t.Fatalf("observer saw %d crashes; generations that Stop ends did not crash", n)
 	}
 }
 
