@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,6 +53,9 @@ var (
 	fdStoreFDs = prometheus.NewDesc(namespace+"_fd_store_fds",
 		"Fds a service keeps in handoffd's fd store (FDSTORE=1), passed to each new generation after its listeners.",
 		[]string{"service"}, nil)
+	listenerCounting = prometheus.NewDesc(namespace+"_listener_counting_info",
+		"How the connections a live generation holds on a TCP listener are counted (the generation's connections_source): source=ebpf in the kernel, proc by matching the generation's fds with the kernel's socket table, none when they could not be counted; mode is the listener's own (ebpf: steered, fdpass: a shared socket). Always 1.",
+		[]string{"service", "listener", "generation", "mode", "source"}, nil)
 	modeDesc = prometheus.NewDesc(namespace+"_mode",
 		"How handoffd hands listeners over: ebpf (steering) or fdpass (shared sockets). Always 1.",
 		[]string{"mode"}, nil)
@@ -72,7 +76,7 @@ func NewCollector(src StatusSource, mode api.Mode, log *slog.Logger) *Collector 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{generationInfo, connectionsActive, connectionsAccepted,
-		acceptQueue, quicConnections, steered, migrated, generationWeight, modeDesc, fdStoreFDs, serviceFailed} {
+		acceptQueue, quicConnections, steered, migrated, generationWeight, modeDesc, fdStoreFDs, serviceFailed, listenerCounting} {
 		ch <- d
 	}
 }
@@ -102,7 +106,24 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for _, g := range svc.Generations {
 			if g.State.Live() {
 				collectGeneration(ch, svc.Name, g)
+				collectCounting(ch, svc, g)
 			}
+		}
+	}
+}
+
+// collectCounting says, per TCP listener of a live generation, how its
+// connections are counted. (A QUIC listener's are what the generation
+// reports; a UNIX one's are not counted.)
+func collectCounting(ch chan<- prometheus.Metric, svc api.ServiceStatus, g api.GenerationStatus) {
+	source := g.ConnectionsSource
+	if g.Connections == nil || source == "" {
+		source = "none"
+	}
+	gen := strconv.Itoa(g.ID)
+	for _, l := range svc.Listeners {
+		if strings.HasPrefix(l.Address, "tcp") {
+			ch <- prometheus.MustNewConstMetric(listenerCounting, prometheus.GaugeValue, 1, svc.Name, l.Name, gen, string(l.Mode), source)
 		}
 	}
 }

@@ -26,11 +26,13 @@ func testStatus() fakeSource {
 		Generations: []api.GenerationStatus{{ID: 2, PID: 201, State: api.StateFailed}},
 	}, {
 		Name: "demo", Mode: api.ModeEBPF, State: api.ServiceRunning, MigratedRequests: 5, FDStore: map[string]int{"cache": 2, "stored": 1},
+		Listeners: []api.ListenerStatus{{Name: "http", Address: "tcp://127.0.0.1:8080", Mode: api.ModeEBPF},
+			{Name: "h3", Address: "udp://127.0.0.1:8080", Mode: api.ModeEBPF}, {Name: "admin", Address: "unix:///run/demo.sock", Mode: api.ModeFDPass}},
 		Generations: []api.GenerationStatus{
 			{ID: 1, PID: 100, State: api.StateExited},
 			{ID: 2, PID: 200, State: api.StateDraining, Connections: ptr(int64(40)), ConnectionsSource: "ebpf", Weight: ptr(0.0),
 				Listeners: []api.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(40)), Accepted: ptr(uint64(90)), Steered: ptr(uint64(95))}}},
-			{ID: 3, PID: 300, State: api.StateActive, Connections: ptr(int64(0)), ConnectionsSource: "ebpf", Weight: ptr(0.75),
+			{ID: 3, PID: 300, State: api.StateActive, Connections: ptr(int64(0)), ConnectionsSource: "proc", Weight: ptr(0.75),
 				Listeners: []api.GenerationListenerStatus{{Name: "http", Connections: ptr(int64(0)), Accepted: ptr(uint64(0)), Steered: ptr(uint64(2)), AcceptQueue: ptr(uint32(2))},
 					{Name: "h3", Protocol: "quic", Connections: ptr(int64(7))}}},
 			{ID: 4, PID: 400, State: api.StateCanary, Weight: ptr(0.25)},
@@ -44,7 +46,7 @@ func TestCollector(t *testing.T) {
 # HELP handoff_connections_active TCP connections a generation holds (ESTABLISHED or CLOSE_WAIT, accepted or queued), counted at scrape time; source=ebpf when the kernel counted its processes' sockets (a task_file iterator), proc when sock_diag and the processes' fds did.
 # TYPE handoff_connections_active gauge
 handoff_connections_active{generation="2",service="demo",source="ebpf"} 40
-handoff_connections_active{generation="3",service="demo",source="ebpf"} 0
+handoff_connections_active{generation="3",service="demo",source="proc"} 0
 # HELP handoff_generation_info A live generation of a service: its pid and lifecycle state (starting, ready, active, canary, standby, draining). Always 1.
 # TYPE handoff_generation_info gauge
 handoff_generation_info{generation="2",pid="200",service="demo",state="draining"} 1
@@ -65,6 +67,11 @@ handoff_steered_connections_total{generation="3",service="demo"} 2
 # HELP handoff_quic_connections QUIC connections a generation holds on a QUIC listener, as the generation reports them (handoff/handoffquic, on NOTIFY_SOCKET).
 # TYPE handoff_quic_connections gauge
 handoff_quic_connections{generation="3",listener="h3",service="demo"} 7
+# HELP handoff_listener_counting_info How the connections a live generation holds on a TCP listener are counted (the generation's connections_source): source=ebpf in the kernel, proc by matching the generation's fds with the kernel's socket table, none when they could not be counted; mode is the listener's own (ebpf: steered, fdpass: a shared socket). Always 1.
+# TYPE handoff_listener_counting_info gauge
+handoff_listener_counting_info{generation="2",listener="http",mode="ebpf",service="demo",source="ebpf"} 1
+handoff_listener_counting_info{generation="3",listener="http",mode="ebpf",service="demo",source="proc"} 1
+handoff_listener_counting_info{generation="4",listener="http",mode="ebpf",service="demo",source="none"} 1
 # HELP handoff_migrated_requests_total Requests the kernel moved from a closing listener's SYN or accept queue to the active generation.
 # TYPE handoff_migrated_requests_total counter
 handoff_migrated_requests_total{service="demo"} 5
@@ -77,7 +84,7 @@ handoff_service_failed{service="demo"} 0
 handoff_service_failed{service="web"} 1
 `
 	names := []string{"handoff_service_failed", "handoff_connections_active", "handoff_generation_info", "handoff_generation_weight", "handoff_accept_queue_length",
-		"handoff_steered_connections_total", "handoff_migrated_requests_total", "handoff_quic_connections"}
+		"handoff_steered_connections_total", "handoff_migrated_requests_total", "handoff_quic_connections", "handoff_listener_counting_info"}
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
 	}

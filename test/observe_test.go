@@ -121,6 +121,9 @@ func drainProgressCounted(t *testing.T, mode string) {
 	if g := st.Generations[0]; g.ConnectionsSource != source {
 		t.Errorf("connections counted from %q, want %q", g.ConnectionsSource, source)
 	}
+	if by := d.scrapeBy("handoff_listener_counting_info", "source"); len(by) != 1 || by[source] != 1 {
+		t.Errorf("handoff_listener_counting_info by source = %v, want %s alone", by, source)
+	}
 	if n := kernelEstablished(t, d.port()); n != held {
 		t.Errorf("ss sees %d established connections on :%s, want %d", n, d.port(), held)
 	}
