@@ -7,5 +7,9 @@
 // swap phase. Metric names and labels are handoffd's contract (DESIGN.md
 // §4); series of exited generations disappear with them.
 //
+// alerts.yml holds Prometheus alerting rules over these metrics, tested
+// with promtool (testdata/alerts_test.yml); dashboard.json is a Grafana
+// dashboard of them. Both are installed with handoffd.
+//
 // The package does not count anything itself, and apps never import it.
 package observe
