@@ -13,7 +13,9 @@ import (
 )
 
 // TestPrometheusScrapesHandoffd runs a real Prometheus server against
-// handoffd's /metrics and follows a swap through its query API.
+// handoffd's /metrics, with the alerting rules of observe/alerts.yml, and
+// follows a swap through its query API; then a swap that fails fires
+// HandoffSwapFailed, and nothing else fires.
 func TestPrometheusScrapesHandoffd(t *testing.T) {
 	prom, err := exec.LookPath("prometheus")
 	if err != nil {
@@ -22,9 +24,14 @@ func TestPrometheusScrapesHandoffd(t *testing.T) {
 		}
 		t.Skip("prometheus is not installed (apt-get install prometheus)")
 	}
-	d := startDaemon(t, daemonOptions{metrics: true})
+	d := startDaemon(t, daemonOptions{metrics: true, demoArgs: []string{"--fault", "exit@3"}})
 	dir := t.TempDir()
-	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: handoffd\n    static_configs:\n      - targets: [%q]\n", d.metrics)
+	rules, err := filepath.Abs("../observe/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [%q]\n"+
+		"scrape_configs:\n  - job_name: handoffd\n    static_configs:\n      - targets: [%q]\n", rules, d.metrics)
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +56,13 @@ func TestPrometheusScrapesHandoffd(t *testing.T) {
 	} {
 		promWait(t, web, q.query, q.want)
 	}
+
+	// Generation 3 exits before it is ready: the swap fails.
+	if out, err := d.ctl("swap", "demo"); err == nil {
+		t.Fatalf("swap to generation 3 succeeded: %s", out)
+	}
+	promWait(t, web, `ALERTS{alertname="HandoffSwapFailed",alertstate="firing",service="demo",job="handoffd"}`, "1")
+	promWait(t, web, `count(ALERTS)`, "1")
 }
 
 // promWait polls Prometheus until query returns one sample equal to want.
