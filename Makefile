@@ -18,6 +18,7 @@ BINDIR     ?= $(PREFIX)/bin
 SBINDIR    ?= $(PREFIX)/sbin
 MANDIR     ?= $(PREFIX)/share/man
 DOCDIR     ?= $(PREFIX)/share/doc/handoffd
+DATADIR    ?= $(PREFIX)/share/handoffd
 SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
@@ -70,8 +71,9 @@ test-fleet: fleet-deps deb
 # Binaries, man pages (handoffd(8), handoffctl(8), and handoff.yaml(5) from
 # the config's reference), shell completion and the guide (README.md,
 # SECURITY.md, docs/*.md, as laid out in the repository, so that their links
-# hold) into $(DESTDIR)$(PREFIX); the unit, and the example config as
-# $(SYSCONFDIR)/handoff/handoff.yaml.example.
+# hold), the Prometheus alerting rules and the Grafana dashboard
+# (share/handoffd) into $(DESTDIR)$(PREFIX); the unit, and the example
+# config as $(SYSCONFDIR)/handoff/handoff.yaml.example.
 install: build
 	install -d bin/doc
 	for p in handoffd handoffctl; do \
@@ -95,6 +97,8 @@ install: build
 	install -D -m 0644 packaging/handoff.yaml $(DESTDIR)$(SYSCONFDIR)/handoff/handoff.yaml.example
 	install -D -m 0644 -t $(DESTDIR)$(DOCDIR) README.md SECURITY.md
 	install -D -m 0644 -t $(DESTDIR)$(DOCDIR)/docs docs/*.md
+	install -D -m 0644 observe/alerts.yml $(DESTDIR)$(DATADIR)/alerts.yml
+	install -D -m 0644 observe/dashboard.json $(DESTDIR)$(DATADIR)/dashboard.json
 
 # Rewrites the keys of docs/configuration.md from the config's reference
 # (internal/config/reference.go); the unit tests fail until it is run.

@@ -59,6 +59,17 @@ func TestSystemdUnit(t *testing.T) {
 	if ex, err := os.ReadFile("/etc/handoff/handoff.yaml.example"); err != nil || !strings.Contains(string(ex), confDoc) {
 		t.Errorf("handoff.yaml.example does not point at %s (%v)", confDoc, err)
 	}
+	// The alerting rules and the dashboard, side by side; the copyright
+	// file and the changelog where Debian's tools look for them.
+	for file, want := range map[string]string{sdAlerts: "alert: HandoffdDown", "/usr/share/handoffd/dashboard.json": `"panels"`,
+		"/usr/share/doc/handoffd/copyright": "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"} {
+		if data, err := os.ReadFile(file); err != nil || !strings.Contains(string(data), want) {
+			t.Errorf("%s: no %s (%v)", file, want, err)
+		}
+	}
+	if out := sdRun(t, "dpkg-parsechangelog", "-l", "/usr/share/doc/handoffd/changelog.Debian.gz", "-S", "Version"); out != sdRun(t, "dpkg-query", "-W", "-f", "${Version}", "handoffd") {
+		t.Errorf("changelog.Debian.gz names version %s, the package is %s", out, sdRun(t, "dpkg-query", "-W", "-f", "${Version}", "handoffd"))
+	}
 
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	sdWriteConfig(t, addr)
@@ -164,7 +175,7 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	sdWaitInactive(t)
 	for _, f := range []string{"/usr/sbin/handoffd", "/usr/bin/handoffctl", "/lib/systemd/system/handoffd.service",
-		"/usr/share/man/man8/handoffd.8.gz", confDoc} {
+		"/usr/share/man/man8/handoffd.8.gz", confDoc, sdAlerts} {
 		if _, err := os.Stat(f); err == nil {
 			t.Errorf("%s is still there after dpkg -r", f)
 		}
@@ -257,6 +268,7 @@ func sdWaitInactive(t *testing.T) {
 const (
 	sdControl = "/run/handoff-vm/handoffd.sock"
 	sdDropIn  = "/etc/systemd/system/handoffd.service.d"
+	sdAlerts  = "/usr/share/handoffd/alerts.yml"
 )
 
 // sdWriteConfig writes /etc/handoff/handoff.yaml with the demo on addr,
