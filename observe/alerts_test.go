@@ -150,7 +150,7 @@ func TestAlertsUseExportedMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	exprs := regexp.MustCompile(`(?m)^\s+expr:\s*(.+)$`).FindAllStringSubmatch(string(rules), -1)
-	if len(exprs) < 6 {
+	if len(exprs) < 7 {
 		t.Fatalf("alerts.yml: %d expressions, want one per alert", len(exprs))
 	}
 	for _, e := range exprs {
