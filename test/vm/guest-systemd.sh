@@ -14,6 +14,13 @@ cp -a /handoff-vm/bin "$B"
 # dpkg's man-db trigger would rebuild the whole man index: minutes under
 # emulation, and not what is tested.
 rm -f /var/lib/man-db/auto-update
+# The guest's root is the host's: a handoffd package installed on the host
+# would turn the test's installation into an upgrade. Purged here, in the
+# guest's overlay, the package stays as the host has it.
+if dpkg -s handoffd >/dev/null 2>&1; then
+	echo "== guest: purging the host's handoffd package $(dpkg-query -W -f '${Version}' handoffd) in the guest"
+	dpkg --purge handoffd
+fi
 echo "== guest: systemd $(systemctl --version | head -1 | cut -d' ' -f2) as PID 1, kernel $(uname -r)"
 HANDOFF_E2E_BIN=$B HANDOFF_E2E_SLOW=$slow HANDOFF_DEB=$(ls /handoff-vm/*.deb) \
 	"$B/systemd.test" -test.v -test.count=1 -test.timeout 12m -test.run '^TestSystemdUnit$' 2>&1 | tee "$R/systemd.log"
