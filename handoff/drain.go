@@ -42,11 +42,13 @@ const drainPoll = 25 * time.Millisecond
 // stays in the drain while its handler runs, or until the app releases it
 // (see Hold); the drain deadline closes it.
 //
-// HTTP/2 (see ServeTLS): every HTTP/2 connection gets a GOAWAY once the
-// drain begins, so its client sends further requests on a new connection;
-// streams it already opened are answered. A busy connection gets it with
-// its next response, written before that response ends, and every other
-// one, idle or not, a quarter of IdleGrace into the drain.
+// HTTP/2 (see ServeTLS): every HTTP/2 connection is shut down the way
+// RFC 9113, section 6.8 asks once the drain begins: a GOAWAY that names
+// no stream (2^31−1), so its client sends further requests on a new
+// connection, then, once a PING shows that the client has read it, the
+// GOAWAY naming the last stream the client opened, every one of which is
+// answered. No stream is refused, so a client that never re-sends one
+// loses none (see goAwayConn for the steps and what each is for).
 //
 // What a Drainer cannot make safe, and what callers should know:
 //   - A response whose headers were written before Drain began carries no
@@ -61,15 +63,16 @@ const drainPoll = 25 * time.Millisecond
 //     A TLS handshake counts as such a wait.
 //   - A handler that ignores Draining keeps its request open until the
 //     drain deadline, which then cuts it.
-//   - HTTP/2's GOAWAY names the last stream the server has read (net/http
-//     sends one GOAWAY, not the two of RFC 9113, section 6.8): a stream a
-//     client opens while its GOAWAY is on the way is refused unprocessed,
-//     which HTTP/2 clients may re-send on a new connection (section 8.7).
-//     Sending the GOAWAY with a response, and to the other connections
-//     only later, leaves this race to clients that send on a connection
-//     idle for a quarter of IdleGrace, or several streams at once.
-//     An app that fills srv.TLSNextProto itself keeps its own HTTP/2 and
-//     gets no GOAWAY at drain start.
+//   - HTTP/2's shutdown waits for the client's PING ACKs, each at most 5s
+//     (a quarter of what is left of the drain deadline, if less); a client
+//     that does not answer in time may have a stream it opened meanwhile
+//     refused, which HTTP/2 clients may re-send on a new connection (RFC
+//     9113, section 8.7). While it waits for the first ACK, the server's
+//     frames on that connection wait too, and an idle connection whose
+//     client is gone is closed only once both waits are over.
+//     An app that fills srv.TLSNextProto itself keeps its own HTTP/2: its
+//     connections get one GOAWAY, with the first response written during
+//     the drain ("Connection: close"), and none when they stay idle.
 //
 // A Drainer wraps the server's Handler, ConnState and ConnContext, and
 // sets up its HTTP/2, when it is created: set those (and Protocols and
@@ -89,7 +92,7 @@ type Drainer struct {
 	Spread time.Duration
 
 	srv      *http.Server
-	goAway   func() // sends GOAWAY to every HTTP/2 connection; nil when the app set up HTTP/2
+	http2    bool // the Drainer serves HTTP/2 (see setUpHTTP2)
 	draining atomic.Bool
 	start    sync.Once
 	began    chan struct{} // closed when the drain begins
@@ -103,18 +106,30 @@ type Drainer struct {
 	closed    int                       // connections closed by Drain
 	waiting   map[*drainSignal]struct{} // Draining channels of running requests, not yet due
 	spread    time.Duration             // the Spread in force once the drain began
+	// patience is how long an HTTP/2 connection's shutdown waits for each
+	// PING ACK, once the drain began: goAwayPatience, cut to a quarter of
+	// what is left of the drain deadline.
+	patience time.Duration
 }
 
 // DefaultSpread is the Spread of a Drainer that sets none.
 const DefaultSpread = 2 * time.Second
 
+// goAwayPatience is how long the shutdown of an HTTP/2 connection waits
+// for each of its PING ACKs (see goAwayConn), as grpc-go's GracefulStop
+// does. A client answers as soon as it reads the PING: waiting longer
+// costs nothing but for a client that is starved of CPU, or gone, and
+// giving up early would refuse a slow client's streams.
+const goAwayPatience = 5 * time.Second
+
 type connInfo struct {
 	conn     net.Conn
 	state    http.ConnState
-	since    time.Time // when the connection entered state
-	closing  bool      // Drain closed it; waiting for StateClosed
-	handlers int       // handlers running for requests on this connection
-	holds    int       // Hold calls not yet released
+	since    time.Time   // when the connection entered state
+	closing  bool        // Drain closed it; waiting for StateClosed
+	handlers int         // handlers running for requests on this connection
+	holds    int         // Hold calls not yet released
+	h2       *goAwayConn // the connection as the Drainer serves HTTP/2 on it, if it does
 }
 
 // NewDrainer returns a Drainer for srv. It wraps srv.Handler (or
@@ -122,7 +137,8 @@ type connInfo struct {
 // draining and to give requests their Draining channel, and srv.ConnState
 // and srv.ConnContext to track connections, calling the previous hooks.
 // Unless srv.TLSNextProto is set, it sets up HTTP/2 for srv (used over
-// TLS, see ServeTLS) in a way that lets Drain send GOAWAY frames.
+// TLS, see ServeTLS, and without TLS when srv.Protocols allows it) in a
+// way that lets Drain shut HTTP/2 connections down gracefully.
 func NewDrainer(srv *http.Server) *Drainer {
 	d := &Drainer{
 		srv:       srv,
@@ -139,8 +155,10 @@ func NewDrainer(srv *http.Server) *Drainer {
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Set before the handler runs: net/http then closes the
 		// connection right after this response instead of waiting for a
-		// next request that may never come.
-		if d.draining.Load() {
+		// next request that may never come. Not on the Drainer's HTTP/2,
+		// whose server would take it for a GOAWAY at once: its
+		// connections get theirs in two steps (see goAwayConn).
+		if d.draining.Load() && !(d.http2 && r.ProtoMajor == 2) {
 			w.Header().Set("Connection", "close")
 		}
 		q := &request{d: d, ci: connOf(r.Context())}
@@ -150,6 +168,10 @@ func NewDrainer(srv *http.Server) *Drainer {
 	})
 	prevState := srv.ConnState
 	srv.ConnState = func(c net.Conn, s http.ConnState) {
+		if g, ok := c.(interface{ base() net.Conn }); ok {
+			// The Drainer's HTTP/2 server reports on its wrapping.
+			c = g.base()
+		}
 		d.track(c, s)
 		if prevState != nil {
 			prevState(c, s)
@@ -162,7 +184,7 @@ func NewDrainer(srv *http.Server) *Drainer {
 		}
 		return context.WithValue(ctx, connKey{}, d.register(c))
 	}
-	d.goAway = setUpHTTP2(srv)
+	d.http2 = d.setUpHTTP2()
 	return d
 }
 
@@ -232,8 +254,8 @@ func (d *Drainer) ServeTLS(ln net.Listener, certFile, keyFile string) error {
 //
 // It closes the listeners given to Serve at once: in ebpf mode the kernel
 // then moves connections still queued on them to the next generation;
-// with a shared socket they stay queued for it. It sends a GOAWAY to every
-// HTTP/2 connection (see Drainer) and closes each request's Draining
+// with a shared socket they stay queued for it. It shuts every HTTP/2
+// connection down with two GOAWAYs (see Drainer) and closes each request's Draining
 // channel, spread over Spread. From then on every response gets "Connection: close", so
 // each request already accepted or arriving on an open keep-alive
 // connection is answered, and its connection closed after the reply. A
@@ -305,21 +327,24 @@ func (d *Drainer) Closed() int {
 	return d.closed
 }
 
-// begin starts the drain: no more accepting, GOAWAY to HTTP/2
-// connections, and the Draining signals of running requests scheduled
-// over the spread window, which ctx's deadline may shorten.
+// begin starts the drain: no more accepting, the graceful shutdown of
+// HTTP/2 connections, and the Draining signals of running requests
+// scheduled over the spread window, which ctx's deadline may shorten.
 func (d *Drainer) begin(ctx context.Context) {
 	stopReloads() // a draining generation no longer reloads (see OnReload)
 	spread := d.Spread
 	if spread <= 0 {
 		spread = DefaultSpread
 	}
+	patience := goAwayPatience
 	if deadline, ok := ctx.Deadline(); ok {
 		spread = max(0, min(spread, time.Until(deadline)/2))
+		patience = max(0, min(patience, time.Until(deadline)/4))
 	}
 	d.mu.Lock()
 	d.draining.Store(true) // under mu: Serve and Draining check it
 	d.spread = spread
+	d.patience = patience
 	lns := make([]net.Listener, 0, len(d.listeners))
 	for ln := range d.listeners {
 		lns = append(lns, ln)
@@ -329,20 +354,16 @@ func (d *Drainer) begin(ctx context.Context) {
 		due = append(due, s)
 	}
 	clear(d.waiting)
+	for _, ci := range d.conns {
+		if ci.h2 != nil {
+			ci.h2.startGoAway(patience)
+		}
+	}
 	d.mu.Unlock()
 	close(d.began)
 	for _, ln := range lns {
 		// An error means it was already closed; either way it accepts no more.
 		ln.Close()
-	}
-	if d.goAway != nil {
-		// A busy HTTP/2 connection gets its GOAWAY with its next response
-		// (see NewDrainer), written before that response ends: a client
-		// that waits for its answer before sending again never races it.
-		// A GOAWAY sent at any other moment names the last stream the
-		// server has read, and refuses one the client just sent. So the
-		// connections left without one (idle ones) get it a little later.
-		time.AfterFunc(d.idleGrace()/4, d.goAway)
 	}
 	for _, s := range due {
 		s.fireWithin(spread)
@@ -432,7 +453,10 @@ func (d *Drainer) closeIdle(now time.Time) (done bool) {
 	d.mu.Lock()
 	var idle []net.Conn
 	for c, ci := range d.conns {
-		busy := ci.state == http.StateActive || ci.state == http.StateHijacked || ci.holds > 0
+		// An HTTP/2 connection whose shutdown runs may be about to
+		// receive a stream its client opened before reading the GOAWAY.
+		busy := ci.state == http.StateActive || ci.state == http.StateHijacked || ci.holds > 0 ||
+			ci.h2 != nil && ci.h2.going.Load()
 		if !ci.closing && !busy && now.Sub(ci.since) > grace && !requestWaiting(c) {
 			ci.closing = true
 			idle = append(idle, c)
@@ -452,6 +476,21 @@ func (d *Drainer) closeIdle(now time.Time) (done bool) {
 func requestWaiting(c net.Conn) bool {
 	n, ok := kernel.Unread(c)
 	return ok && n > 0
+}
+
+// adopt notes the HTTP/2 connection g, whose context is ctx, and starts
+// its shutdown if the drain began.
+func (d *Drainer) adopt(ctx context.Context, g *goAwayConn) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ctx != nil {
+		if ci := connOf(ctx); ci != nil {
+			ci.h2 = g
+		}
+	}
+	if d.draining.Load() {
+		g.startGoAway(d.patience)
+	}
 }
 
 func (d *Drainer) idleGrace() time.Duration {

@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/binary"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -342,54 +341,5 @@ func TestServeTLSHTTP2(t *testing.T) {
 	}
 	if got := <-answer; got != "HTTP/2.0" {
 		t.Errorf("answer %q, want one served over HTTP/2.0", got)
-	}
-}
-
-// An idle HTTP/2 connection gets a GOAWAY a quarter of IdleGrace into the
-// drain, well before IdleGrace would close it.
-func TestDrainSendsGOAWAY(t *testing.T) {
-	d, addr, pool := serveTLS(t, http.NotFoundHandler())
-	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, NextProtos: []string{"h2"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
-		t.Fatalf("ALPN chose %q, want h2", p)
-	}
-	// The client preface and an empty SETTINGS frame: the connection is
-	// then open and idle.
-	c.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"))
-	time.Sleep(100 * time.Millisecond)
-	begin := time.Now()
-	drained := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		drained <- d.Drain(ctx)
-	}()
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	for {
-		var hdr [9]byte
-		if _, err := io.ReadFull(c, hdr[:]); err != nil {
-			t.Fatalf("connection ended without a GOAWAY: %v", err)
-		}
-		payload := make([]byte, int(hdr[0])<<16|int(hdr[1])<<8|int(hdr[2]))
-		if _, err := io.ReadFull(c, payload); err != nil {
-			t.Fatal(err)
-		}
-		if hdr[3] != 0x7 { // GOAWAY
-			continue
-		}
-		if code := binary.BigEndian.Uint32(payload[4:8]); code != 0 {
-			t.Errorf("GOAWAY error code %d, want 0 (NO_ERROR)", code)
-		}
-		if took := time.Since(begin); took < 400*time.Millisecond || took > 1900*time.Millisecond {
-			t.Errorf("GOAWAY came %s after the drain began, want about 500ms (IdleGrace/4)", took)
-		}
-		break
-	}
-	if err := <-drained; err != nil {
-		t.Errorf("Drain: %v", err)
 	}
 }
