@@ -60,7 +60,9 @@ const drainPoll = 25 * time.Millisecond
 //   - A request whose header arrives more slowly than IdleGrace on an idle
 //     or new connection looks idle (net/http reports StateActive only once
 //     the header is read) and may be cut; raise IdleGrace for such clients.
-//     A TLS handshake counts as such a wait.
+//     With ServeTLS a connection in the middle of its TLS handshake is not
+//     idle (the client sent its ClientHello): the idle time of a new TLS
+//     connection counts from the end of its handshake.
 //   - A handler that ignores Draining keeps its request open until the
 //     drain deadline, which then cuts it.
 //   - HTTP/2's shutdown waits for the client's PING ACKs, each at most 5s
@@ -123,13 +125,14 @@ const DefaultSpread = 2 * time.Second
 const goAwayPatience = 5 * time.Second
 
 type connInfo struct {
-	conn     net.Conn
-	state    http.ConnState
-	since    time.Time   // when the connection entered state
-	closing  bool        // Drain closed it; waiting for StateClosed
-	handlers int         // handlers running for requests on this connection
-	holds    int         // Hold calls not yet released
-	h2       *goAwayConn // the connection as the Drainer serves HTTP/2 on it, if it does
+	conn       net.Conn
+	state      http.ConnState
+	since      time.Time   // when the connection entered state
+	closing    bool        // Drain closed it; waiting for StateClosed
+	handlers   int         // handlers running for requests on this connection
+	holds      int         // Hold calls not yet released
+	h2         *goAwayConn // the connection as the Drainer serves HTTP/2 on it, if it does
+	handshaken bool        // its TLS handshake ended (see handshake.go)
 }
 
 // NewDrainer returns a Drainer for srv. It wraps srv.Handler (or
@@ -182,7 +185,12 @@ func NewDrainer(srv *http.Server) *Drainer {
 		if prevContext != nil {
 			ctx = prevContext(ctx, c)
 		}
-		return context.WithValue(ctx, connKey{}, d.register(c))
+		ci := d.register(c)
+		ctx = context.WithValue(ctx, connKey{}, ci)
+		if tc, ok := c.(*tls.Conn); ok {
+			go d.handshake(ctx, tc, ci) // ends with the handshake
+		}
+		return ctx
 	}
 	d.http2 = d.setUpHTTP2()
 	return d
@@ -225,8 +233,11 @@ func (d *Drainer) Serve(ln net.Listener) error {
 // Like Serve, it returns nil once Drain closed ln.
 //
 // Serve(tls.NewListener(ln, config)) works too, but then config's
-// NextProtos must list "h2" for HTTP/2; http.Server.ServeTLS would bypass
-// the Drainer.
+// NextProtos must list "h2" for HTTP/2, and Drain cannot tell a client in
+// the middle of its TLS handshake from an idle one (ServeTLS sees the
+// first bytes of each); http.Server.ServeTLS would bypass the Drainer.
+// Under ServeTLS, a *tls.Conn's NetConn is a wrapping of the accepted
+// connection.
 func (d *Drainer) ServeTLS(ln net.Listener, certFile, keyFile string) error {
 	config := &tls.Config{}
 	if d.srv.TLSConfig != nil {
@@ -247,7 +258,7 @@ func (d *Drainer) ServeTLS(ln net.Listener, certFile, keyFile string) error {
 		}
 		config.Certificates = []tls.Certificate{cert}
 	}
-	return d.Serve(tls.NewListener(ln, config))
+	return d.Serve(tls.NewListener(helloListener{ln}, config))
 }
 
 // Drain stops accepting and waits until every connection has ended.
@@ -455,7 +466,7 @@ func (d *Drainer) closeIdle(now time.Time) (done bool) {
 	for c, ci := range d.conns {
 		// An HTTP/2 connection whose shutdown runs may be about to
 		// receive a stream its client opened before reading the GOAWAY.
-		busy := ci.state == http.StateActive || ci.state == http.StateHijacked || ci.holds > 0 ||
+		busy := ci.state == http.StateActive || ci.state == http.StateHijacked || ci.holds > 0 || ci.handshaking() ||
 			ci.h2 != nil && ci.h2.going.Load()
 		if !ci.closing && !busy && now.Sub(ci.since) > grace && !requestWaiting(c) {
 			ci.closing = true
