@@ -44,11 +44,14 @@ const drainPoll = 25 * time.Millisecond
 //
 // HTTP/2 (see ServeTLS): every HTTP/2 connection is shut down the way
 // RFC 9113, section 6.8 asks once the drain begins: a GOAWAY that names
-// no stream (2^31−1), so its client sends further requests on a new
-// connection, then, once a PING shows that the client has read it, the
-// GOAWAY naming the last stream the client opened, every one of which is
-// answered. No stream is refused, so a client that never re-sends one
-// loses none (see goAwayConn for the steps and what each is for).
+// no stream (2^31−1), with the next response, so its client sends further
+// requests on a new connection, and, once a PING showed that the client
+// read it and the connection has been idle for IdleGrace since, the
+// server's GOAWAY naming the last stream the client opened, every one of
+// which was answered. No stream is refused, so a client that never
+// re-sends one loses none (see goAwayConn for the steps and what each is
+// for). A connection that stays idle for IdleGrace gets the server's
+// GOAWAY alone, which may race with a request its client sends then.
 //
 // What a Drainer cannot make safe, and what callers should know:
 //   - A response whose headers were written before Drain began carries no
@@ -132,6 +135,7 @@ type connInfo struct {
 	handlers   int         // handlers running for requests on this connection
 	holds      int         // Hold calls not yet released
 	h2         *goAwayConn // the connection as the Drainer serves HTTP/2 on it, if it does
+	settled    time.Time   // when its client last answered a PING of its shutdown (see goAwayConn)
 	handshaken bool        // its TLS handshake ended (see handshake.go)
 }
 
@@ -367,7 +371,7 @@ func (d *Drainer) begin(ctx context.Context) {
 	clear(d.waiting)
 	for _, ci := range d.conns {
 		if ci.h2 != nil {
-			ci.h2.startGoAway(patience)
+			ci.h2.startGoAway(patience, d.settled(ci))
 		}
 	}
 	d.mu.Unlock()
@@ -463,20 +467,36 @@ func (d *Drainer) closeIdle(now time.Time) (done bool) {
 	grace := d.idleGrace()
 	d.mu.Lock()
 	var idle []net.Conn
+	var goAway []*goAwayConn
 	for c, ci := range d.conns {
-		// An HTTP/2 connection whose shutdown runs may be about to
-		// receive a stream its client opened before reading the GOAWAY.
+		// An HTTP/2 connection whose client is to answer a PING of its
+		// shutdown is busy (its responses wait, or the client may be
+		// opening streams); its idle time counts from the answer.
 		busy := ci.state == http.StateActive || ci.state == http.StateHijacked || ci.holds > 0 || ci.handshaking() ||
-			ci.h2 != nil && ci.h2.going.Load()
-		if !ci.closing && !busy && now.Sub(ci.since) > grace && !requestWaiting(c) {
-			ci.closing = true
-			idle = append(idle, c)
+			ci.h2 != nil && ci.h2.busy.Load()
+		since := ci.since
+		if ci.settled.After(since) {
+			since = ci.settled
 		}
+		if ci.closing || busy || now.Sub(since) <= grace || requestWaiting(c) {
+			continue
+		}
+		ci.closing = true
+		if ci.h2 != nil {
+			// Its server's own GOAWAY, naming the last stream; the
+			// server then closes the connection.
+			goAway = append(goAway, ci.h2)
+			continue
+		}
+		idle = append(idle, c)
 	}
 	d.closed += len(idle)
 	done = d.serving == 0 && len(d.conns) == 0
 	d.mu.Unlock()
 	closeConns(idle)
+	for _, g := range goAway {
+		g.shutdown()
+	}
 	return done
 }
 
@@ -494,13 +514,29 @@ func requestWaiting(c net.Conn) bool {
 func (d *Drainer) adopt(ctx context.Context, g *goAwayConn) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	var ci *connInfo
 	if ctx != nil {
-		if ci := connOf(ctx); ci != nil {
+		if ci = connOf(ctx); ci != nil {
 			ci.h2 = g
 		}
 	}
 	if d.draining.Load() {
-		g.startGoAway(d.patience)
+		g.startGoAway(d.patience, d.settled(ci))
+	}
+}
+
+// settled returns what notes that the client of ci's HTTP/2 connection
+// answered a PING of its shutdown, or did not in time: the connection's
+// idle time counts from then.
+func (d *Drainer) settled(ci *connInfo) func() {
+	return func() {
+		if ci == nil {
+			return
+		}
+		d.mu.Lock()
+		ci.settled = time.Now()
+		d.mu.Unlock()
+		d.signal()
 	}
 }
 

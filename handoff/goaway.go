@@ -13,10 +13,16 @@ import (
 // HTTP/2 framing (RFC 9113, section 4.1): what goAwayConn reads of the
 // frames that pass through it, and the frames it adds.
 const (
-	frameHeaderLen = 9
-	framePing      = 0x6
-	frameGoAway    = 0x7
-	flagAck        = 0x1
+	frameHeaderLen   = 9
+	frameData        = 0x0
+	frameHeaders     = 0x1
+	framePushPromise = 0x5
+	framePing        = 0x6
+	frameGoAway      = 0x7
+	frameContinue    = 0x9
+	flagAck          = 0x1
+	flagEndStream    = 0x1
+	flagEndHeaders   = 0x4
 	// maxStreamID is the last stream id of the first of the two GOAWAYs
 	// of a graceful shutdown: every stream the client has opened, or is
 	// opening now, will be processed.
@@ -34,7 +40,7 @@ const (
 // unprocessed.
 //
 // startGoAway (called once the drain begins) writes, between the server's
-// frames, three things, each once the client has answered the one before
+// frames, two things, the second once the client has answered the first
 // (a PING's ACK shows that the client has read and acted on everything
 // sent before that PING):
 //
@@ -43,23 +49,37 @@ const (
 //     sent every request those made it queue. A client may drop a request
 //     it queued but has not sent when a GOAWAY arrives (nghttp2 does);
 //     with nothing in between, the GOAWAY that follows cannot catch one.
-//  2. A GOAWAY with the last stream id 2^31−1, and a PING. The client
+//  2. A GOAWAY with the last stream id 2^31−1, and a PING, right before
+//     the next frame that ends a stream (a response's last): the client
 //     opens no new stream on the connection, but the server processes
-//     every stream it already opened.
-//  3. Once that PING's ACK comes, every stream the client opened before
-//     it read the GOAWAY has been read by the server (the ACK comes after
-//     them, and the server reads frame after frame): the server's own
-//     graceful shutdown (shutdown) then sends the second GOAWAY, naming
-//     the last of them, and closes the connection once they are answered.
+//     every stream it already opened. A client waiting for that response
+//     reads the GOAWAY first, and so never starts its next request on the
+//     connection only to find it gone away (Go's client takes a
+//     connection for a request before it writes it, and then cannot
+//     re-send a body it began to read). A connection that stays idle
+//     gets none of this: the Drainer ends it as any idle one, with the
+//     server's own GOAWAY.
 //
-// An ACK that does not come within the patience startGoAway is given moves the
-// sequence on all the same. If the server sent a GOAWAY of its own first
-// (an error, its idle timeout, a handler's "Connection: close"), startGoAway
-// sends none: a later GOAWAY must never name a higher stream id. The
-// server ignores an ACK of a PING it did not send.
+// Once that PING's ACK comes, the client knows. It may still send a
+// stream it opened before it read the GOAWAY: Go's client gives a request
+// its stream id, then writes its HEADERS, and may write the ACK in
+// between. So the second GOAWAY, the server's own (shutdown), which names
+// the last stream the server read and refuses any later one, waits until
+// the connection has been idle for a while (the Drainer starts it after
+// IdleGrace, counted from the ACK on); a client closes a connection that
+// went away once its streams are done as a rule, before that (Go's and
+// nghttp2's do).
+//
+// An ACK that does not come within the patience startGoAway is given
+// moves the steps on all the same. Frames go only at a boundary where
+// frames may (after the server's first, its SETTINGS, and never inside a
+// header block). A GOAWAY of the server's own written first (an error,
+// its idle timeout, a handler's "Connection: close") drops a queued one:
+// a later GOAWAY must never name a higher stream id. The server ignores
+// an ACK of a PING it did not send.
 type goAwayConn struct {
 	net.Conn
-	shutdown func()        // starts the HTTP/2 server's graceful shutdown of this connection
+	shutdown func()        // starts the HTTP/2 server's graceful shutdown of this connection: its GOAWAY
 	done     chan struct{} // closed when the server is done with the connection
 
 	pings [2][8]byte       // the data of the fence PING and of the PING after the GOAWAY
@@ -73,10 +93,18 @@ type goAwayConn struct {
 	// queuedGoAway says that queue holds a GOAWAY, which must not follow
 	// one of the server's.
 	queuedGoAway bool
-	hold         bool // the server's frames wait until the fence PING's ACK
-	ended        bool // the server is done with the connection: never hold
+	// beforeEnd says that queue waits for a boundary before a frame that
+	// ends a stream.
+	beforeEnd bool
+	flushed   chan struct{} // closed when queue is written, or dropped
+	dropped   bool          // the last queue was dropped for a GOAWAY of the server's
+	// stash is the start of a frame header that the server wrote while
+	// queue waits for the end of a stream: written with the rest.
+	stash []byte
+	hold  bool // the server's frames wait until the fence PING's ACK
+	ended bool // the server is done with the connection: never hold
 
-	going atomic.Bool // the sequence of startGoAway runs
+	busy atomic.Bool // the client is to answer a PING of startGoAway's
 }
 
 // newGoAwayConn wraps c, whose client preface has already been read when
@@ -120,97 +148,148 @@ func (g *goAwayConn) ack(data [8]byte) {
 func (g *goAwayConn) Write(p []byte) (int, error) {
 	g.wmu.Lock()
 	defer g.wmu.Unlock()
-	written := 0
+	n := len(p)
+	if len(g.stash) > 0 {
+		p = append(g.stash, p...)
+		g.stash = nil
+	}
 	for {
-		if err := g.flushLocked(); err != nil {
-			return written, err
+		if err := g.flushLocked(p); err != nil {
+			return 0, err
 		}
 		for g.hold && !g.ended && g.out.atBoundary() && g.out.started {
 			g.woken.Wait()
-			if err := g.flushLocked(); err != nil {
-				return written, err
+			if err := g.flushLocked(p); err != nil {
+				return 0, err
 			}
 		}
-		if written == len(p) {
-			return written, nil
+		if len(p) == 0 {
+			return n, nil
+		}
+		if len(g.queue) > 0 && g.beforeEnd && g.out.atBoundary() && len(p) < frameHeaderLen {
+			// The start of a frame header: whether the frame ends a
+			// stream, and the queue goes before it, shows with the rest.
+			g.stash = append([]byte(nil), p...)
+			return n, nil
 		}
 		// Whole writes, unless there is something to do at the next
 		// boundary: one frame at a time would mean one TLS record each.
-		n := g.out.consume(p[written:], len(g.queue) > 0 || g.hold)
-		m, err := g.Conn.Write(p[written : written+n])
-		written += m
-		if err != nil {
-			return written, err
+		k := g.out.consume(p, len(g.queue) > 0 || g.hold)
+		if _, err := g.Conn.Write(p[:k]); err != nil {
+			return 0, err
 		}
+		p = p[k:]
 	}
 }
 
-// flushLocked writes the queued frames if the server's stream of frames
-// is at a boundary, after its first frame (its SETTINGS, which must come
-// first).
-func (g *goAwayConn) flushLocked() error {
-	if len(g.queue) == 0 || !g.out.atBoundary() || !g.out.started {
+// flushLocked writes the queued frames if the server's frames are at a
+// boundary where frames may go, after its first frame (its SETTINGS,
+// which must come first), and, when the queue waits for the end of a
+// stream, before next, the server's frames to come, which end one.
+func (g *goAwayConn) flushLocked(next []byte) error {
+	if len(g.queue) == 0 {
 		return nil
 	}
-	q, goAway := g.queue, g.queuedGoAway
-	g.queue, g.queuedGoAway = nil, false
-	if goAway && g.out.sawGoAway {
-		// The server's GOAWAY came while ours waited for a boundary.
-		g.hold = false
+	if g.queuedGoAway && g.out.sawGoAway {
+		// The server's GOAWAY came while ours waited.
+		g.queue, g.queuedGoAway, g.beforeEnd, g.hold, g.dropped = nil, false, false, false, true
+		close(g.flushed)
 		return nil
 	}
+	if !g.out.atBoundary() || !g.out.started || g.beforeEnd && !endsStream(next) {
+		return nil
+	}
+	q := g.queue
+	g.queue, g.queuedGoAway, g.beforeEnd = nil, false, false
+	close(g.flushed)
 	_, err := g.Conn.Write(q)
 	return err
 }
 
+// endsStream reports whether the frame whose header starts p ends a
+// stream (a HEADERS or DATA frame with END_STREAM).
+func endsStream(p []byte) bool {
+	return len(p) >= frameHeaderLen && (p[3] == frameData || p[3] == frameHeaders) && p[4]&flagEndStream != 0
+}
+
 // enqueue queues frames, which hold a GOAWAY if goAway, for the next
 // boundary (writing them now when the server is not writing and its
-// frames are at one), and sets the hold. It reports false, queues nothing
-// and ends the hold when the server already wrote a GOAWAY of its own.
-func (g *goAwayConn) enqueue(frames []byte, goAway, hold bool) bool {
+// frames are at one), or, if beforeEnd, for the next boundary before a
+// frame that ends a stream; and sets the hold. It returns a channel closed
+// once the frames are written, or nil, having queued nothing and ended the
+// hold, when the server already wrote a GOAWAY of its own.
+func (g *goAwayConn) enqueue(frames []byte, goAway, hold, beforeEnd bool) <-chan struct{} {
 	g.wmu.Lock()
 	defer g.wmu.Unlock()
 	if g.out.sawGoAway {
 		g.hold = false
 		g.woken.Broadcast()
-		return false
+		return nil
 	}
 	g.queue = append(g.queue, frames...)
 	g.queuedGoAway = g.queuedGoAway || goAway
+	g.beforeEnd = beforeEnd
+	g.flushed = make(chan struct{})
 	g.hold = hold
 	g.woken.Broadcast()
-	g.flushLocked() // an error is the server's to see on its next write
-	return true
+	g.flushLocked(nil) // an error is the server's to see on its next write
+	return g.flushed
 }
 
-// startGoAway runs the sequence of goAwayConn in a goroutine of its own,
-// which waits at most patience for each ACK and ends once the server's
-// own GOAWAY is on its way or the server is done with the connection.
-// going reports true from now until then.
-func (g *goAwayConn) startGoAway(patience time.Duration) {
-	g.going.Store(true)
+// startGoAway runs the steps of goAwayConn in a goroutine of its own. It
+// waits at most patience for each ACK, and for the GOAWAY to go before the
+// end of a stream as long as the connection lives: one that stays idle is
+// the Drainer's to end (with the server's own GOAWAY). busy reports true
+// while the client is to answer a PING (the server holds its frames back,
+// or the client may be opening streams), and settled is called at the end
+// of each of those times: the connection's idle time counts from then.
+// The goroutine ends after the second ACK, or when the server is done with
+// the connection.
+func (g *goAwayConn) startGoAway(patience time.Duration, settled func()) {
+	g.busy.Store(true)
 	go func() {
-		defer g.going.Store(false)
-		if g.enqueue(pingFrame(g.pings[0]), false, true) {
-			g.await(0, patience)
-			if g.enqueue(append(goAwayFrame(maxStreamID), pingFrame(g.pings[1])...), true, false) {
-				g.await(1, patience)
-			}
+		defer settled()
+		defer g.busy.Store(false)
+		if g.enqueue(pingFrame(g.pings[0]), false, true, false) == nil {
+			return
 		}
-		g.shutdown()
+		g.await(g.acked[0], patience)
+		sent := g.enqueue(append(goAwayFrame(maxStreamID), pingFrame(g.pings[1])...), true, false, true)
+		g.busy.Store(false)
+		settled()
+		if sent == nil || !g.await(sent, -1) || !g.wentOut() {
+			return
+		}
+		g.busy.Store(true)
+		g.await(g.acked[1], patience)
 	}()
 }
 
-// await waits for the ACK of pings[i], at most patience, or until the
-// server is done with the connection.
-func (g *goAwayConn) await(i int, patience time.Duration) {
-	t := time.NewTimer(patience)
-	defer t.Stop()
+// wentOut reports whether the queued frames were written, not dropped for
+// a GOAWAY of the server's.
+func (g *goAwayConn) wentOut() bool {
+	g.wmu.Lock()
+	defer g.wmu.Unlock()
+	return !g.dropped
+}
+
+// await waits until ch is closed, at most limit (if not negative), or
+// until the server is done with the connection, and reports whether ch
+// was closed.
+func (g *goAwayConn) await(ch <-chan struct{}, limit time.Duration) bool {
+	var timeout <-chan time.Time
+	if limit >= 0 {
+		t := time.NewTimer(limit)
+		defer t.Stop()
+		timeout = t.C
+	}
 	select {
-	case <-g.acked[i]:
-	case <-t.C:
+	case <-ch:
+		return true
+	case <-timeout:
 	case <-g.done:
 	}
+	return false
 }
 
 // end notes that the server is done with the connection: a write waiting
@@ -261,9 +340,13 @@ type frameCursor struct {
 	left      int  // payload bytes still to come of the current frame
 	started   bool // the server's first frame was written whole
 	sawGoAway bool // the server wrote a GOAWAY
+	inBlock   bool // a header block is not over
 }
 
-func (c *frameCursor) atBoundary() bool { return c.hdrN == 0 && c.left == 0 }
+// atBoundary reports whether a frame may be written now: the server's
+// last frame is whole, and not inside a header block (HEADERS and the
+// CONTINUATION frames that must follow it at once).
+func (c *frameCursor) atBoundary() bool { return c.hdrN == 0 && c.left == 0 && !c.inBlock }
 
 // consume follows p and returns how many of its bytes to write: all of
 // them, or, when toBoundary, those up to the end of the first frame that
@@ -279,8 +362,11 @@ func (c *frameCursor) consume(p []byte, toBoundary bool) int {
 				break
 			}
 			c.left = int(c.hdr[0])<<16 | int(c.hdr[1])<<8 | int(c.hdr[2])
-			if c.hdr[3] == frameGoAway {
+			switch c.hdr[3] {
+			case frameGoAway:
 				c.sawGoAway = true
+			case frameHeaders, framePushPromise, frameContinue:
+				c.inBlock = c.hdr[4]&flagEndHeaders == 0
 			}
 		}
 		k := min(c.left, len(p)-n)

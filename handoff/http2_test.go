@@ -159,15 +159,11 @@ func h2Server(t *testing.T, h2c bool, handler http.Handler) (d *Drainer, dial fu
 	return d, func() *h2Client { return dialH2(t, addr, pool) }
 }
 
-// drainAsync drains d with a deadline of 10s, or of timeout if given.
-func drainAsync(d *Drainer, timeout ...time.Duration) <-chan error {
-	limit := 10 * time.Second
-	if len(timeout) > 0 {
-		limit = timeout[0]
-	}
+// drainAsync drains d with a deadline of 10s.
+func drainAsync(d *Drainer) <-chan error {
 	done := make(chan error, 1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), limit)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		done <- d.Drain(ctx)
 	}()
@@ -176,7 +172,8 @@ func drainAsync(d *Drainer, timeout ...time.Duration) <-chan error {
 
 // An HTTP/2 connection's drain, step by step: a PING, and nothing after
 // it (not even a response that is ready) until its ACK; a GOAWAY naming
-// no stream, and a PING; once that PING is answered, a GOAWAY naming the
+// no stream, and a PING, right before the first frame that ends a stream;
+// once that PING is answered and the connection idle, a GOAWAY naming the
 // last stream the client opened, a stream opened before the client read
 // the first GOAWAY included; every stream answered.
 func TestDrainGoesAwayTwice(t *testing.T) {
@@ -210,8 +207,19 @@ func TestDrainGoesAwayTwice(t *testing.T) {
 			// A client that opens a stream before it reads the GOAWAY.
 			c.get(3, "/")
 
-			if g, ok := c.next(3 * time.Second).(*http2.GoAwayFrame); !ok || g.LastStreamID != 1<<31-1 || g.ErrCode != http2.ErrCodeNo {
-				t.Fatalf("after the ACK: %v, want GOAWAY with last stream 2^31-1, NO_ERROR", g)
+			// The GOAWAY comes right before the first frame that ends a
+			// stream: the first frames of a response may come before it.
+			for {
+				f := c.next(3 * time.Second)
+				if g, ok := f.(*http2.GoAwayFrame); ok {
+					if g.LastStreamID != 1<<31-1 || g.ErrCode != http2.ErrCodeNo {
+						t.Fatalf("after the ACK: %v, want GOAWAY with last stream 2^31-1, NO_ERROR", g)
+					}
+					break
+				}
+				if f.Header().Flags.Has(http2.FlagDataEndStream) {
+					t.Fatalf("after the ACK: %v before the GOAWAY, which must come before the first frame that ends a stream", f)
+				}
 			}
 			second, ok := c.next(3 * time.Second).(*http2.PingFrame)
 			if !ok || second.IsAck() {
@@ -222,7 +230,7 @@ func TestDrainGoesAwayTwice(t *testing.T) {
 			ended := map[uint32]bool{}
 			finalGoAway := false
 			for !(ended[1] && ended[3] && finalGoAway) {
-				switch f := c.next(3 * time.Second).(type) {
+				switch f := c.next(5 * time.Second).(type) { // the last GOAWAY: IdleGrace (2s) after the streams
 				case *http2.GoAwayFrame:
 					if f.LastStreamID != 3 || f.ErrCode != http2.ErrCodeNo {
 						t.Fatalf("second GOAWAY: last stream %d, %v; want 3, NO_ERROR", f.LastStreamID, f.ErrCode)
@@ -245,10 +253,11 @@ func TestDrainGoesAwayTwice(t *testing.T) {
 	}
 }
 
-// A client that opens a stream after the drain began, before it read the
-// GOAWAY (it did not read at all, here), gets it answered: the server
-// waits for the client to show it read the GOAWAY before it names the
-// last stream, and counts the connection busy meanwhile.
+// A client that opens a stream on an idle connection after the drain
+// began, having read nothing of it (not even the PING), gets it answered:
+// the first GOAWAY goes with that stream's response, and the server's
+// own, which names the last stream, only once the client answered the
+// PING after it and the connection is idle again.
 func TestDrainAnswersStreamOpenedBeforeGoAwayRead(t *testing.T) {
 	for _, h2c := range []bool{false, true} {
 		t.Run(map[bool]string{false: "tls", true: "h2c"}[h2c], func(t *testing.T) {
@@ -256,10 +265,8 @@ func TestDrainAnswersStreamOpenedBeforeGoAwayRead(t *testing.T) {
 				fmt.Fprint(w, "ok")
 			}))
 			c := dial()
-			// A deadline of 2s cuts the patience for each PING's ACK to
-			// 500ms: past it, the GOAWAY is on its way before the client
-			// opens its stream.
-			drained := drainAsync(d, 2*time.Second)
+			d.IdleGrace = 300 * time.Millisecond
+			drained := drainAsync(d)
 			time.Sleep(700 * time.Millisecond)
 			c.get(1, "/")
 			// Until stream 1 ends and a GOAWAY names the last stream.
@@ -279,10 +286,66 @@ func TestDrainAnswersStreamOpenedBeforeGoAwayRead(t *testing.T) {
 			if c.goAway != 1 {
 				t.Errorf("last GOAWAY named stream %d, want 1", c.goAway)
 			}
+			c.c.Close() // as clients do once a connection went away
 			if err := <-drained; err != nil {
 				t.Errorf("Drain: %v", err)
 			}
 		})
+	}
+}
+
+// A stream whose HEADERS come after the client answered the PING that
+// followed the GOAWAY (Go's client gives a request its stream id, then
+// writes its HEADERS, and may write the ACK in between) is answered: the
+// server's own GOAWAY waits until the connection has been idle for
+// IdleGrace.
+func TestDrainAnswersStreamSentAfterAck(t *testing.T) {
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	d, addr, pool := serveTLS(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			started <- struct{}{}
+			<-release
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	d.IdleGrace = 500 * time.Millisecond
+	c := dialH2(t, addr, pool)
+	c.get(1, "/slow") // its response brings the GOAWAY
+	<-started
+	drained := drainAsync(d)
+	for pings := 0; pings < 2; {
+		f := c.next(3 * time.Second)
+		if p, ok := f.(*http2.PingFrame); ok && !p.IsAck() {
+			c.fr.WritePing(true, p.Data)
+			if pings++; pings == 1 {
+				close(release)
+			}
+		}
+	}
+	if c.goAway != 1<<31-1 {
+		t.Fatalf("GOAWAY before the second PING named stream %d (seen: %v), want 2^31-1", c.goAway, c.gotGo)
+	}
+	time.Sleep(100 * time.Millisecond)
+	c.get(3, "/")
+	ended := map[uint32]bool{}
+	for !ended[1] || !ended[3] || c.goAway == 1<<31-1 {
+		f, err := c.tryNext(3 * time.Second)
+		if err != nil {
+			t.Fatalf("streams ended: %v; last GOAWAY named stream %d; then: %v", ended, c.goAway, err)
+		}
+		if r, ok := f.(*http2.RSTStreamFrame); ok {
+			t.Fatalf("stream %d reset: %v", r.StreamID, r.ErrCode)
+		}
+		if f.Header().Flags.Has(http2.FlagDataEndStream) {
+			ended[f.Header().StreamID] = true
+		}
+	}
+	if c.goAway != 3 {
+		t.Errorf("last GOAWAY named stream %d, want 3", c.goAway)
+	}
+	c.c.Close()
+	if err := <-drained; err != nil {
+		t.Errorf("Drain: %v", err)
 	}
 }
 
@@ -452,27 +515,31 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 }
 
 // goAwayConn writes its frames at a boundary of the server's, never
-// before the server's first frame, holds the server's frames back while
-// told to, and adds no GOAWAY after one of the server's.
+// before the server's first frame nor inside a header block, holds the
+// server's frames back while told to, puts a GOAWAY right before a frame
+// that ends a stream (however the server's writes cut that frame's
+// header), and adds no GOAWAY after one of the server's.
 func TestGoAwayConnWritesBetweenFrames(t *testing.T) {
 	server, client := tcpPair(t)
 	g := newGoAwayConn(server, true)
 	settings := frameHeader(0, 0x4, 0)
-	data := append(frameHeader(6, 0x0, 0), "abcdef"...)
-	headers := append(frameHeader(3, 0x1, 0x5), 1, 2, 3)
+	data := append(frameHeader(6, frameData, 0), "abcdef"...)
+	headers := append(frameHeader(3, frameHeaders, 0), 1, 2, 3)         // a header block, not over
+	more := append(frameHeader(2, frameContinue, flagEndHeaders), 4, 5) // its end
+	last := append(frameHeader(2, frameData, flagEndStream), 6, 7)      // the end of a stream
 	ping := pingFrame([8]byte{7, 7, 7, 7, 7, 7, 7, 7})
 
-	g.enqueue(ping, false, false) // before SETTINGS: waits for it
+	g.enqueue(ping, false, false, false) // before SETTINGS: waits for it
 	g.Write(settings[:4])
 	g.Write(append(settings[4:], data[:5]...))
 	g.Write(data[5:12]) // mid-frame: the PING is due at its end
-	// The rest of DATA, then HEADERS, held back after the fence PING.
+	// The rest of DATA, then a header block, held back after the fence.
 	fence := pingFrame([8]byte{8, 8, 8, 8, 8, 8, 8, 8})
-	g.enqueue(fence, false, true)
+	g.enqueue(fence, false, true, false)
 	wrote := make(chan struct{})
 	go func() {
 		defer close(wrote)
-		g.Write(append(data[12:], headers...))
+		g.Write(append(append(data[12:], headers...), more[:4]...))
 	}()
 	select {
 	case <-wrote:
@@ -480,14 +547,26 @@ func TestGoAwayConnWritesBetweenFrames(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 	goAway := goAwayFrame(maxStreamID)
-	if !g.enqueue(goAway, true, false) {
+	sent := g.enqueue(goAway, true, false, true)
+	if sent == nil {
 		t.Fatal("GOAWAY refused with no GOAWAY of the server's")
 	}
 	<-wrote
+	// The GOAWAY waits for the frame that ends a stream, whose header
+	// comes in two writes.
+	g.Write(append(more[4:], last[:5]...))
+	select {
+	case <-sent:
+		t.Fatal("GOAWAY written before the server's frame that ends a stream began")
+	default:
+	}
+	g.Write(last[5:])
+	<-sent
 
-	// The first PING waited for SETTINGS, the fence for DATA's end.
+	// The first PING waited for SETTINGS, the fence for DATA's end, the
+	// GOAWAY for the header block's end and the end of a stream.
 	var want []byte
-	for _, f := range [][]byte{settings, ping, data, fence, goAway, headers} {
+	for _, f := range [][]byte{settings, ping, data, fence, headers, more, goAway, last} {
 		want = append(want, f...)
 	}
 	got := make([]byte, len(want))
@@ -500,7 +579,37 @@ func TestGoAwayConnWritesBetweenFrames(t *testing.T) {
 	}
 
 	g.Write(goAwayFrame(3)) // the server's own
-	if g.enqueue(goAwayFrame(maxStreamID), true, false) {
+	if g.enqueue(goAwayFrame(maxStreamID), true, false, false) != nil {
 		t.Error("a GOAWAY queued after the server's")
+	}
+}
+
+// A GOAWAY that waits for the end of a stream is dropped when the
+// server writes one of its own first: it would name a higher stream.
+func TestGoAwayConnDropsGoAwayAfterTheServers(t *testing.T) {
+	server, client := tcpPair(t)
+	g := newGoAwayConn(server, true)
+	settings := frameHeader(0, 0x4, 0)
+	g.Write(settings)
+	sent := g.enqueue(goAwayFrame(maxStreamID), true, false, true)
+	theirs := goAwayFrame(5)
+	g.Write(theirs[:4]) // a header's start waits for the rest
+	g.Write(theirs[4:])
+	select {
+	case <-sent:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the queued GOAWAY neither went nor was dropped")
+	}
+	if g.wentOut() {
+		t.Error("the queued GOAWAY went out after the server's")
+	}
+	want := append(append([]byte{}, settings...), theirs...)
+	got := make([]byte, len(want))
+	client.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.ReadFull(client, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("on the wire:\n%x\nwant\n%x", got, want)
 	}
 }
