@@ -17,7 +17,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -26,8 +30,8 @@ import (
 
 // TestHTTP2OverTLSAcrossSwaps makes 20 swaps while 32 clients send POSTs
 // over HTTP/2 and TLS, each on its own connection, never retried by the
-// test: not one may fail. Each old generation sends every HTTP/2
-// connection a GOAWAY as its drain begins.
+// test: not one may fail. Each old generation shuts every HTTP/2
+// connection down with two GOAWAYs as its drain begins.
 func TestHTTP2OverTLSAcrossSwaps(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode, func(t *testing.T) {
@@ -62,6 +66,170 @@ func http2AcrossSwaps(t *testing.T, mode string) {
 			t.Errorf("generation %d answered no request", gen)
 		}
 	}
+}
+
+// TestH2LoadAcrossSwaps makes swaps while nghttp2's h2load, an HTTP/2
+// client that never re-sends a request, keeps 32 connections with 4
+// streams each busy: not one stream may fail, refused or reset or cut,
+// nor one request be dropped unsent. Each old generation shuts its
+// HTTP/2 connections down with two GOAWAYs (see handoff.Drainer).
+func TestH2LoadAcrossSwaps(t *testing.T) {
+	requireH2Load(t)
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel() // mostly waiting for swaps: the modes side by side
+			h2loadAcrossSwaps(t, mode)
+		})
+	}
+}
+
+func h2loadAcrossSwaps(t *testing.T, mode string) {
+	certFile, keyFile, _ := writeTestCert(t)
+	d := startDaemon(t, daemonOptions{mode: mode, demoArgs: []string{"--tls", "--tls-cert", certFile, "--tls-key", keyFile}})
+	l := startH2LoadRuns(t, "https://"+d.addr+"/slow?ms=2")
+	time.Sleep(300 * time.Millisecond)
+	swapRepeatedly(t, d, swapCount, swapEvery)
+	res := l.stop()
+	t.Logf("h2load: %d runs; %d streams started, %d answered 200; %d errored (%d of them never sent), %d left unanswered; other answers %v",
+		res.runs, res.started, res.ok, res.errored, res.unsent, res.unanswered, res.statuses)
+	if res.errored > 0 || res.unanswered > 0 || len(res.statuses) > 0 {
+		t.Errorf("%d streams failed: %d errored (%d never sent), %d left unanswered, other answers %v; runs with failures:\n%s",
+			res.started-res.ok, res.errored, res.unsent, res.unanswered, res.statuses, strings.Join(res.failedRuns, "\n"))
+	}
+	if res.ok < 20*swapCount*loadClients/10 {
+		t.Errorf("only %d streams answered: the load did not run", res.ok)
+	}
+	// Each swap ends the run in progress (its clients all get a GOAWAY),
+	// unless it falls between two.
+	if res.runs < swapCount/2 {
+		t.Errorf("h2load ran %d times across %d swaps: the swaps did not reach its connections", res.runs, swapCount)
+	}
+}
+
+// requireH2Load fails (CI) or skips the test when h2load is not installed.
+func requireH2Load(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("h2load"); err == nil {
+		return
+	}
+	const why = "h2load not installed (apt-get install nghttp2-client)"
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s (CI=true: not skipping)", why)
+	}
+	t.Skip(why)
+}
+
+// h2LoadRuns runs h2load with 32 clients of 4 streams each, one run
+// after another until stop. h2load (1.52) ends a client at the first
+// GOAWAY of its connection, as it opens no new connection for HTTP/2,
+// and a run ends when all of its clients have: so a run lasts until the
+// next swap, or its h2LoadStreams streams, whichever comes first. Every
+// stream's outcome comes from h2load's --log-file; a stream that h2load
+// started but never logged was left unanswered (its connection ended
+// under it).
+type h2LoadRuns struct {
+	t      *testing.T
+	url    string
+	dir    string
+	stopCh chan struct{}
+	done   chan h2LoadResult
+}
+
+type h2LoadResult struct {
+	runs, started, ok, errored, unsent, unanswered int
+	statuses                                       map[string]int // answers other than 200
+	failedRuns                                     []string       // when and how runs with failures ended, first few
+}
+
+const (
+	h2LoadStreams  = 4096             // per run: about a swap's worth on a quiet machine, and a bound
+	h2LoadRunLimit = 60 * time.Second // per run
+)
+
+func startH2LoadRuns(t *testing.T, url string) *h2LoadRuns {
+	l := &h2LoadRuns{t: t, url: url, dir: t.TempDir(), stopCh: make(chan struct{}), done: make(chan h2LoadResult, 1)}
+	go l.loop()
+	return l
+}
+
+// stop waits for the run in progress to end and returns the sum of all.
+func (l *h2LoadRuns) stop() h2LoadResult {
+	close(l.stopCh)
+	return <-l.done
+}
+
+func (l *h2LoadRuns) loop() {
+	res := h2LoadResult{statuses: map[string]int{}}
+	defer func() {
+		if len(res.statuses) == 0 {
+			res.statuses = nil
+		}
+		l.done <- res
+	}()
+	for run := 1; ; run++ {
+		select {
+		case <-l.stopCh:
+			return
+		default:
+		}
+		if err := l.run(run, &res); err != nil {
+			l.t.Errorf("h2load run %d: %v", run, err)
+			return
+		}
+	}
+}
+
+var h2LoadStarted = regexp.MustCompile(`requests: \d+ total, (\d+) started`)
+
+func (l *h2LoadRuns) run(run int, res *h2LoadResult) error {
+	logFile := filepath.Join(l.dir, fmt.Sprintf("run%d.log", run))
+	ctx, cancel := context.WithTimeout(context.Background(), h2LoadRunLimit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "h2load", "--clients", strconv.Itoa(loadClients), "--max-concurrent-streams", "4",
+		"--requests", strconv.Itoa(h2LoadStreams), "--connection-inactivity-timeout", "10s",
+		"--log-file", logFile, l.url)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	m := h2LoadStarted.FindSubmatch(out)
+	if m == nil {
+		return fmt.Errorf("no request count in its output: %s", out)
+	}
+	started, _ := strconv.Atoi(string(m[1]))
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		return err
+	}
+	logged, before := 0, *res
+	// start (µs since the epoch, 0 if never sent), status (-1: the
+	// stream failed), µs to its end.
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		f := strings.Split(line, "\t")
+		if len(f) != 3 {
+			continue
+		}
+		logged++
+		switch f[1] {
+		case "200":
+			res.ok++
+		case "-1":
+			res.errored++
+			if f[0] == "0" {
+				res.unsent++
+			}
+		default:
+			res.statuses[f[1]]++
+		}
+	}
+	res.runs++
+	res.started += started
+	res.unanswered += max(0, started-logged)
+	if failed := res.started - res.ok - (before.started - before.ok); failed > 0 && len(res.failedRuns) < 5 {
+		res.failedRuns = append(res.failedRuns, fmt.Sprintf("run %d, ended %s: %d failed; h2load said:\n%s",
+			run, time.Now().Format("15:04:05.000"), failed, out))
+	}
+	return nil
 }
 
 // h2Load runs HTTP/2 clients over TLS, each with its own transport (so
