@@ -48,13 +48,19 @@ func startLoad(addr, path string, clients int, keepAlive bool) *load {
 }
 
 // failure is one failed request: when, and what the client saw; which
-// client, and the generation that answered the request before on the same
-// connection (0 on a new connection).
+// client, and on what connection: the request's place there, and the
+// generation that answered the requests before on it.
 type failure struct {
 	at     time.Time
 	what   string
 	client int
-	gen    int
+	sent   time.Time // when the request was sent; zero for a failed dial
+	// nth is the request's place on its connection: 1 for the first, 2
+	// and more on a kept connection.
+	nth int
+	// gen is the generation that answered the request before on the same
+	// connection; 0 on a new connection.
+	gen int
 }
 
 // loadResult is what the clients saw.
@@ -89,6 +95,7 @@ func (l *load) client(id int) {
 	defer l.wg.Done()
 	var conn net.Conn
 	var br *bufio.Reader
+	nth := 0 // requests sent on conn
 	defer func() {
 		if conn != nil {
 			conn.Close()
@@ -105,16 +112,18 @@ func (l *load) client(id int) {
 		if conn == nil {
 			c, err := net.DialTimeout(l.network(), l.addr, 5*time.Second)
 			if err != nil {
-				l.fail(id, 0, fmt.Sprintf("dial: %v", err))
+				l.fail(failure{client: id, what: fmt.Sprintf("dial: %v", err)})
 				time.Sleep(10 * time.Millisecond)
 				continue
 			}
-			conn, br, connGen = c, bufio.NewReader(c), 0
+			conn, br = c, bufio.NewReader(c)
+			nth, connGen = 0, 0
 		}
 		sent := time.Now()
+		nth++
 		gen, closeConn, err := l.roundTrip(conn, br, body)
 		if err != nil {
-			l.fail(id, connGen, err.Error())
+			l.fail(failure{client: id, what: err.Error(), sent: sent, nth: nth, gen: connGen})
 			conn.Close()
 			conn = nil
 			continue
@@ -173,15 +182,16 @@ func (l *load) network() string {
 	return "tcp"
 }
 
-func (l *load) fail(client, gen int, what string) {
+func (l *load) fail(f failure) {
+	f.at = time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.failed++
 	if len(l.failures) < 20 {
-		l.failures = append(l.failures, what)
+		l.failures = append(l.failures, f.what)
 	}
 	if len(l.failedAt) < loadLimit {
-		l.failedAt = append(l.failedAt, failure{at: time.Now(), what: what, client: client, gen: gen})
+		l.failedAt = append(l.failedAt, f)
 	}
 }
 
