@@ -37,8 +37,9 @@
 // protocol when Draining tells them to, spread over Drainer.Spread so that
 // clients do not all reconnect at once; a hijacked connection counts for
 // the drain while its handler runs, or until the release of Hold.
-// Drainer.ServeTLS serves TLS with HTTP/2, whose connections get a GOAWAY
-// during the drain. Package handoffgrpc does the same for a *grpc.Server.
+// Drainer.ServeTLS serves TLS with HTTP/2, whose connections the drain
+// ends with the two GOAWAYs of RFC 9113 (no stream refused). Package
+// handoffgrpc does the same for a *grpc.Server.
 //
 // State outlives a generation two ways. Store keeps fds (a memfd, a
 // socket) in the service's fd store, systemd's protocol, and Stored finds
