@@ -106,7 +106,9 @@ const extrapolatedConns = 1_000_000
 // from its median at the fewest and at the most held connections, and
 // extends it to extrapolatedConns: status and a scrape (the counter visits
 // every open fd of the generations), the swap's start → active and
-// handoffd's CPU per swap (nothing of them should depend on it).
+// handoffd's CPU per swap (nothing of them should depend on it). A figure
+// that fell as connections grew is extended flat: no cost per connection
+// was measured.
 func extrapolation(g *growth) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Extrapolated to %d held connections (linear, from the medians at the fewest and the most held):\n\n", extrapolatedConns)
@@ -140,6 +142,11 @@ func extrapolation(g *growth) string {
 		} {
 			a, z := median(f.get(lo)), median(f.get(hi))
 			slope := (z - a) / float64(hi.Conns-lo.Conns) // ms per connection
+			if slope <= 0 {
+				// Faster with more held: noise, not a cost that shrinks.
+				fmt.Fprintf(&b, "| %s | %s | %.3g | none measured (%.4f) | %.3g |\n", m, f.name, a, slope*1000, a)
+				continue
+			}
 			fmt.Fprintf(&b, "| %s | %s | %.3g | %.4f | %.4g |\n", m, f.name, a, slope*1000,
 				a+slope*float64(extrapolatedConns-lo.Conns))
 		}
