@@ -320,3 +320,38 @@ func TestUnhealthyDuringProbationRollsBack(t *testing.T) {
 		t.Fatalf("steering points at %d, want 1", r.activeGen())
 	}
 }
+
+// TestPromoteRefusedKeepsTheActive: a promotion whose map update fails
+// half way is undone: the active generation keeps serving beside the
+// canary, with its split, and a promotion can be asked again.
+func TestPromoteRefusedKeepsTheActive(t *testing.T) {
+	s, l, r := canaryService(t, 0.2)
+	r.mu.Lock()
+	r.failPromote = true
+	r.mu.Unlock()
+	_, err := s.Promote()
+	if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "map update refused") {
+		t.Fatalf("Promote = %v; want one line with the router's reason", err)
+	}
+	if got := states(s); !slices.Equal(got, []string{"1:active", "2:canary"}) {
+		t.Fatalf("after a refused promotion: %v, want 1:active 2:canary", got)
+	}
+	if gen, sh := r.splitNow(); gen != 2 || sh != 0.2 || r.activeGen() != 1 {
+		t.Fatalf("steering: split %d at %v, active %d; want 2 at 0.2, active 1", gen, sh, r.activeGen())
+	}
+	if st := s.Status(); st.State != api.ServiceRunning {
+		t.Fatalf("service %s after a refused promotion, want running", st.State)
+	}
+	if got := l.proc(0).got(); len(got) != 0 {
+		t.Fatalf("generation 1 got %v; a refused promotion must leave it untouched", got)
+	}
+	r.mu.Lock()
+	r.failPromote = false
+	r.mu.Unlock()
+	if res, err := s.Promote(); err != nil || res.Generation != 2 || r.activeGen() != 2 {
+		t.Fatalf("Promote again = %+v, %v, steering at %d; want generation 2 active", res, err, r.activeGen())
+	}
+	if errs := s.Invariants(); len(errs) > 0 {
+		t.Fatalf("invariants broken: %v", errs)
+	}
+}

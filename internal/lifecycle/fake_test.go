@@ -312,6 +312,9 @@ type fakeRouter struct {
 	active   int
 	prepared []int
 	failAt   int // activate fails for this generation
+	// failPromote makes Promote fail after it moved the active slot of
+	// the first listener, as a map update refused half way does.
+	failPromote bool
 	// listeners is how many sockets Prepare returns (default 1).
 	listeners int
 	// canary and share are the split (SetSplit, Promote).
@@ -364,6 +367,10 @@ func (r *fakeRouter) SetSplit(gen int, share float64, sticky bool) error {
 func (r *fakeRouter) Promote(gen int) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.failPromote {
+		r.active = gen
+		return errors.New("listener http2: map update refused")
+	}
 	r.active, r.canary, r.share, r.sticky = gen, 0, 0, false
 	return nil
 }
