@@ -355,3 +355,38 @@ func TestPromoteRefusedKeepsTheActive(t *testing.T) {
 		t.Fatalf("invariants broken: %v", errs)
 	}
 }
+
+// TestActiveCrashPromotesCanaryDespiteRouter: the active generation dies
+// during a canary, and the promotion's map update fails. The canary is
+// all that runs: it becomes the active generation all the same, steered
+// to by Activate, so that status, the state file and steering agree, and
+// swaps go on; the service is not left with a dead active beside a
+// canary, which nothing would replace.
+func TestActiveCrashPromotesCanaryDespiteRouter(t *testing.T) {
+	s, l, r := canaryService(t, 0.1)
+	r.mu.Lock()
+	r.failPromote = true
+	r.mu.Unlock()
+	l.proc(0).exit("signal: killed")
+	eventually(t, "promotion", func() bool { return slices.Equal(states(s), []string{"1:exited", "2:active"}) })
+	if gen, sh := r.splitNow(); r.activeGen() != 2 || sh != 0 {
+		t.Fatalf("steering: active %d, split %d at %v; want 2 active and no split", r.activeGen(), gen, sh)
+	}
+	st := s.Status()
+	if st.State != api.ServiceRunning {
+		t.Fatalf("service %s, want running", st.State)
+	}
+	saved := s.saved()
+	if saved.Current != 2 || len(saved.Generations) != 1 || saved.Generations[0].State != api.StateActive {
+		t.Fatalf("state file records current %d, %+v; want generation 2 active alone", saved.Current, saved.Generations)
+	}
+	if _, err := s.Promote(); !errors.Is(err, ErrNoCanary) {
+		t.Fatalf("Promote after the takeover = %v, want ErrNoCanary", err)
+	}
+	if res, err := s.Swap(context.Background()); err != nil || res.Previous != 2 {
+		t.Fatalf("swap after the takeover = %+v, %v", res, err)
+	}
+	if errs := s.Invariants(); len(errs) > 0 {
+		t.Fatalf("invariants broken: %v", errs)
+	}
+}

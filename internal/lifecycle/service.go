@@ -631,14 +631,11 @@ func (s *Service) exited(g *Generation) {
 	case wasActive && !s.stopped && s.canary != nil:
 		c := s.canary
 		s.log.Error("active generation exited during a canary; promoting the canary", "generation", g.ID, "pid", g.pid, "status", status, "canary", c.ID)
-		if err := s.router.Promote(c.ID); err != nil {
-			// Steering still splits: closing the dead generation's
-			// sockets empties its slot, so the program sends its share,
-			// and migrates its queue, to the canary.
-			s.log.Error("promote the canary", "generation", c.ID, "err", err)
-			s.invariant(s.retire(g))
-			break
-		}
+		// The canary is all that runs: it becomes the active
+		// generation even if steering will not follow, for a dead
+		// active beside a canary would block every swap and never be
+		// replaced.
+		s.steerToCanary(c)
 		s.canary = nil
 		_, err := s.promoteLocked(c)
 		s.invariant(err)
@@ -658,6 +655,27 @@ func (s *Service) exited(g *Generation) {
 	}
 	s.router.Forget(g.ID)
 	s.prune()
+}
+
+// steerToCanary sends every new connection to canary c, whose active
+// generation died: by Promote, or else by Activate and an empty split.
+// If both fail, steering still splits; closing the dead generation's
+// sockets empties its slot, so the program sends its share, and
+// migrates its queue, to c. Callers hold s.mu.
+func (s *Service) steerToCanary(c *Generation) {
+	err := s.router.Promote(c.ID)
+	if err == nil {
+		return
+	}
+	if aerr := s.router.Activate(c.ID); aerr != nil {
+		s.log.Error("promote the canary", "generation", c.ID, "err", errors.Join(err, aerr))
+		return
+	}
+	if serr := s.router.SetSplit(c.ID, 0, false); serr != nil {
+		s.log.Error("promote the canary: clear the split", "generation", c.ID, "err", errors.Join(err, serr))
+		return
+	}
+	s.log.Warn("promote the canary: steered to it by activation instead", "generation", c.ID, "promote_err", err)
 }
 
 // chanClosed reports whether c is closed, without blocking.
