@@ -39,12 +39,29 @@ func (p *fakeProcess) Signal(syscall.Signal) error {
 }
 
 // fakeLauncher starts fakeProcesses; while gate is open (not nil and not
-// closed), Start waits on it, which keeps a swap under way.
-type fakeLauncher struct{ gate chan struct{} }
+// closed), Start waits on it, which keeps a swap under way. With fail
+// set, Start fails with it, as a command that cannot be run does.
+type fakeLauncher struct {
+	mu   sync.Mutex
+	gate chan struct{}
+	fail error
+}
+
+func (l *fakeLauncher) set(gate chan struct{}, fail error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.gate, l.fail = gate, fail
+}
 
 func (l *fakeLauncher) Start(spec lifecycle.LaunchSpec) (lifecycle.Process, error) {
-	if l.gate != nil {
-		<-l.gate
+	l.mu.Lock()
+	gate, fail := l.gate, l.fail
+	l.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	if fail != nil {
+		return nil, fail
 	}
 	ready := make(chan struct{})
 	close(ready)

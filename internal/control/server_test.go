@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -132,7 +133,8 @@ func TestAPIBadRequests(t *testing.T) {
 func TestAPISwapInProgress(t *testing.T) {
 	l := &fakeLauncher{}
 	a := NewAPI(testSupervisor(t, &config.Config{}, l), nil)
-	l.gate = make(chan struct{})
+	gate := make(chan struct{})
+	l.set(gate, nil)
 	svc, _ := a.sup.Service("demo")
 	swapped := make(chan error, 1)
 	go func() { _, err := svc.Swap(context.Background()); swapped <- err }()
@@ -141,13 +143,48 @@ func TestAPISwapInProgress(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	code, msg := call(t, a.Handler(), rootPeer, "POST", "/v1/services/demo/swap", "")
-	close(l.gate)
+	close(gate)
 	if err := <-swapped; err != nil {
 		t.Fatal(err)
 	}
 	if code != http.StatusConflict || !strings.Contains(msg, lifecycle.ErrSwapInProgress.Error()) {
 		t.Errorf("second swap: %d %q, want 409", code, msg)
 	}
+}
+
+// TestAPISwapOfFailedService: a swap of a failed service, whose command
+// cannot start, is answered at once with one line that names the reason,
+// by its own start or, while handoffd's retry holds the swap, by the
+// failure; never at the end of the request's timeout.
+func TestAPISwapOfFailedService(t *testing.T) {
+	errNoCommand := errors.New("exec demo: no such file or directory")
+	l := &fakeLauncher{fail: errNoCommand}
+	a := NewAPI(testSupervisor(t, &config.Config{}, l), nil)
+	st, _ := a.sup.Status("demo")
+	if s := st.Services[0]; s.State != api.ServiceFailed || s.Failure == nil {
+		t.Fatalf("demo is %s, %+v; want failed", s.State, s.Failure)
+	}
+	swap := func(what string, want int) {
+		t.Helper()
+		began := time.Now()
+		code, msg := call(t, a.Handler(), rootPeer, "POST", "/v1/services/demo/swap", `{"timeout": "10s"}`)
+		if took := time.Since(began); code != want || took > 2*time.Second || strings.Contains(msg, "\n") || !strings.Contains(msg, errNoCommand.Error()) {
+			t.Errorf("%s: %d %q after %s; want %d at once, one line with %q", what, code, msg, took, want, errNoCommand)
+		}
+	}
+	swap("swap of a failed service", http.StatusInternalServerError)
+	// handoffd's next retry waits at the gate, holding the swap.
+	gate := make(chan struct{})
+	defer close(gate)
+	l.set(gate, errNoCommand)
+	deadline := time.Now().Add(10 * time.Second)
+	for st, _ := a.sup.Status("demo"); !st.Services[0].Swapping; st, _ = a.sup.Status("demo") {
+		if time.Now().After(deadline) {
+			t.Fatal("handoffd did not retry the failed demo within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	swap("swap during a retry", http.StatusConflict)
 }
 
 // TestControlSocketPeerCred runs the API on a real control socket: the

@@ -62,10 +62,10 @@ func (s *Service) checkCanary() error {
 // replaces it instead. Callers hold s.mu.
 func (s *Service) canaryBesideLocked() error {
 	switch {
-	case s.current == nil:
-		return fmt.Errorf("%w: no active generation to share new connections with: swap without --canary to start one", ErrCanaryRefused)
 	case s.failure != nil:
 		return fmt.Errorf("%w: service %s is failed (%v): swap without --canary to retry it", ErrCanaryRefused, s.name, s.failure.reason)
+	case s.current == nil:
+		return fmt.Errorf("%w: no active generation to share new connections with: swap without --canary to start one", ErrCanaryRefused)
 	case !s.serving():
 		return fmt.Errorf("%w: the active generation %d has exited and is being replaced: swap without --canary instead", ErrCanaryRefused, s.current.ID)
 	}

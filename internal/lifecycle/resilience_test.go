@@ -557,3 +557,44 @@ func TestCrashAfterServingReplacedAtOnce(t *testing.T) {
 		t.Errorf("observer saw %d crashes, want 3", n)
 	}
 }
+
+// TestSwapOfFailedServiceSaysWhy: a swap by hand of a failed service,
+// whose command cannot start, answers at once with one line that names
+// the reason: its own start's, or, while a retry of handoffd holds the
+// swap, the failure's; it never waits for its caller's timeout.
+func TestSwapOfFailedServiceSaysWhy(t *testing.T) {
+	l, r := &fakeLauncher{ready: true, failStarts: 1 << 20}, &fakeRouter{}
+	s := testService(t, l, r)
+	s.mu.Lock()
+	s.retry = retryBackoff{first: time.Minute, max: time.Minute, stable: time.Minute}
+	s.mu.Unlock()
+	if _, err := s.Swap(context.Background()); err == nil {
+		t.Fatal("first start succeeded with a command that cannot start")
+	}
+	if st := s.Status(); st.State != api.ServiceFailed {
+		t.Fatalf("service %s, want failed", st.State)
+	}
+	check := func(what string, swap func(context.Context) error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		began := time.Now()
+		err := swap(ctx)
+		took := time.Since(began)
+		if err == nil || took > time.Second || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), errNoCommand.Error()) {
+			t.Errorf("%s: %v after %s; want at once one line with %q", what, err, took, errNoCommand)
+		}
+	}
+	check("swap", func(ctx context.Context) error { _, err := s.Swap(ctx); return err })
+	check("canary", func(ctx context.Context) error { _, err := s.SwapCanary(ctx, Split{Share: 0.1}); return err })
+	// A retry under way holds the swap.
+	s.swapMu.Lock()
+	check("swap during a retry", func(ctx context.Context) error {
+		_, err := s.Swap(ctx)
+		if !errors.Is(err, ErrSwapInProgress) {
+			return fmt.Errorf("not refused as in progress: %w", err)
+		}
+		return err
+	})
+	s.swapMu.Unlock()
+}

@@ -227,10 +227,13 @@ func (s *Service) swapWith(ctx context.Context, start StartFunc, canary *Split) 
 	if !s.swapMu.TryLock() {
 		s.observer.SwapDone(s.name, "refused")
 		s.mu.Lock()
-		failed := s.failure != nil
+		var reason error
+		if s.failure != nil {
+			reason = s.failure.reason
+		}
 		s.mu.Unlock()
-		if failed {
-			return api.SwapResult{}, fmt.Errorf("%w (service %s is failed, and handoffd retries it: see status)", ErrSwapInProgress, s.name)
+		if reason != nil {
+			return api.SwapResult{}, fmt.Errorf("%w (service %s is failed, and handoffd retries it: %v)", ErrSwapInProgress, s.name, reason)
 		}
 		return api.SwapResult{}, ErrSwapInProgress
 	}
