@@ -261,6 +261,13 @@ func (s *soak) crashActive() {
 		s.t.Fatal("no active generation at rest")
 	}
 	s.kill(g.ID, g.PID, "active")
+	// Until handoffd has seen the exit, status still shows the killed
+	// generation active: at rest at once, and the next event's swap
+	// would meet the replacement under way ("a swap is already in
+	// progress").
+	s.d.waitFor("the killed generation exited", 30*time.Second, func(st api.ServiceStatus) bool {
+		return !stateOf(st, g.ID).Live()
+	})
 }
 
 // crashCandidate starts a swap and kills its new generation as soon as
