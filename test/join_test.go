@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/handoffd/handoffd/api"
+	"github.com/handoffd/handoffd/loader"
 )
 
 // requireRoot skips a test that needs root, or fails it when CI=true.
@@ -181,6 +183,53 @@ func TestAutoModeWithoutBPF(t *testing.T) {
 	log := d.logText()
 	if !strings.Contains(log, "eBPF steering unavailable; using fdpass") || !strings.Contains(log, "CAP_BPF") {
 		t.Errorf("the log does not say why fdpass was chosen:\n%s", log)
+	}
+	swapsUnderLoad(t, d, 5, false)
+}
+
+// TestAutoModeByProbe runs handoffd as root with mode auto: it takes ebpf
+// where loader.Probe loads and attaches the steering program, and fdpass
+// where the kernel lacks the migrate attach type (before 5.14), saying why
+// on one log line; either way it swaps under load without a failed
+// request. HANDOFF_E2E_AUTO_MODE, when set (make test-vm sets it for each
+// guest kernel), names the mode this kernel must give: a kernel that does
+// not lack what it should fails the test instead of testing the other
+// branch.
+func TestAutoModeByProbe(t *testing.T) {
+	requireRoot(t)
+	kernel, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		t.Fatalf("kernel release: %v", err)
+	}
+	want := api.ModeEBPF
+	if err := loader.Probe(); errors.Is(err, loader.ErrNotSupported) {
+		want = api.ModeFDPass
+		t.Logf("kernel %s: %v", bytes.TrimSpace(kernel), err)
+	} else if err != nil {
+		t.Fatalf("probe on kernel %s: %v", bytes.TrimSpace(kernel), err)
+	}
+	if env := os.Getenv("HANDOFF_E2E_AUTO_MODE"); env != "" && api.Mode(env) != want {
+		t.Fatalf("kernel %s gives mode %s by probe; HANDOFF_E2E_AUTO_MODE wants %s", bytes.TrimSpace(kernel), want, env)
+	}
+	d := startDaemon(t, daemonOptions{mode: "auto"})
+	if st := d.status(); st.Mode != want || st.Listeners[0].Mode != want {
+		t.Errorf("status: service mode %s, listener mode %s; want %s", st.Mode, st.Listeners[0].Mode, want)
+	}
+	var fallback []string
+	for _, line := range strings.Split(d.logText(), "\n") {
+		if strings.Contains(line, "using fdpass") {
+			fallback = append(fallback, line)
+		}
+	}
+	switch {
+	case want == api.ModeEBPF && len(fallback) > 0:
+		t.Errorf("mode ebpf, yet the log says it falls back: %q", fallback)
+	case want == api.ModeFDPass && (len(fallback) != 1 || !strings.Contains(fallback[0], "eBPF steering unavailable") ||
+		!strings.Contains(fallback[0], "BPF_SK_REUSEPORT_SELECT_OR_MIGRATE") || !strings.Contains(fallback[0], "5.14")):
+		t.Errorf("want one log line that says fdpass was chosen for want of BPF_SK_REUSEPORT_SELECT_OR_MIGRATE (5.14), got %q\n%s",
+			fallback, d.logText())
+	default:
+		t.Logf("mode %s; fallback line: %q", want, fallback)
 	}
 	swapsUnderLoad(t, d, 5, false)
 }
