@@ -1,7 +1,12 @@
 #!/bin/bash
-# PID 1 of make test-vm's "tests" guest: loader's tests and the swap
-# end-to-end test on the guest's kernel. Writes results/tests.rc (0 when
-# every test passed) and results/tests.summary, then powers off.
+# PID 1 of make test-vm's "tests-<kernel>" guests: what the guest's kernel
+# must pass. Profile ebpf (6.1, 6.12): loader's tests and the ebpf
+# end-to-end suite (swaps under load in both modes, QUIC, a canary split,
+# promoted and rolled back, the connection counts, mode auto taking ebpf).
+# Profile fdpass (5.10, without the migrate attach type): the same swaps
+# and counts in fdpass mode, and mode auto falling back to fdpass by
+# probe. Writes results/<run>.rc (0 when every test passed),
+# results/<run>.summary and results/<run>.kernel, then powers off.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TMPDIR=/tmp
 # In the guest nothing may skip: a missing kernel feature is a failure.
@@ -16,30 +21,50 @@ booted=$(up)
 ip link set lo up
 ulimit -n 1048576
 hostname handoff-vm
+name=tests profile=ebpf
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in
+	handoff.run=*) name=${arg#handoff.run=} ;;
+	handoff.profile=*) profile=${arg#handoff.profile=} ;;
+	esac
+done
+uname -r >"$R/$name.kernel"
 
-run() { # name, command...: runs a test binary, logs to results/name.log
-	local name=$1 start rc
+run() { # part, command...: runs a test binary, logs to results/<run>.<part>.log
+	local part=$1 start rc
 	shift
 	start=$(up)
-	echo "== guest: $name"
-	"$@" 2>&1 | tee "$R/$name.log"
+	echo "== guest: $part"
+	"$@" 2>&1 | tee "$R/$name.$part.log"
 	rc=${PIPESTATUS[0]}
-	echo "$name: exit $rc in $(awk -v a="$(up)" -v b="$start" 'BEGIN {printf "%.1f", a - b}')s" >>"$R/tests.times"
+	echo "$part: exit $rc in $(awk -v a="$(up)" -v b="$start" 'BEGIN {printf "%.1f", a - b}')s" >>"$R/$name.times"
 	return "$rc"
 }
 
 rc=0
 cd "$B"
-echo "== guest: loader"
-run loader ./loader.test -test.v -test.count=1 -test.timeout 10m || rc=1
-HANDOFF_E2E_BIN=$B HANDOFF_E2E_SWAPS=$swaps HANDOFF_E2E_SLOW=$slow \
-	run e2e ./e2e.test -test.v -test.count=1 -test.timeout 15m -test.run '^(TestSwapUnderLoad|TestQUICSwapUnderLoad)$' || rc=1
+export HANDOFF_E2E_BIN=$B HANDOFF_E2E_SWAPS=$swaps HANDOFF_E2E_SLOW=$slow
+case $profile in
+ebpf)
+	run loader ./loader.test -test.v -test.count=1 -test.timeout 10m || rc=1
+	HANDOFF_E2E_AUTO_MODE=ebpf run e2e ./e2e.test -test.v -test.count=1 -test.timeout 15m \
+		-test.run '^(TestSwapUnderLoad|TestQUICSwapUnderLoad|TestCanaryUnderLoad|TestCanaryAutomaticRollback|TestDrainProgressCounted|TestAutoModeByProbe)$' || rc=1
+	;;
+fdpass)
+	HANDOFF_E2E_AUTO_MODE=fdpass run e2e ./e2e.test -test.v -test.count=1 -test.timeout 15m \
+		-test.run '^(TestSwapUnderLoad|TestDrainProgressCounted|TestCanaryRefusedInFDPass|TestAutoModeByProbe)$/^fdpass' || rc=1
+	;;
+*)
+	echo "guest-tests: unknown profile $profile" >&2
+	rc=1
+	;;
+esac
 
 {
-	echo "guest kernel: $(uname -r) ($(uname -v)); booted in ${booted}s"
-	cat "$R/tests.times"
-	grep -hE '^(--- |ok|FAIL|PASS)|requests: ' "$R/loader.log" "$R/e2e.log" | sed 's/^/  /'
-} >"$R/tests.summary"
-echo $rc >"$R/tests.rc"
+	echo "$name: guest kernel $(uname -r) ($(uname -v)), profile $profile; booted in ${booted}s"
+	cat "$R/$name.times"
+	grep -hE '^(--- |ok|FAIL|PASS)|requests: |fallback line' "$R/$name".*.log | sed 's/^/  /'
+} >"$R/$name.summary"
+echo $rc >"$R/$name.rc"
 sync
 busybox poweroff -f
