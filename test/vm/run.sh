@@ -57,6 +57,7 @@ install_tools() {
 	command -v depmod >/dev/null || missing+=(kmod)
 	command -v man >/dev/null || missing+=(man-db)
 	command -v file >/dev/null || missing+=(file)
+	command -v zstd >/dev/null || missing+=(zstd)
 	if [ ${#missing[@]} -gt 0 ]; then
 		say "installing ${missing[*]} from Debian"
 		apt-get update -qq
@@ -70,8 +71,9 @@ install_tools() {
 APT_OPTS=()
 debian_sources() {
 	local suite=$1 a=$VM_DIR/apt/$1 uri
-	uri=$(grep -hoE '(https?|file)://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-		/etc/apt/sources.list.d/*.sources 2>/dev/null | head -1 | tr -d ' ')
+	# grep fails on a missing file: set -o pipefail would end the script.
+	uri=$({ grep -hoE '(https?|file)://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+		/etc/apt/sources.list.d/*.sources 2>/dev/null || true; } | head -1 | tr -d ' ')
 	[ -n "$uri" ] || { echo "test-vm: no Debian mirror in /etc/apt/sources.list*: add one" >&2; return 1; }
 	mkdir -p "$a/lists/partial" "$a/cache/archives/partial"
 	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $suite main" >"$a/sources.list"
@@ -83,9 +85,8 @@ debian_sources() {
 # fetch_kernel $version downloads the current Debian kernel of that
 # version (linux-image-<abi>-amd64-unsigned, the one linux-image-amd64 of
 # its release depends on), and unpacks its vmlinux (uncompressed: TCG
-# takes seconds to unpack the xz bzImage at each boot) and its modules
-# (uncompressed, as busybox's insmod wants them, with modules.dep). Sets
-# KVER[$version] and KDIR[$version].
+# takes seconds to unpack the bzImage at each boot) and its modules (with
+# modules.dep). Sets KVER[$version] and KDIR[$version].
 declare -A KVER KDIR
 fetch_kernel() {
 	local v=$1 suite pkg kver k
@@ -107,17 +108,23 @@ fetch_kernel() {
 	ls "$k"/deb/*.deb >/dev/null
 	dpkg-deb -x "$k"/deb/*.deb "$k/root"
 	local z=$k/root/boot/vmlinuz-$kver off m
+	# Debian compresses 5.10 and 6.1 with xz, 6.12 with zstd.
 	off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$z" | cut -d: -f1 | sed -n 1p)
-	[ -n "$off" ] || { echo "test-vm: $z holds no xz stream" >&2; return 1; }
-	# xz stops at the stream's end, before tail's: no pipe, no SIGPIPE.
-	xz -dc --single-stream <(tail -c +$((off + 1)) "$z") >"$k/vmlinux"
+	if [ -n "$off" ]; then
+		# xz stops at the stream's end, before tail's: no pipe, no SIGPIPE.
+		xz -dc --single-stream <(tail -c +$((off + 1)) "$z") >"$k/vmlinux"
+	else
+		off=$(LC_ALL=C grep -obUaP '\x28\xb5\x2f\xfd' "$z" | cut -d: -f1 | sed -n 1p)
+		[ -n "$off" ] || { echo "test-vm: $z holds no xz or zstd stream" >&2; return 1; }
+		# zstd complains of what follows the frame, once it is written.
+		zstd -qdc <(tail -c +$((off + 1)) "$z") >"$k/vmlinux" 2>/dev/null || true
+	fi
+	file -L "$k/vmlinux" | grep -q 'ELF 64-bit' || { echo "test-vm: no vmlinux in $z" >&2; return 1; }
 	mkdir -p "$k/lib/modules"
-	# Debian 13 ships them in /usr/lib/modules, and xz-compressed.
+	# Debian 13 ships them in /usr/lib/modules, xz-compressed.
 	for m in "$k/root/lib/modules/$kver" "$k/root/usr/lib/modules/$kver"; do
 		[ ! -d "$m" ] || mv "$m" "$k/lib/modules/"
 	done
-	find "$k/lib/modules/$kver" -name '*.ko.xz' -exec xz -d {} +
-	find "$k/lib/modules/$kver" -name '*.ko.zst' -exec zstd -q -d --rm {} +
 	depmod -b "$k" "$kver"
 	rm -rf "$k/root" "$k/deb"
 }
@@ -135,8 +142,12 @@ build_initramfs() {
 	for m in $(for top in virtio_pci 9pnet_virtio 9p overlay virtio_rng; do
 		modprobe -d "$k" -S "$kver" --show-depends "$top"
 	done | awk '$1 == "insmod" && !seen[$2]++ {print $2}'); do
-		cp "$m" "$d/modules/"
-		basename "$m" >>"$d/modules.list"
+		# busybox's insmod wants them uncompressed.
+		case $m in
+		*.ko.xz) xz -dc "$m" >"$d/modules/$(basename "$m" .xz)" ;;
+		*) cp "$m" "$d/modules/" ;;
+		esac
+		basename "$m" .xz >>"$d/modules.list"
 	done
 	(cd "$d" && find . | busybox cpio -o -H newc 2>/dev/null) >"$VM_DIR/initramfs-$kver.cpio"
 	rm -rf "$d"
