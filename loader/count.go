@@ -66,6 +66,7 @@ type PortHeld struct {
 // the host. It fails, wrapping ErrNotSupported or ErrPermission when that
 // is the cause, when the kernel cannot run it.
 func LoadConnCounter() (*ConnCounter, error) {
+	liftMemlock()
 	// The program's variables stay the kernel's: no mapping of them.
 	var objs struct {
 		bpf.CountPrograms

@@ -26,6 +26,7 @@ var (
 // is missing and wraps ErrNotSupported or ErrPermission when that is the
 // cause. Probe pins nothing and leaves nothing behind.
 func Probe() error {
+	liftMemlock()
 	var objs bpf.SteerObjects
 	if err := bpf.LoadSteerObjects(&objs, nil); err != nil {
 		return explainLoad(err)

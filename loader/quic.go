@@ -67,6 +67,7 @@ type QUICMisses struct {
 // pins them under dir, as LoadSteering does for a TCP listener; pins an
 // earlier run left there are replaced.
 func LoadQUICSteering(dir string) (*QUICSteering, error) {
+	liftMemlock()
 	if err := makePinDir(dir); err != nil {
 		return nil, fmt.Errorf("load QUIC steering in %s: %w", dir, err)
 	}
@@ -133,6 +134,7 @@ func (q *QUICSteering) pin() error {
 // fails if a pin is missing or does not match the program this build
 // carries.
 func OpenPinnedQUIC(dir string) (*QUICSteering, error) {
+	liftMemlock()
 	spec, err := bpf.LoadSteerQuic()
 	if err != nil {
 		return nil, err

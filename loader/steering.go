@@ -91,6 +91,7 @@ type SlotCounters struct {
 // program from the sockets it was attached to; it lives until they close.
 // Use OpenPinned to re-adopt the pins of an earlier run instead.
 func LoadSteering(dir string) (*Steering, error) {
+	liftMemlock()
 	if err := makePinDir(dir); err != nil {
 		return nil, fmt.Errorf("load steering in %s: %w", dir, err)
 	}
@@ -163,6 +164,7 @@ func (s *Steering) pin() error {
 // its split and probe maps: it steers as before, and the canary methods
 // return ErrNoSplit.
 func OpenPinned(dir string) (*Steering, error) {
+	liftMemlock()
 	spec, err := bpf.LoadSteer()
 	if err != nil {
 		return nil, err
