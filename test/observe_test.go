@@ -98,7 +98,10 @@ func drainProgressCounted(t *testing.T, mode string) {
 	errs := make(chan error, held)
 	for range held {
 		wg.Go(func() {
-			if _, err := oneRequest(d.addr, "/slow?ms=3000"); err != nil {
+			// Held 3 s, up to 9 s where the machine is slow (an emulated
+			// guest takes seconds for the swap and the checks below), within
+			// the load's 15 s deadline.
+			if _, err := oneRequest(d.addr, fmt.Sprintf("/slow?ms=%d", 3000*min(slow, 3))); err != nil {
 				errs <- err
 			}
 		})
