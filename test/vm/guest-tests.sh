@@ -46,12 +46,14 @@ cd "$B"
 export HANDOFF_E2E_BIN=$B HANDOFF_E2E_SWAPS=$swaps HANDOFF_E2E_SLOW=$slow
 case $profile in
 ebpf)
-	run loader ./loader.test -test.v -test.count=1 -test.timeout 10m || rc=1
-	HANDOFF_E2E_AUTO_MODE=ebpf run e2e ./e2e.test -test.v -test.count=1 -test.timeout 15m \
+	# Not TestSplitAccuracy: its 60,000 connections take many minutes
+	# under emulation, and the end-to-end canary measures the split.
+	run loader ./loader.test -test.v -test.count=1 -test.timeout 10m -test.skip '^TestSplitAccuracy$' || rc=1
+	HANDOFF_E2E_AUTO_MODE=ebpf run e2e ./e2e.test -test.v -test.count=1 -test.timeout 18m \
 		-test.run '^(TestSwapUnderLoad|TestQUICSwapUnderLoad|TestCanaryUnderLoad|TestCanaryAutomaticRollback|TestDrainProgressCounted|TestAutoModeByProbe)$' || rc=1
 	;;
 fdpass)
-	HANDOFF_E2E_AUTO_MODE=fdpass run e2e ./e2e.test -test.v -test.count=1 -test.timeout 15m \
+	HANDOFF_E2E_AUTO_MODE=fdpass run e2e ./e2e.test -test.v -test.count=1 -test.timeout 18m \
 		-test.run '^(TestSwapUnderLoad|TestDrainProgressCounted|TestCanaryRefusedInFDPass|TestAutoModeByProbe)$/^fdpass' || rc=1
 	;;
 *)

@@ -109,12 +109,12 @@ fetch_kernel() {
 	dpkg-deb -x "$k"/deb/*.deb "$k/root"
 	local z=$k/root/boot/vmlinuz-$kver off m
 	# Debian compresses 5.10 and 6.1 with xz, 6.12 with zstd.
-	off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$z" | cut -d: -f1 | sed -n 1p)
+	off=$({ LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$z" || true; } | cut -d: -f1 | sed -n 1p)
 	if [ -n "$off" ]; then
 		# xz stops at the stream's end, before tail's: no pipe, no SIGPIPE.
 		xz -dc --single-stream <(tail -c +$((off + 1)) "$z") >"$k/vmlinux"
 	else
-		off=$(LC_ALL=C grep -obUaP '\x28\xb5\x2f\xfd' "$z" | cut -d: -f1 | sed -n 1p)
+		off=$({ LC_ALL=C grep -obUaP '\x28\xb5\x2f\xfd' "$z" || true; } | cut -d: -f1 | sed -n 1p)
 		[ -n "$off" ] || { echo "test-vm: $z holds no xz or zstd stream" >&2; return 1; }
 		# zstd complains of what follows the frame, once it is written.
 		zstd -qdc <(tail -c +$((off + 1)) "$z") >"$k/vmlinux" 2>/dev/null || true
@@ -191,7 +191,7 @@ build_share() {
 boot() {
 	local name=$1 v=$2 init=$3 start=$SECONDS kver=${KVER[$2]} rc
 	say "booting $kver for '$name' (qemu TCG, $VM_SMP vCPUs, 2 GiB)"
-	timeout "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 2G -smp "$VM_SMP" \
+	timeout --foreground "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 2G -smp "$VM_SMP" \
 		-display none -monitor none -serial stdio -no-reboot -nic none \
 		-kernel "${KDIR[$v]}/vmlinux" -initrd "$VM_DIR/initramfs-$kver.cpio" \
 		-append "console=ttyS0 panic=-1 quiet loglevel=4 handoff.init=$init handoff.run=$name $4" \
@@ -237,11 +237,16 @@ for v in $VM_KERNELS; do
 done
 build_share
 
-# The guest runs, longest first, VM_JOBS at a time.
+# The guest runs, VM_JOBS at a time, the longest first: the ebpf suites,
+# the systemd run, the fdpass suite.
 jobs=()
 for run in $VM_RUNS; do
 	case $run in
-	tests) for v in $VM_KERNELS; do jobs+=("tests-$v $v /handoff-vm/bin/guest-tests.sh handoff.profile=$(profile "$v")"); done ;;
+	tests)
+		for v in $VM_KERNELS; do
+			[ "$(profile "$v")" = ebpf ] || continue
+			jobs+=("tests-$v $v /handoff-vm/bin/guest-tests.sh handoff.profile=ebpf")
+		done ;;
 	systemd)
 		[[ " $VM_KERNELS " == *" $VM_SYSTEMD_KERNEL "* ]] ||
 			{ echo "test-vm: VM_SYSTEMD_KERNEL $VM_SYSTEMD_KERNEL is not in VM_KERNELS" >&2; exit 2; }
@@ -249,6 +254,12 @@ for run in $VM_RUNS; do
 	*) echo "test-vm: VM_RUNS: unknown run $run (use tests, systemd)" >&2; exit 2 ;;
 	esac
 done
+if [[ " $VM_RUNS " == *" tests "* ]]; then
+	for v in $VM_KERNELS; do
+		[ "$(profile "$v")" = fdpass ] || continue
+		jobs+=("tests-$v $v /handoff-vm/bin/guest-tests.sh handoff.profile=fdpass")
+	done
+fi
 fail=0 running=0 start=$SECONDS
 for job in "${jobs[@]}"; do
 	if [ "$running" -ge "$VM_JOBS" ]; then
