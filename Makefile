@@ -48,9 +48,11 @@ unit:
 e2e: build
 	$(GO) test -count=1 -v -timeout 20m ./test/
 
-# Boots Debian 12's kernel (6.1) under qemu (TCG, no /dev/kvm needed) and
-# runs loader's tests, the swap test and the systemd unit inside it; see
-# test/vm/run.sh. Installs qemu and the kernel package from Debian.
+# Boots Debian's kernels 5.10, 6.1 and 6.12 under qemu (TCG, no /dev/kvm
+# needed), two at a time: the ebpf suite on 6.1 and 6.12, the fdpass suite
+# and mode auto's fallback on 5.10, the systemd unit on 6.1; see
+# test/vm/run.sh (VM_KERNELS=6.1 for one). Installs qemu and the kernel
+# packages from Debian.
 test-vm: deb
 	bash test/vm/run.sh
 
