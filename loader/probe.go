@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
@@ -67,6 +68,12 @@ func explainLoad(err error) error {
 	case features.HaveProgramType(ebpf.SkReuseport) != nil:
 		return fmt.Errorf("load steering program: %w: kernel lacks SK_REUSEPORT programs (needs Linux >= 4.19): %w",
 			ErrNotSupported, err)
+	case refusedMigratingSk(err):
+		// Before 5.14 the kernel takes the program without the attach
+		// type's check, and its verifier refuses the read of
+		// sk_reuseport_md.migrating_sk that the migrate attach type brings.
+		return fmt.Errorf("load steering program: %w: kernel lacks BPF_SK_REUSEPORT_SELECT_OR_MIGRATE (needs Linux >= 5.14): %w",
+			ErrNotSupported, err)
 	case errors.Is(err, ebpf.ErrNotSupported), errors.Is(err, unix.EINVAL):
 		// The program type exists, so what the kernel refuses is the
 		// expected attach type (or, less likely, a map type).
@@ -74,4 +81,20 @@ func explainLoad(err error) error {
 			ErrNotSupported, err)
 	}
 	return fmt.Errorf("load steering program: %w", err)
+}
+
+// refusedMigratingSk reports whether err is the verifier refusing the
+// program's access to its context (sk_reuseport_md): the steering program
+// reads only fields that 4.19 has, and migrating_sk, which came with 5.14.
+func refusedMigratingSk(err error) bool {
+	var ve *ebpf.VerifierError
+	if !errors.As(err, &ve) || !errors.Is(err, unix.EACCES) {
+		return false
+	}
+	for _, line := range ve.Log {
+		if strings.Contains(line, "invalid bpf_context access") {
+			return true
+		}
+	}
+	return false
 }
