@@ -1,8 +1,10 @@
 #!/bin/bash
 # PID 1 of make test-vm's "tests-<kernel>" guests: what the guest's kernel
-# must pass. Profile ebpf (6.1, 6.12): loader's tests and the ebpf
-# end-to-end suite (swaps under load in both modes, QUIC, a canary split,
-# promoted and rolled back, the connection counts, mode auto taking ebpf).
+# must pass. Profile ebpf (6.1, 6.12): loader's tests (QUIC steering
+# included) and the ebpf end-to-end suite (swaps under load in both modes,
+# a canary split, promoted and rolled back, the connection counts, mode
+# auto taking ebpf); not the HTTP/3 swap test, whose 32 quic-go clients
+# one emulated CPU runs too slowly for its floor of answers.
 # Profile fdpass (5.10, without the migrate attach type): the same swaps
 # and counts in fdpass mode, and mode auto falling back to fdpass by
 # probe. Writes results/<run>.rc (0 when every test passed),
@@ -50,7 +52,7 @@ ebpf)
 	# under emulation, and the end-to-end canary measures the split.
 	run loader ./loader.test -test.v -test.count=1 -test.timeout 10m -test.skip '^TestSplitAccuracy$' || rc=1
 	HANDOFF_E2E_AUTO_MODE=ebpf run e2e ./e2e.test -test.v -test.count=1 -test.timeout 18m \
-		-test.run '^(TestSwapUnderLoad|TestQUICSwapUnderLoad|TestCanaryUnderLoad|TestCanaryAutomaticRollback|TestDrainProgressCounted|TestAutoModeByProbe)$' || rc=1
+		-test.run '^(TestSwapUnderLoad|TestCanaryUnderLoad|TestCanaryAutomaticRollback|TestDrainProgressCounted|TestAutoModeByProbe)$' || rc=1
 	;;
 fdpass)
 	HANDOFF_E2E_AUTO_MODE=fdpass run e2e ./e2e.test -test.v -test.count=1 -test.timeout 18m \

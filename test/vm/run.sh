@@ -2,8 +2,8 @@
 # make test-vm: boots Debian's kernels 5.10 (Debian 11), 6.1 (Debian 12)
 # and 6.12 (Debian 13) under qemu and runs, inside each, what that kernel
 # must pass: on 6.1 and 6.12 loader's tests and the ebpf end-to-end suite
-# (swaps under load in both modes, QUIC, a canary split, promoted and
-# rolled back, the connection counts, mode auto taking ebpf); on 5.10,
+# (swaps under load in both modes, a canary split, promoted and rolled
+# back, the connection counts, mode auto taking ebpf); on 5.10,
 # which lacks the migrate attach type, the fdpass suite and mode auto
 # falling back to fdpass by probe. handoffd's systemd unit runs under a
 # real systemd on one kernel (6.1). The guest's root is this host's root,
