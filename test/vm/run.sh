@@ -221,7 +221,7 @@ summary() {
 		runs+=" $name $(cat "$r/$name.host-seconds")s"
 		rc=$(cat "$r/$name.rc" 2>/dev/null || echo none)
 		[ "$rc" = 0 ] || { bad=1; runs+=" (exit $rc)"; }
-		logs+=($(ls "$r/$name.log" "$r/$name".*.log 2>/dev/null))
+		logs+=($(ls "$r/$name.log" "$r/$name".*.log 2>/dev/null || true))
 	done
 	[ -n "$runs" ] || return 0
 	tests=$(cat "${logs[@]}" 2>/dev/null | grep -cE '^--- (PASS|FAIL|SKIP)' || true)
