@@ -49,7 +49,7 @@ e2e: build
 	$(GO) test -count=1 -v -timeout 20m ./test/
 
 # Boots Debian's kernels 5.10, 6.1 and 6.12 under qemu (TCG, no /dev/kvm
-# needed), two at a time: the ebpf suite on 6.1 and 6.12, the fdpass suite
+# needed), one after another: the ebpf suite on 6.1 and 6.12, the fdpass suite
 # and mode auto's fallback on 5.10, the systemd unit on 6.1; see
 # test/vm/run.sh (VM_KERNELS=6.1 for one). Installs qemu and the kernel
 # packages from Debian.

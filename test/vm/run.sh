@@ -17,7 +17,8 @@
 #   VM_KERNELS   which kernels boot (default "5.10 6.1 6.12")
 #   VM_RUNS      which guest runs: "tests systemd" (the default), or one
 #   VM_SYSTEMD_KERNEL  the kernel of the systemd run (default 6.1)
-#   VM_JOBS      guests at once (default 2)
+#   VM_JOBS      guests at once (default 1: each guest gets every core, so that
+#                its load tests keep their timing; 2 halves the vCPUs)
 #   VM_SMP       vCPUs per guest (default: the host's cores / VM_JOBS, at least 1)
 #   VM_SWAPS     swaps per swap test in the guest (default 5)
 #   VM_SLOW      how many times the guest's test timeouts are stretched (default 5)
@@ -28,7 +29,7 @@ VM_DIR=$(realpath -m "${VM_DIR:-bin/vm}")
 VM_KERNELS=${VM_KERNELS:-5.10 6.1 6.12}
 VM_RUNS=${VM_RUNS:-tests systemd}
 VM_SYSTEMD_KERNEL=${VM_SYSTEMD_KERNEL:-6.1}
-VM_JOBS=${VM_JOBS:-2}
+VM_JOBS=${VM_JOBS:-1}
 VM_SMP=${VM_SMP:-$(( $(nproc) / VM_JOBS > 1 ? $(nproc) / VM_JOBS : 1 ))}
 VM_SWAPS=${VM_SWAPS:-5}
 VM_SLOW=${VM_SLOW:-5}
