@@ -311,7 +311,9 @@ func sdRun(t *testing.T, name string, args ...string) string {
 	defer func() {
 		t.Logf("$ %s %s (%s)", name, strings.Join(args, " "), time.Since(start).Round(time.Millisecond))
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	// An upgrade (dpkg -i) under the test's load took 3 to 6 minutes in
+	// an emulated guest on a busy host.
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	if err != nil {

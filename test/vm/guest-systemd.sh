@@ -23,7 +23,7 @@ if dpkg -s handoffd >/dev/null 2>&1; then
 fi
 echo "== guest: systemd $(systemctl --version | head -1 | cut -d' ' -f2) as PID 1, kernel $(uname -r)"
 HANDOFF_E2E_BIN=$B HANDOFF_E2E_SLOW=$slow HANDOFF_DEB=$(ls /handoff-vm/*.deb) \
-	"$B/systemd.test" -test.v -test.count=1 -test.timeout 12m -test.run '^TestSystemdUnit$' 2>&1 | tee "$R/systemd.log"
+	"$B/systemd.test" -test.v -test.count=1 -test.timeout 20m -test.run '^TestSystemdUnit$' 2>&1 | tee "$R/systemd.log"
 rc=${PIPESTATUS[0]}
 end=$(cut -d' ' -f1 /proc/uptime)
 {
