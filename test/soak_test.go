@@ -266,7 +266,10 @@ func (s *soak) crashActive() {
 	// would meet the replacement under way ("a swap is already in
 	// progress").
 	s.d.waitFor("the killed generation exited", 30*time.Second, func(st api.ServiceStatus) bool {
-		return !stateOf(st, g.ID).Live()
+		// Status lists the last generations only: one no longer
+		// listed has gone.
+		state := stateOf(st, g.ID)
+		return state == -1 || !state.Live()
 	})
 }
 
