@@ -17,8 +17,6 @@ import (
 // with the last reason, and replace waits longer after each failure
 // (retryBackoff), until a start succeeds, a swap by hand does, a config
 // reload changes the service (which retries at once), or it is stopped.
-// Active generations that crash in a row before they served a while
-// count as failed starts too (crashedLocked).
 //
 // A failed service takes no connection into a queue that nobody may
 // serve for minutes: handoffd closes its copies of the listening sockets
@@ -39,10 +37,6 @@ type failure struct {
 	attempts, step int
 	// next is when replace tries again.
 	next time.Time
-	// holdQueue: the service is failed by a crash loop, with a wait no
-	// longer than ready_timeout, and handoffd still holds the dead
-	// active generation's sockets, whose queue the next one serves.
-	holdQueue bool
 }
 
 // retryBackoff is how long replace waits before the next start after
@@ -50,14 +44,10 @@ type failure struct {
 // next one, at most max.
 type retryBackoff struct {
 	first, max time.Duration
-	// stable is how long an active generation must serve for its crash
-	// to be replaced at once, and the backoff to begin again.
-	stable time.Duration
 }
 
-// defaultBackoff: a second, doubling, to five minutes; begun again by a
-// generation that served a minute.
-var defaultBackoff = retryBackoff{first: time.Second, max: 5 * time.Minute, stable: time.Minute}
+// defaultBackoff: a second, doubling, to five minutes.
+var defaultBackoff = retryBackoff{first: time.Second, max: 5 * time.Minute}
 
 // delay is the wait after the step-th failed start in a row (from 1).
 func (b retryBackoff) delay(step int) time.Duration {
@@ -73,17 +63,6 @@ func (b retryBackoff) delay(step int) time.Duration {
 // no socket of a generation that no longer runs takes new connections.
 // Callers hold s.mu.
 func (s *Service) failedLocked(err error) {
-	f, wait := s.backOffLocked(err)
-	f.holdQueue = false
-	s.releaseSockets()
-	s.log.Error("service failed: no generation serves it; retrying", "err", err, "attempt", f.attempts, "retry_in", wait)
-	s.startReplacing()
-	s.checkLocked()
-}
-
-// backOffLocked records err as the service's failure and when replace
-// tries again. Callers hold s.mu.
-func (s *Service) backOffLocked(err error) (*failure, time.Duration) {
 	now := time.Now()
 	f := s.failure
 	if f == nil {
@@ -95,66 +74,8 @@ func (s *Service) backOffLocked(err error) (*failure, time.Duration) {
 	f.step++
 	wait := s.retry.delay(f.step)
 	f.next = now.Add(wait)
-	return f, wait
-}
-
-// crashLoop follows the active generations that crash soon after they
-// became active, each the first one made active after the crash before.
-type crashLoop struct {
-	// crashes counts them, in a row.
-	crashes int
-	// heir is the first generation made active after the last crash,
-	// while it is the last one made active; awaiting, that none was yet.
-	heir     *Generation
-	awaiting bool
-}
-
-// activatedLocked notes that g was made active (see crashedLocked).
-// Callers hold s.mu.
-func (s *Service) activatedLocked(g *Generation) {
-	s.loop.heir = nil
-	if s.loop.awaiting {
-		s.loop.heir, s.loop.awaiting = g, false
-	}
-}
-
-// crashedLocked replaces g, the active generation, which crashed with
-// status. A generation that crashes right after it became active would
-// otherwise be replaced by one that does the same, in a tight loop: the
-// first such crash is replaced at once, the next ones in a row (each
-// crashed generation the first made active after the crash before)
-// after the backoff of failed starts, the service failed meanwhile.
-// Becoming active does not begin the backoff again: serving for
-// retry.stable does, or another generation made active (a swap by
-// hand). While the wait is no longer than ready_timeout, which a
-// replacement's start may take anyway, handoffd holds the dead
-// generation's sockets: what waits there is served by the next one,
-// whose generations do serve between crashes. Callers hold s.mu.
-func (s *Service) crashedLocked(g *Generation, status string) {
-	served := g.exited.Sub(g.active)
-	if served < s.retry.stable && g == s.loop.heir {
-		s.loop.crashes++
-	} else {
-		s.loop.crashes = 1
-	}
-	s.loop.heir, s.loop.awaiting = nil, true
-	if s.loop.crashes == 1 {
-		s.log.Error("active generation exited; starting a replacement", "generation", g.ID, "pid", g.pid, "status", status)
-		s.startReplacing()
-		return
-	}
-	if s.failure == nil {
-		// backOffLocked counts this one: the step follows the crashes.
-		s.failure = &failure{since: time.Now(), step: s.loop.crashes - 2}
-	}
-	f, wait := s.backOffLocked(fmt.Errorf("generation %d exited %s after it became active, %d in a row within %s each: %s",
-		g.ID, served.Round(time.Millisecond), s.loop.crashes, s.retry.stable, status))
-	f.holdQueue = wait <= s.cfg.ReadyTimeout.Std()
-	if !f.holdQueue {
-		s.releaseSockets()
-	}
-	s.log.Error("active generation exited soon after it became active again; replacing it after a backoff",
-		"generation", g.ID, "pid", g.pid, "status", status, "in_a_row", s.loop.crashes, "retry_in", wait, "queue_held", f.holdQueue)
+	s.releaseSockets()
+	s.log.Error("service failed: no generation serves it; retrying", "err", err, "attempt", f.attempts, "retry_in", wait)
 	s.startReplacing()
 	s.checkLocked()
 }
@@ -340,7 +261,7 @@ func (s *Service) failureStatus() *api.ServiceFailure {
 // failed service is being retried, and runs no canary. Callers hold s.mu.
 func (s *Service) checkLocked() {
 	for _, g := range s.gens {
-		if !g.state.Live() && len(g.files) > 0 && (g != s.current || s.failure != nil && !s.failure.holdQueue) {
+		if !g.state.Live() && len(g.files) > 0 && (g != s.current || s.failure != nil) {
 			s.invariant(fmt.Errorf("generation %d (%s) has exited, and handoffd still holds its listening sockets", g.ID, g.state))
 		}
 	}

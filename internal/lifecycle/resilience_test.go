@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -432,132 +431,6 @@ func TestActiveExitAfterFailureClosesItsSockets(t *testing.T) {
 	}
 }
 
-// crashEachActive crashes each active generation as soon as it is active,
-// n times, and returns how long the service took from the first crash
-// until generation n+1 was active, and what status said while it waited.
-func crashEachActive(t *testing.T, s *Service, l *fakeLauncher, r *fakeRouter, n int, served time.Duration) (time.Duration, []api.ServiceState) {
-	t.Helper()
-	mustSwap(t, s)
-	var began time.Time
-	var seen []api.ServiceState
-	for i := range n {
-		time.Sleep(served)
-		if i == 0 {
-			began = time.Now()
-		}
-		l.proc(i).exit("signal: segmentation fault")
-		want := i + 2
-		eventually(t, "generation "+strconv.Itoa(want)+" active", func() bool {
-			if st := s.Status(); !slices.Contains(seen, st.State) {
-				seen = append(seen, st.State)
-			}
-			return r.activeGen() == want && slices.Contains(states(s), strconv.Itoa(want)+":active")
-		})
-	}
-	return time.Since(began), seen
-}
-
-// TestCrashAfterReadyLoopBacksOff: generations that crash right after
-// they became active, again and again, are replaced with the backoff of
-// failed starts, which a generation becoming active does not reset; the
-// service shows failed while it waits, and every crash is counted.
-func TestCrashAfterReadyLoopBacksOff(t *testing.T) {
-	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
-	s := testService(t, l, r)
-	s.mu.Lock()
-	s.retry = retryBackoff{first: 100 * time.Millisecond, max: 400 * time.Millisecond, stable: time.Minute}
-	s.mu.Unlock()
-	// The first crash is replaced at once, the next ones after 100, 200
-	// and 400 ms.
-	took, seen := crashEachActive(t, s, l, r, 4, 0)
-	if took < 600*time.Millisecond {
-		t.Errorf("4 crashes right after ready were replaced in %s: no backoff (want 100+200+400 ms at least)", took)
-	}
-	if !slices.Contains(seen, api.ServiceFailed) {
-		t.Errorf("status showed %v while the crash loop backed off, want failed", seen)
-	}
-	if n := crashes(s); n != 4 {
-		t.Errorf("observer saw %d crashes, want 4", n)
-	}
-	if st := s.Status(); st.State != api.ServiceRunning || st.Failure != nil {
-		t.Errorf("after the last replacement: %s, %+v; want running", st.State, st.Failure)
-	}
-	if errs := s.Invariants(); len(errs) > 0 {
-		t.Errorf("invariants broken: %v", errs)
-	}
-}
-
-// TestCrashLoopHoldsTheQueue: while a crash loop waits no longer than
-// ready_timeout, the dead generation's sockets stay held, so that what
-// arrives meanwhile waits for the next generation instead of being
-// refused; a longer wait lets them go.
-func TestCrashLoopHoldsTheQueue(t *testing.T) {
-	l, r := &fakeLauncher{ready: true}, &fakeRouter{peers: map[int][]*os.File{}}
-	t.Cleanup(r.closePeers)
-	s := testService(t, l, r) // ready_timeout 200 ms
-	s.mu.Lock()
-	s.retry = retryBackoff{first: 150 * time.Millisecond, max: 300 * time.Millisecond, stable: time.Minute}
-	s.mu.Unlock()
-	mustSwap(t, s)
-	l.proc(0).exit("signal: segmentation fault")
-	eventually(t, "generation 2 active", func() bool { return r.activeGen() == 2 })
-	l.proc(1).exit("signal: segmentation fault") // waits 150 ms
-	eventually(t, "the crash loop's backoff", func() bool { return s.Status().State == api.ServiceFailed })
-	if !r.open(2) {
-		t.Errorf("during a backoff of 150 ms the crashed generation's sockets were let go")
-	}
-	eventually(t, "generation 3 active", func() bool { return r.activeGen() == 3 })
-	l.proc(2).exit("signal: segmentation fault") // waits 300 ms
-	eventually(t, "the crash loop's backoff", func() bool { return s.Status().State == api.ServiceFailed })
-	if r.open(3) {
-		t.Errorf("during a backoff of 300 ms, above ready_timeout, the crashed generation's sockets are held")
-	}
-	eventually(t, "generation 4 active", func() bool { return r.activeGen() == 4 })
-	if errs := s.Invariants(); len(errs) > 0 {
-		t.Errorf("invariants broken: %v", errs)
-	}
-}
-
-// TestCrashAfterSwapByHandReplacedAtOnce: a generation made active by a
-// swap by hand, not the first one after a crash, begins the crash loop
-// again: its crash is replaced at once.
-func TestCrashAfterSwapByHandReplacedAtOnce(t *testing.T) {
-	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
-	s := testService(t, l, r)
-	s.mu.Lock()
-	s.retry = retryBackoff{first: 2 * time.Second, max: 2 * time.Second, stable: time.Minute}
-	s.mu.Unlock()
-	mustSwap(t, s)
-	l.proc(0).exit("signal: segmentation fault")
-	eventually(t, "generation 2 active", func() bool { return r.activeGen() == 2 && s.Status().State == api.ServiceRunning })
-	mustSwap(t, s)
-	began := time.Now()
-	l.proc(2).exit("signal: segmentation fault")
-	eventually(t, "generation 4 active", func() bool { return r.activeGen() == 4 })
-	if took := time.Since(began); took > 1500*time.Millisecond {
-		t.Errorf("the crash of a generation swapped in by hand was replaced after %s; want at once, not after the backoff of 2 s", took)
-	}
-}
-
-// TestCrashAfterServingReplacedAtOnce: a generation that served for
-// longer than the backoff's stable time starts it afresh: its crash is
-// replaced at once, however many came before.
-func TestCrashAfterServingReplacedAtOnce(t *testing.T) {
-	l, r := &fakeLauncher{ready: true}, &fakeRouter{}
-	s := testService(t, l, r)
-	s.mu.Lock()
-	s.retry = retryBackoff{first: 2 * time.Second, max: 2 * time.Second, stable: 30 * time.Millisecond}
-	s.mu.Unlock()
-	took, seen := crashEachActive(t, s, l, r, 3, 60*time.Millisecond)
-	// 3 x 60 ms of serving, and no backoff of 2 s.
-	if took > 1500*time.Millisecond || slices.Contains(seen, api.ServiceFailed) {
-		t.Errorf("3 crashes after serving took %s to replace, status showed %v; want no backoff", took, seen)
-	}
-	if n := crashes(s); n != 3 {
-		t.Errorf("observer saw %d crashes, want 3", n)
-	}
-}
-
 // TestSwapOfFailedServiceSaysWhy: a swap by hand of a failed service,
 // whose command cannot start, answers at once with one line that names
 // the reason: its own start's, or, while a retry of handoffd holds the
@@ -566,7 +439,7 @@ func TestSwapOfFailedServiceSaysWhy(t *testing.T) {
 	l, r := &fakeLauncher{ready: true, failStarts: 1 << 20}, &fakeRouter{}
 	s := testService(t, l, r)
 	s.mu.Lock()
-	s.retry = retryBackoff{first: time.Minute, max: time.Minute, stable: time.Minute}
+	s.retry = retryBackoff{first: time.Minute, max: time.Minute}
 	s.mu.Unlock()
 	if _, err := s.Swap(context.Background()); err == nil {
 		t.Fatal("first start succeeded with a command that cannot start")

@@ -92,7 +92,6 @@ func (s *Service) rollbackLocked() error {
 	}
 	s.current, s.standby = back, nil
 	s.recoveredLocked(back)
-	s.activatedLocked(back)
 	s.observer.SwapDone(s.cfg.Name, "rolled_back")
 	s.log.Info("rolled back", "generation", back.ID, "replaced", replaced.ID)
 	return s.retire(replaced)

@@ -100,8 +100,6 @@ type Service struct {
 	failure  *failure
 	retry    retryBackoff
 	retryNow chan struct{}
-	// loop follows a crash loop of active generations (crashedLocked).
-	loop crashLoop
 	// adoptErr is why the service, as adopt found it, cannot be
 	// supervised as it runs (start makes it a failure).
 	adoptErr error
@@ -463,7 +461,6 @@ func (s *Service) promoteLocked(g *Generation) (api.SwapResult, error) {
 	old := s.current
 	s.current = g
 	s.recoveredLocked(g)
-	s.activatedLocked(g)
 	res := api.SwapResult{Service: s.name, Generation: g.ID, PID: g.pid,
 		StartToReady:  g.ready.Sub(g.started).Seconds(),
 		ReadyToActive: g.active.Sub(g.ready).Seconds()}
@@ -614,7 +611,7 @@ func (s *Service) exited(g *Generation) {
 		s.invariant(s.move(g, api.StateExited))
 		g.exit = status
 	}
-	if g != s.current || s.failure != nil && !s.failure.holdQueue {
+	if g != s.current || s.failure != nil {
 		// Nothing accepts from its sockets any more: out of the
 		// reuseport group with them, so that no fallback of steering
 		// hashes a new connection there. The current generation's
@@ -652,7 +649,8 @@ func (s *Service) exited(g *Generation) {
 			s.startReplacing()
 		}
 	case wasActive && !s.stopped:
-		s.crashedLocked(g, status)
+		s.log.Error("active generation exited; starting a replacement", "generation", g.ID, "pid", g.pid, "status", status)
+		s.startReplacing()
 	case g.state == api.StateExited && !g.draining.IsZero():
 		s.observer.PhaseDone(s.name, api.PhaseActiveToOldExited, g.exited.Sub(g.draining))
 		s.log.Info("generation exited", "generation", g.ID, "pid", g.pid, "status", status,
