@@ -32,8 +32,8 @@ import (
 // new one). Any other failure fails the test. handoffd's goroutines and
 // open fds (go_goroutines and process_open_fds of its /metrics) must not
 // grow over one handoffd's life: sampled at rest after each event past the
-// warm-up, the least of the last quarter of the samples is compared with
-// the least of the first quarter.
+// warm-up, the median of the last quarter of the samples is compared with
+// the median of the first quarter.
 //
 // It is built only with the soak tag: make soak runs it, make test does
 // not. HANDOFF_SOAK=1h make soak is the long run.
@@ -94,25 +94,33 @@ type life struct {
 	samples []*figures
 }
 
-// ends returns the least figures of the first and of the last quarter of
-// l's samples: an event in flight adds goroutines and fds for a moment,
-// a leak adds them for good, so it raises the least of the end.
+// ends returns the median figures of the first and of the last quarter
+// of l's samples. At rest handoffd's goroutines still come and go by a
+// few (a health check's kept-alive connection, a scrape's), so the least
+// or the last of a quarter says little; a leak moves its median.
 func (l life) ends() (first, last *figures) {
 	n := len(l.samples)
 	if n == 0 {
 		return nil, nil
 	}
 	q := max(n/4, 1)
-	return least(l.samples[:q]), least(l.samples[n-q:])
+	return median(l.samples[:q]), median(l.samples[n-q:])
 }
 
-// least returns the least of each figure in fs, at the time of the last.
-func least(fs []*figures) *figures {
-	m := *fs[len(fs)-1]
-	for _, f := range fs {
-		m.goroutines, m.fds, m.rssM = min(m.goroutines, f.goroutines), min(m.fds, f.fds), min(m.rssM, f.rssM)
+// median returns the median of each figure in fs, at the time of the last.
+func median(fs []*figures) *figures {
+	mid := func(get func(*figures) float64) float64 {
+		v := make([]float64, len(fs))
+		for i, f := range fs {
+			v[i] = get(f)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
 	}
-	return &m
+	return &figures{at: fs[len(fs)-1].at,
+		goroutines: mid(func(f *figures) float64 { return f.goroutines }),
+		fds:        mid(func(f *figures) float64 { return f.fds }),
+		rssM:       mid(func(f *figures) float64 { return f.rssM })}
 }
 
 // figures are what handoffd's /metrics say of it.
@@ -398,7 +406,7 @@ func (s *soak) report() {
 	t.Logf("events: %s", strings.Join(events, ", "))
 	for i, l := range s.lives {
 		first, last := l.ends()
-		t.Logf("handoffd life %d (%s, %d samples at rest past %s of warm-up): least of the first quarter %s; of the last %s",
+		t.Logf("handoffd life %d (%s, %d samples at rest past %s of warm-up): median of the first quarter %s; of the last %s",
 			i+1, l.lastAt().Sub(l.started).Round(time.Second), len(l.samples), s.warmup, first, last)
 		if len(l.samples) >= 8 {
 			if last.goroutines > first.goroutines+1 {
