@@ -63,8 +63,8 @@ func TestNoGrowthOver200Swaps(t *testing.T) {
 	if res.Failed > 0 {
 		t.Errorf("%d requests failed: %q", res.Failed, res.Failures)
 		for _, f := range res.FailedAt {
-			t.Logf("client %d: sent %s (request %d on its connection, which generation %d answered before), failed %s: %s",
-				f.client, f.sent.Format("15:04:05.000000"), f.nth, f.gen, f.at.Format("15:04:05.000000"), f.what)
+			t.Logf("client %d: sent %s (request %d on its connection, idle %s since generation %d answered on it), failed %s: %s",
+				f.client, f.sent.Format("15:04:05.000000"), f.nth, f.idle, f.gen, f.at.Format("15:04:05.000000"), f.what)
 		}
 	}
 }

@@ -61,6 +61,10 @@ type failure struct {
 	// gen is the generation that answered the request before on the same
 	// connection; 0 on a new connection.
 	gen int
+	// idle is how long the connection was idle before the request: from
+	// the previous answer on it to the send; 0 on a new connection. A
+	// draining generation may close a connection idle past its grace.
+	idle time.Duration
 }
 
 // loadResult is what the clients saw.
@@ -102,7 +106,8 @@ func (l *load) client(id int) {
 		}
 	}()
 	body := []byte(fmt.Sprintf(`{"client":%d}`, id))
-	connGen := 0 // the generation that last answered on conn
+	connGen := 0           // the generation that last answered on conn
+	var answered time.Time // when the last answer on conn was read
 	for range loadLimit {
 		select {
 		case <-l.stopCh:
@@ -121,15 +126,19 @@ func (l *load) client(id int) {
 		}
 		sent := time.Now()
 		nth++
+		var idle time.Duration
+		if nth > 1 {
+			idle = sent.Sub(answered)
+		}
 		gen, closeConn, err := l.roundTrip(conn, br, body)
 		if err != nil {
-			l.fail(failure{client: id, what: err.Error(), sent: sent, nth: nth, gen: connGen})
+			l.fail(failure{client: id, what: err.Error(), sent: sent, nth: nth, gen: connGen, idle: idle})
 			conn.Close()
 			conn = nil
 			continue
 		}
 		l.record(gen, sent)
-		connGen = gen
+		connGen, answered = gen, time.Now()
 		if closeConn {
 			conn.Close()
 			conn = nil
