@@ -25,17 +25,8 @@ import (
 func (d *daemon) scrape(name string) (map[string]float64, time.Duration) {
 	d.t.Helper()
 	start := time.Now()
-	resp, err := http.Get("http://" + d.metrics + "/metrics")
-	if err != nil {
-		d.t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
+	families := d.families(http.DefaultClient)
 	took := time.Since(start)
-	if err != nil {
-		d.t.Fatalf("parse scrape: %v", err)
-	}
 	out := map[string]float64{}
 	if f, ok := families[name]; ok {
 		for _, m := range f.GetMetric() {
@@ -43,6 +34,22 @@ func (d *daemon) scrape(name string) (map[string]float64, time.Duration) {
 		}
 	}
 	return out, took
+}
+
+// families scrapes handoffd's /metrics once with hc.
+func (d *daemon) families(hc *http.Client) map[string]*dto.MetricFamily {
+	d.t.Helper()
+	resp, err := hc.Get("http://" + d.metrics + "/metrics")
+	if err != nil {
+		d.t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		d.t.Fatalf("parse scrape: %v", err)
+	}
+	return families
 }
 
 func label(m *dto.Metric, name string) string {

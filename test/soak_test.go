@@ -95,10 +95,10 @@ type life struct {
 }
 
 // ends returns the median figures of the first and of the last quarter
-// of l's samples. At rest handoffd's goroutines still vary by a few from
-// one sample to the next (17 to 22 in a run that logged each, with no
-// trend), so the least or the last of a quarter says little; a leak
-// moves its median.
+// of l's samples. One reading of handoffd's goroutines varies by a few
+// with the goroutines that gather that scrape (17 to 22 in a run that
+// logged each, with no trend; see atRest), so the least or the last of a
+// quarter says little; a leak moves its median.
 func (l life) ends() (first, last *figures) {
 	n := len(l.samples)
 	if n == 0 {
@@ -106,35 +106,6 @@ func (l life) ends() (first, last *figures) {
 	}
 	q := max(n/4, 1)
 	return median(l.samples[:q]), median(l.samples[n-q:])
-}
-
-// median returns the median of each figure in fs, at the time of the last.
-func median(fs []*figures) *figures {
-	mid := func(get func(*figures) float64) float64 {
-		v := make([]float64, len(fs))
-		for i, f := range fs {
-			v[i] = get(f)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
-	return &figures{at: fs[len(fs)-1].at,
-		goroutines: mid(func(f *figures) float64 { return f.goroutines }),
-		fds:        mid(func(f *figures) float64 { return f.fds }),
-		rssM:       mid(func(f *figures) float64 { return f.rssM })}
-}
-
-// figures are what handoffd's /metrics say of it.
-type figures struct {
-	at                    time.Time
-	goroutines, fds, rssM float64
-}
-
-func (f *figures) String() string {
-	if f == nil {
-		return "-"
-	}
-	return fmt.Sprintf("%v goroutines, %v fds, %.1f MiB RSS", f.goroutines, f.fds, f.rssM)
 }
 
 // soakClients is how many clients run of each kind.
@@ -193,7 +164,7 @@ func (s *soak) run() {
 		s.atRest()
 		time.Sleep(time.Duration(200+s.rnd.IntN(800)) * time.Millisecond)
 		if time.Since(s.life.started) > s.warmup {
-			s.life.samples = append(s.life.samples, s.figures())
+			s.life.samples = append(s.life.samples, s.d.figures())
 		}
 	}
 	s.stopLoads()
@@ -366,12 +337,6 @@ func (s *soak) restartHandoffd() {
 		s.t.Fatalf("after kill -9 of handoffd: generation %d (pid %d) is active, want the re-adopted %d (pid %d)", a.ID, a.PID, g.ID, g.PID)
 	}
 	s.event("kill -9 handoffd", fmt.Sprintf("generation %d re-adopted", g.ID))
-}
-
-// figures reads handoffd's goroutines, fds and RSS from its metrics.
-func (s *soak) figures() *figures {
-	return &figures{at: time.Now(), goroutines: s.d.gauge("go_goroutines"), fds: s.d.gauge("process_open_fds"),
-		rssM: s.d.gauge("process_resident_memory_bytes") / (1 << 20)}
 }
 
 // report counts the requests, attributes each failure to a kill, and

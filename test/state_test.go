@@ -18,9 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/handoffd/handoffd/api"
 )
 
@@ -98,19 +95,8 @@ func counterCall(addr, method string, v any) error {
 // demo service, keyed by their label key.
 func (d *daemon) scrapeBy(name, key string) map[string]float64 {
 	d.t.Helper()
-	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	resp, err := hc.Get("http://" + d.metrics + "/metrics")
-	if err != nil {
-		d.t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		d.t.Fatalf("parse scrape: %v", err)
-	}
 	out := map[string]float64{}
-	f, ok := families[name]
+	f, ok := d.families(ownConn)[name]
 	if !ok {
 		d.t.Fatalf("handoffd exports no %s", name)
 	}
