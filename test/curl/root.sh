@@ -16,8 +16,11 @@ command -v debootstrap >/dev/null || {
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
 }
+# The host's Debian mirror, from whichever of apt's source files it has
+# (grep fails on the ones it lacks, and head may cut it short: neither
+# matters here).
 mirror=$(grep -hoE '(https?|file)://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-	/etc/apt/sources.list.d/*.sources 2>/dev/null | head -1 | tr -d ' ')
+	/etc/apt/sources.list.d/*.sources 2>/dev/null | head -1 | tr -d ' ' || true)
 mirror=${mirror:-http://deb.debian.org/debian}
 rm -rf "$root.tmp"
 mkdir -p "$(dirname "$root")"
